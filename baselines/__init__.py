@@ -1,0 +1,1 @@
+"""Baseline segmentation models, registered into vmbench's model registry on import."""

@@ -1,0 +1,31 @@
+"""The ``vmbench`` command line."""
+
+from __future__ import annotations
+
+import re
+
+from vmbench.cli import main
+
+
+def test_bench_scan_prints_ratios_against_mambapy(capsys):
+    assert main(["bench", "scan", "--shapes", "96:64", "48:128", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.match(r"\s*\(\d+, \d+\)", line)]
+    assert len(rows) == 4  # two shapes x (torch, mambapy)
+    torch_rows = [r for r in rows if " torch " in r]
+    assert len(torch_rows) == 2 and all(re.search(r"\d+\.\d+x\s+\d+\.\d+x$", r) for r in torch_rows)
+    assert re.search(r"mambapy .* 1\.00x\s+1\.00x$", out, re.M)
+
+
+def test_unavailable_backend_is_one_clear_line(capsys):
+    assert main(["bench", "scan", "--backend", "cuda", "--shapes", "96:64", "--no-mambapy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vmbench: error: selective-scan backend 'cuda'") and "\n" not in err
+
+
+def test_bad_shape_argument(capsys):
+    try:
+        main(["bench", "scan", "--shapes", "96x64"])
+    except SystemExit as exit_:
+        assert exit_.code == 2
+    assert "CHANNELS:LENGTH" in capsys.readouterr().err

@@ -1,0 +1,359 @@
+"""Benchmarks: ``vmbench bench scan`` and ``vmbench bench model``.
+
+Every figure is measured in this run, side by side, and targets are printed as ratios; nothing is
+compared with stored numbers. Each case runs in a fresh process so that peak memory (peak RSS on
+CPU, ``torch.cuda.max_memory_allocated`` on CUDA) belongs to that case alone.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+# VM-UNet's four SS2D shapes (K*D channels, L tokens) at 256x256 input; N = 16, G = 4 directions.
+STAGE_SHAPES: tuple[tuple[int, int], ...] = ((768, 4096), (1536, 1024), (3072, 256), (6144, 64))
+MAMBAPY = "mambapy"
+
+
+@dataclass
+class ScanCase:
+    impl: str  # a vmbench backend name, or "mambapy"
+    channels: int
+    length: int
+    batch: int = 1
+    d_state: int = 16
+    groups: int = 4
+    device: str = "cpu"
+    repeats: int = 2
+    threads: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory probes
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA allocator peak, or peak RSS on CPU."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self):
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            if not _reset_peak_rss():
+                raise RuntimeError("peak RSS cannot be reset on this system (/proc/self/clear_refs)")
+            self.base = _rss_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.peak = _rss_bytes("VmHWM") - self.base
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Scan cases
+
+
+def _scan_inputs(case: ScanCase):
+    """Inputs distributed as in an initialised VM-UNet SS2D layer."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    b, dim, L, N, G = case.batch, case.channels, case.length, case.d_state, case.groups
+    u = torch.randn(b, dim, L, generator=g)
+    delta = torch.randn(b, dim, L, generator=g) * 0.5
+    A = -torch.arange(1, N + 1, dtype=torch.float32).repeat(dim, 1)  # -exp(A_logs) at init
+    dt = torch.exp(torch.rand(dim, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    delta_bias = dt + torch.log(-torch.expm1(-dt))  # softplus^-1 of the dt init
+    B = torch.randn(b, G, N, L, generator=g)
+    C = torch.randn(b, G, N, L, generator=g)
+    D = torch.ones(dim)
+    tensors = [u, delta, A, B, C, D, delta_bias]
+    return [t.to(case.device).requires_grad_() for t in tensors]
+
+
+def _mambapy_scan(u, delta, A, B, C, D, delta_bias):
+    """The same grouped S6 computed with mambapy's Blelloch ``pscan`` (its own recipe)."""
+    import torch.nn.functional as F
+    from mambapy.pscan import pscan
+
+    b, dim, L = u.shape
+    G, N = B.shape[1], B.shape[2]
+    dt = F.softplus(delta + delta_bias[:, None]).transpose(1, 2)  # (b, L, dim)
+    x = u.transpose(1, 2)
+    Bt = B.permute(0, 3, 1, 2).repeat_interleave(dim // G, dim=2)  # (b, L, dim, N)
+    Ct = C.permute(0, 3, 1, 2).repeat_interleave(dim // G, dim=2)
+    deltaA = (dt.unsqueeze(-1) * A).exp()
+    BX = dt.unsqueeze(-1) * Bt * x.unsqueeze(-1)
+    hs = pscan(deltaA, BX)
+    y = (hs * Ct).sum(-1) + D * x
+    return y.transpose(1, 2)
+
+
+def _scan_fn(impl: str) -> Callable[..., Any]:
+    if impl == MAMBAPY:
+        return _mambapy_scan
+    from vmbench.ops import selective_scan
+
+    def run(u, delta, A, B, C, D, delta_bias):
+        return selective_scan(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=True, backend=impl)
+
+    return run
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _best_time(fn: Callable[[], Any], repeats: int, device: str) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run_scan_case(case: ScanCase) -> dict[str, Any]:
+    """Time one implementation at one shape (meant to run in a fresh process)."""
+    import torch
+
+    if case.threads:
+        torch.set_num_threads(case.threads)
+    inputs = _scan_inputs(case)
+    fn = _scan_fn(case.impl)
+
+    def forward():
+        with torch.no_grad():
+            fn(*inputs)
+
+    def forward_backward():
+        out = fn(*inputs)
+        out.sum().backward()
+        for t in inputs:
+            t.grad = None
+
+    forward_backward()  # warm-up (allocator, lazy init)
+    with PeakMemory(case.device) as fwd_mem:
+        t_fwd = _best_time(forward, case.repeats, case.device)
+    with PeakMemory(case.device) as train_mem:
+        t_train = _best_time(forward_backward, case.repeats, case.device)
+    return {
+        "impl": case.impl,
+        "shape": (case.channels, case.length),
+        "batch": case.batch,
+        "fwd_s": t_fwd,
+        "fwd_bwd_s": t_train,
+        "fwd_peak_bytes": fwd_mem.peak,
+        "fwd_bwd_peak_bytes": train_mem.peak,
+    }
+
+
+def _in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def mambapy_available() -> bool:
+    try:
+        import mambapy.pscan  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bench_scan(
+    backends: list[str] | None = None,
+    shapes: tuple[tuple[int, int], ...] = STAGE_SHAPES,
+    batch: int = 1,
+    device: str = "cpu",
+    repeats: int = 2,
+    compare_mambapy: bool = True,
+    isolate: bool = True,
+    threads: int | None = None,
+    printer: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Measure each backend (and mambapy's pscan) at each shape; print a table with ratios."""
+    from vmbench.ops import available_backends
+
+    if backends is None:
+        # The reference backend is an oracle, not a contender: its loop is far too slow here.
+        backends = [b for b in available_backends(device) if b != "reference"]
+    impls = list(backends)
+    if compare_mambapy:
+        if not mambapy_available():
+            raise RuntimeError("mambapy is not installed: pip install 'vmbench[dev]' (or pass --no-mambapy)")
+        impls.append(MAMBAPY)
+    runner = _in_fresh_process if isolate else (lambda fn, *a: fn(*a))
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or None
+    printer(
+        f"selective scan, {device}, batch {batch}, N=16, G=4, best of {repeats}"
+        + (f", {threads} threads" if threads else "")
+        + ("; ratios are against mambapy's pscan in this run" if compare_mambapy else "")
+    )
+    header = f"{'(K*D, L)':>14} {'impl':>10} {'fwd s':>9} {'fwd+bwd s':>10} {'peak MiB':>9}"
+    if compare_mambapy:
+        header += f" {'time ratio':>11} {'mem ratio':>10}"
+    printer(header)
+    results = []
+    for channels, length in shapes:
+        rows = [
+            runner(run_scan_case, ScanCase(impl, channels, length, batch, device=device, repeats=repeats, threads=threads))
+            for impl in impls
+        ]
+        ref = next((r for r in rows if r["impl"] == MAMBAPY), None)
+        for r in rows:
+            line = (
+                f"{str((channels, length)):>14} {r['impl']:>10} {r['fwd_s']:>9.3f} {r['fwd_bwd_s']:>10.3f} "
+                f"{r['fwd_bwd_peak_bytes'] / 2**20:>9.1f}"
+            )
+            if ref is not None:
+                r["time_ratio"] = r["fwd_bwd_s"] / ref["fwd_bwd_s"]
+                r["mem_ratio"] = r["fwd_bwd_peak_bytes"] / max(ref["fwd_bwd_peak_bytes"], 1)
+                line += f" {r['time_ratio']:>10.2f}x {r['mem_ratio']:>9.2f}x"
+            printer(line)
+            results.append(r)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Model training throughput
+
+
+@dataclass
+class ModelCase:
+    model: str
+    size: int
+    batch: int
+    steps: int = 3
+    device: str = "cpu"
+    num_classes: int = 1
+    backend: str | None = None
+    amp: bool = False  # bf16 autocast
+    threads: int | None = None
+
+
+def run_model_case(case: ModelCase) -> dict[str, Any]:
+    """Training images/s of one model at one input size (meant to run in a fresh process)."""
+    import torch
+
+    import vmbench
+    from vmbench.ops import resolve_backend
+
+    if case.threads:
+        torch.set_num_threads(case.threads)
+    if case.backend:
+        os.environ["VMBENCH_SCAN_BACKEND"] = case.backend
+    torch.manual_seed(0)
+    model = vmbench.create_model(case.model, num_classes=case.num_classes).to(case.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    images = torch.randn(case.batch, 3, case.size, case.size, device=case.device)
+    if case.num_classes == 1:
+        target = (torch.rand(case.batch, 1, case.size, case.size, device=case.device) > 0.5).float()
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+    else:
+        target = torch.randint(0, case.num_classes, (case.batch, case.size, case.size), device=case.device)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=torch.device(case.device).type, dtype=torch.bfloat16, enabled=case.amp):
+            loss = loss_fn(model(images).float(), target)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up: allocator, lazy init, optimizer state
+    with PeakMemory(case.device) as mem:
+        _sync(case.device)
+        start = time.perf_counter()
+        for _ in range(case.steps):
+            step()
+        _sync(case.device)
+        elapsed = time.perf_counter() - start
+    return {
+        "model": case.model,
+        "size": case.size,
+        "batch": case.batch,
+        "amp": case.amp,
+        "backend": resolve_backend(case.backend, case.device),
+        "images_per_s": case.batch * case.steps / elapsed,
+        "step_s": elapsed / case.steps,
+        "peak_bytes": mem.peak,
+    }
+
+
+def bench_model(
+    model: str = "vmunet",
+    sizes: tuple[int, ...] = (64, 256),
+    batch: int | None = None,
+    steps: int = 3,
+    device: str = "cpu",
+    backends: list[str] | None = None,
+    amp_modes: tuple[bool, ...] = (False,),
+    isolate: bool = True,
+    threads: int | None = None,
+    printer: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Training throughput (forward, backward, AdamW step) per backend, size and precision."""
+    from vmbench.ops import available_backends
+
+    if backends is None:
+        backends = [b for b in available_backends(device) if b != "reference"]
+    runner = _in_fresh_process if isolate else (lambda fn, *a: fn(*a))
+    printer(f"{model} training (fwd+bwd+AdamW), {device}, {steps} timed steps after one warm-up")
+    printer(f"{'backend':>10} {'size':>5} {'batch':>5} {'bf16':>5} {'img/s':>9} {'s/step':>8} {'peak MiB':>9}")
+    results = []
+    for backend in backends:
+        for size in sizes:
+            # CPU default batches keep one step within seconds; CUDA uses the paper's batch 32.
+            b = batch or (32 if device.startswith("cuda") else (8 if size <= 64 else 2))
+            for amp in amp_modes:
+                r = runner(run_model_case, ModelCase(model, size, b, steps, device, backend=backend, amp=amp, threads=threads))
+                printer(
+                    f"{backend:>10} {size:>5} {b:>5} {str(amp):>5} {r['images_per_s']:>9.2f} "
+                    f"{r['step_s']:>8.3f} {r['peak_bytes'] / 2**20:>9.1f}"
+                )
+                results.append(r)
+    return results

@@ -1,0 +1,161 @@
+"""Model and dataset registries.
+
+A model family registers its constructors with a decorator (as timm does)::
+
+    @register_model("vmunet", family="vmunet", paper="...", input_size=(256, 256))
+    def vmunet(num_classes=1, in_chans=3, **overrides): ...
+
+Other installed packages add models through the ``vmbench.models`` entry-point group
+(``baselines`` registers itself that way); they are imported the first time a registry is read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = [
+    "ModelInfo",
+    "PublishedResult",
+    "Registry",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+]
+
+
+class UnknownNameError(KeyError):
+    """Raised for a name that is not registered; the message lists close matches."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class PublishedResult:
+    """One published row the leaderboard shows next to measured runs."""
+
+    dataset: str
+    metrics: dict[str, float]
+    source: str
+    protocol: str = "paper"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    factory: Callable[..., Any]
+    family: str
+    paper: str
+    input_size: tuple[int, int]
+    description: str = ""
+    published: tuple[PublishedResult, ...] = ()
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """A name -> entry table with plug-in loading and helpful unknown-name errors."""
+
+    def __init__(self, kind: str, entry_point_group: str | None, builtin_modules: tuple[str, ...]):
+        self.kind = kind
+        self._entry_point_group = entry_point_group
+        self._builtin_modules = builtin_modules
+        self._entries: dict[str, Any] = {}
+        self._loaded = False
+        self._lock = threading.RLock()
+
+    def add(self, name: str, entry: Any) -> None:
+        with self._lock:
+            if name in self._entries and self._entries[name] is not entry:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = entry
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True  # set first: plug-ins import vmbench, which may read the registry
+            for module in self._builtin_modules:
+                importlib.import_module(module)
+            if self._entry_point_group:
+                for ep in importlib.metadata.entry_points(group=self._entry_point_group):
+                    try:
+                        ep.load()
+                    except Exception as err:  # a broken plug-in must say which one it is
+                        raise ImportError(
+                            f"{self.kind} plug-in {ep.name!r} ({ep.value}) from entry-point group "
+                            f"{self._entry_point_group!r} failed to import: {err}"
+                        ) from err
+
+    def get(self, name: str) -> Any:
+        self._ensure_loaded()
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._entries, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            known = ", ".join(sorted(self._entries))
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {known})") from None
+
+    def names(self) -> list[str]:
+        self._ensure_loaded()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._ensure_loaded()
+        return name in self._entries
+
+
+MODELS = Registry("model", "vmbench.models", ("vmbench.models",))
+
+
+def register_model(
+    name: str,
+    *,
+    family: str,
+    paper: str,
+    input_size: tuple[int, int],
+    description: str = "",
+    published: tuple[PublishedResult, ...] = (),
+    recipe: dict[str, Any] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a model constructor ``f(num_classes, in_chans, **overrides)``."""
+
+    def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+        MODELS.add(
+            name,
+            ModelInfo(
+                name=name,
+                factory=factory,
+                family=family,
+                paper=paper,
+                input_size=tuple(input_size),
+                description=description,
+                published=tuple(published),
+                recipe=dict(recipe or {}),
+            ),
+        )
+        return factory
+
+    return decorator
+
+
+def create_model(name: str, num_classes: int = 1, in_chans: int = 3, **overrides: Any):
+    """Build a registered model; ``overrides`` go to the constructor (e.g. ``drop_path_rate``)."""
+    info: ModelInfo = MODELS.get(name)
+    return info.factory(num_classes=num_classes, in_chans=in_chans, **overrides)
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def model_info(name: str) -> ModelInfo:
+    return MODELS.get(name)
