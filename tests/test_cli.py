@@ -29,3 +29,17 @@ def test_bad_shape_argument(capsys):
     except SystemExit as exit_:
         assert exit_.code == 2
     assert "CHANNELS:LENGTH" in capsys.readouterr().err
+
+
+def test_models_lists_vmunet_and_baselines_with_counts(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    # Parameter counts (1 class, 3 input channels) from shared/spec.
+    assert "27,427,561" in rows["vmunet"] and "256x256" in rows["vmunet"]
+    assert "7,765,985" in rows["unet"]
+    assert "34,878,573" in rows["att-unet"]
+    assert "224x224" in rows["swin-unet"]
+    assert main(["models", "--num-classes", "9"]) == 0
+    rows9 = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "27,427,761" in rows9["vmunet"] and "27,168,900" in rows9["swin-unet"]

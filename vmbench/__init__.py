@@ -2,11 +2,28 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from vmbench.registry import create_model, list_models, model_info, register_model
+from vmbench.registry import (
+    create_model,
+    dataset_info,
+    list_datasets,
+    list_models,
+    model_info,
+    register_dataset,
+    register_model,
+)
 
 try:
     __version__ = version("vmbench")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "create_model", "list_models", "model_info", "register_model"]
+__all__ = [
+    "__version__",
+    "create_model",
+    "dataset_info",
+    "list_datasets",
+    "list_models",
+    "model_info",
+    "register_dataset",
+    "register_model",
+]

@@ -32,7 +32,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         with torch.device("meta"):
             model = vmbench.create_model(name, num_classes=args.num_classes)
         params = sum(p.numel() for p in model.parameters())
-        rows.append((name, info.family, f"{params:,}", "x".join(map(str, info.input_size)), info.paper))
+        paper = info.paper if len(info.paper) <= 72 else info.paper[:71] + "…"
+        rows.append((name, info.family, f"{params:,}", "x".join(map(str, info.input_size)), paper))
     header = ("model", "family", f"params ({args.num_classes} cl.)", "input", "paper")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths + [0])).rstrip())

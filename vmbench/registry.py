@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 __all__ = [
+    "DATASETS",
+    "MODELS",
+    "DatasetInfo",
     "ModelInfo",
     "PublishedResult",
     "Registry",
@@ -26,6 +29,9 @@ __all__ = [
     "list_models",
     "model_info",
     "register_model",
+    "register_dataset",
+    "list_datasets",
+    "dataset_info",
 ]
 
 
@@ -56,6 +62,26 @@ class ModelInfo:
     description: str = ""
     published: tuple[PublishedResult, ...] = ()
     recipe: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A registered dataset: what a trial needs to know before loading it.
+
+    ``builder(root, split, protocol, img_size, augment, seed)`` returns a torch Dataset; for
+    ``evaluation == "volume"`` datasets the test split yields whole volumes.
+    """
+
+    name: str
+    builder: Callable[..., Any]
+    task: str  # "binary" or "multiclass"
+    num_classes: int  # model output channels (1 for binary)
+    in_chans: int
+    img_size: tuple[int, int]
+    evaluation: str  # "pooled2d" (ISIC) or "volume" (Synapse)
+    class_names: tuple[str, ...] = ()
+    description: str = ""
+    default_root: str | None = None
 
 
 class Registry:
@@ -159,3 +185,49 @@ def list_models() -> list[str]:
 
 def model_info(name: str) -> ModelInfo:
     return MODELS.get(name)
+
+
+DATASETS = Registry("dataset", "vmbench.datasets", ("vmbench.data",))
+
+
+def register_dataset(
+    name: str,
+    *,
+    task: str,
+    num_classes: int,
+    in_chans: int,
+    img_size: tuple[int, int],
+    evaluation: str,
+    class_names: tuple[str, ...] = (),
+    description: str = "",
+    default_root: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a dataset builder ``f(root, split, protocol, img_size, augment, seed)``."""
+
+    def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
+        DATASETS.add(
+            name,
+            DatasetInfo(
+                name=name,
+                builder=builder,
+                task=task,
+                num_classes=num_classes,
+                in_chans=in_chans,
+                img_size=tuple(img_size),
+                evaluation=evaluation,
+                class_names=tuple(class_names),
+                description=description,
+                default_root=default_root,
+            ),
+        )
+        return builder
+
+    return decorator
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    return DATASETS.get(name)

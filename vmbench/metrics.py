@@ -1,0 +1,542 @@
+"""Evaluation metrics for the three published protocols (``protocols.md`` section 5).
+
+P1, ISIC pooled (VM-UNet, MALUNet, EGE-UNet): :func:`isic_pooled` / :class:`PooledConfusion`
+    One confusion matrix over every pixel of every test image, prediction ``prob >= threshold``,
+    ground truth ``mask >= 0.5``. "mIoU" is the foreground IoU ``TP / (TP + FP + FN)`` (not
+    averaged with background), DSC ``2TP / (2TP + FP + FN)``, Acc, Spe ``TN / (TN + FP)``,
+    Sen ``TP / (TP + FN)``; each ratio is 0 when its denominator is 0 (as the official code).
+
+P2, ISIC per image (TransFuse ``test_isic.py``): :func:`isic_per_image`
+    Prediction ``prob > threshold`` and ground truth ``mask > 0.5`` (strict, as TransFuse), per
+    image ``Dice = 2 (I + s) / (|P| + |G| + s)`` and ``IoU = (I + s) / (|P| + |G| - I + s)`` with
+    ``s = 0.001``, then the mean over images. These are TransFuse's formulas verbatim: note the
+    smoothing inside ``2 (I + s)``, so an image with empty prediction *and* empty ground truth
+    scores Dice 2.0 (IoU 1.0). ISIC images always contain a lesion, so this never occurs there.
+
+P3, Synapse 3D (TransUNet ``utils.py``): :func:`binary_dc`, :func:`binary_hd95`,
+    :func:`synapse_case_metrics`, :func:`summarize_synapse`
+    ``binary_dc`` / ``binary_hd95`` reproduce ``medpy.metric.binary.dc`` / ``hd95`` (medpy is not
+    needed at runtime). ``mode="paper"`` ports TransUNet's ``calculate_metric_percase`` edge
+    cases and voxel-unit HD95; ``mode="strict"`` is the corrected variant of section 5.4.
+
+Inputs may be numpy arrays or torch tensors (any device).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "isic_pooled",
+    "PooledConfusion",
+    "isic_per_image",
+    "binary_dc",
+    "binary_hd95",
+    "surface_distances",
+    "max_surface_distance",
+    "synapse_case_metrics",
+    "SynapseCaseResult",
+    "summarize_synapse",
+    "SynapseSummary",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _is_torch(x: Any) -> bool:
+    mod = type(x).__module__
+    return mod.startswith("torch") and hasattr(x, "detach")
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if _is_torch(x):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _squeezed_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(s) for s in shape if s != 1)
+
+
+def _check_same_shape(a: Any, b: Any, what: str = "probs and masks") -> None:
+    sa, sb = tuple(a.shape), tuple(b.shape)
+    if sa != sb and _squeezed_shape(sa) != _squeezed_shape(sb):
+        raise ValueError(f"{what} have different shapes: {sa} vs {sb}")
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den != 0 else 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# P1: pooled confusion matrix
+# --------------------------------------------------------------------------------------------
+
+
+def _confusion_counts(probs: Any, masks: Any, threshold: float) -> tuple[int, int, int, int]:
+    """(tp, fp, fn, tn) of ``probs >= threshold`` against ``masks >= 0.5``."""
+    if _is_torch(probs) or _is_torch(masks):
+        import torch
+
+        p = probs if _is_torch(probs) else torch.as_tensor(np.asarray(probs))
+        m = masks if _is_torch(masks) else torch.as_tensor(np.asarray(masks), device=p.device)
+        m = m.to(p.device)
+        _check_same_shape(p, m)
+        pred = (p.detach() >= threshold).reshape(-1)
+        gt = (m.detach() >= 0.5).reshape(-1)
+        n = pred.numel()
+        tp = int((pred & gt).sum())
+        npred = int(pred.sum())
+        ngt = int(gt.sum())
+    else:
+        p, m = np.asarray(probs), np.asarray(masks)
+        _check_same_shape(p, m)
+        pred = (p >= threshold).reshape(-1)
+        gt = (m >= 0.5).reshape(-1)
+        n = pred.size
+        tp = int(np.count_nonzero(pred & gt))
+        npred = int(np.count_nonzero(pred))
+        ngt = int(np.count_nonzero(gt))
+    fp = npred - tp
+    fn = ngt - tp
+    tn = n - tp - fp - fn
+    return tp, fp, fn, tn
+
+
+def _pooled_scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float | int]:
+    return {
+        "miou": _ratio(tp, tp + fp + fn),
+        "dsc": _ratio(2 * tp, 2 * tp + fp + fn),
+        "acc": _ratio(tp + tn, tp + fp + fn + tn),
+        "spe": _ratio(tn, tn + fp),
+        "sen": _ratio(tp, tp + fn),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def isic_pooled(probs: Any, masks: Any, threshold: float = 0.5) -> dict[str, float | int]:
+    """Protocol P1: one confusion matrix pooled over all pixels of all images.
+
+    ``probs`` are foreground probabilities (``sigmoid(logits)``), ``masks`` the ground truth, of
+    the same shape (singleton axes may differ, e.g. ``(N, 1, H, W)`` vs ``(N, H, W)``).
+    Returns ``miou`` (foreground IoU), ``dsc``, ``acc``, ``spe``, ``sen`` as fractions and the
+    integer counts ``tp``, ``fp``, ``fn``, ``tn``. A ratio with a zero denominator is 0.
+    """
+    return _pooled_scores(*_confusion_counts(probs, masks, threshold))
+
+
+class PooledConfusion:
+    """Streaming version of :func:`isic_pooled`: ``update`` batch by batch, then ``compute``.
+
+    Only the four counts are kept, so the evaluation need not hold every image; the result is
+    identical to :func:`isic_pooled` on the concatenated data. Counts stay on the CPU as Python
+    ints (torch inputs are counted on their own device).
+    """
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold = float(threshold)
+        self.reset()
+
+    def reset(self) -> None:
+        self.tp = self.fp = self.fn = self.tn = 0
+
+    def update(self, probs: Any, masks: Any) -> "PooledConfusion":
+        tp, fp, fn, tn = _confusion_counts(probs, masks, self.threshold)
+        self.tp += tp
+        self.fp += fp
+        self.fn += fn
+        self.tn += tn
+        return self
+
+    def merge(self, other: "PooledConfusion") -> "PooledConfusion":
+        """Add another accumulator's counts (e.g. from another worker)."""
+        self.tp += other.tp
+        self.fp += other.fp
+        self.fn += other.fn
+        self.tn += other.tn
+        return self
+
+    @property
+    def total(self) -> int:
+        return self.tp + self.fp + self.fn + self.tn
+
+    def compute(self) -> dict[str, float | int]:
+        return _pooled_scores(self.tp, self.fp, self.fn, self.tn)
+
+    def __repr__(self) -> str:
+        return (
+            f"PooledConfusion(tp={self.tp}, fp={self.fp}, fn={self.fn}, tn={self.tn}, "
+            f"threshold={self.threshold})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# P2: per-image mean (TransFuse)
+# --------------------------------------------------------------------------------------------
+
+
+def isic_per_image(probs: Any, masks: Any, threshold: float = 0.5, smooth: float = 0.001) -> dict[str, Any]:
+    """Protocol P2 (TransFuse ``mean_dice_np`` / ``mean_iou_np``): per-image Dice and IoU.
+
+    ``probs`` and ``masks`` are ``(N, H, W)`` or ``(N, 1, H, W)`` (first axis = images; a single
+    image needs a leading axis). Binarised as ``probs > threshold`` and ``masks > 0.5``. Returns
+    per-image arrays ``dice``, ``iou``, ``acc`` (pixel accuracy, as TransFuse logs it) of shape
+    ``(N,)`` and their means ``mean_dice``, ``mean_iou``, ``mean_acc`` (NaN for N = 0).
+    Dice is ``2 (I + smooth) / (|P| + |G| + smooth)`` exactly as TransFuse computes it.
+    """
+    p, m = _to_numpy(probs), _to_numpy(masks)
+    if p.ndim < 3 or m.ndim < 3:
+        raise ValueError(
+            f"expected a batch (N, H, W) or (N, 1, H, W), got shapes {p.shape} and {m.shape}; "
+            "add a leading axis for a single image"
+        )
+    if p.shape[0] != m.shape[0]:
+        raise ValueError(f"probs and masks hold {p.shape[0]} and {m.shape[0]} images")
+    _check_same_shape(p, m)
+    n = p.shape[0]
+    pred = (p > threshold).reshape(n, -1)
+    gt = (m > 0.5).reshape(n, -1)
+    inter = np.count_nonzero(pred & gt, axis=1).astype(np.float64)
+    npred = np.count_nonzero(pred, axis=1).astype(np.float64)
+    ngt = np.count_nonzero(gt, axis=1).astype(np.float64)
+    npix = pred.shape[1]
+    dice = 2.0 * (inter + smooth) / (npred + ngt + smooth)
+    iou = (inter + smooth) / (npred + ngt - inter + smooth)
+    acc = np.count_nonzero(pred == gt, axis=1) / float(npix) if npix else np.full(n, np.nan)
+
+    def _mean(a: np.ndarray) -> float:
+        return float(a.mean()) if a.size else float("nan")
+
+    return {
+        "dice": dice,
+        "iou": iou,
+        "acc": np.asarray(acc, dtype=np.float64),
+        "mean_dice": _mean(dice),
+        "mean_iou": _mean(iou),
+        "mean_acc": _mean(np.asarray(acc, dtype=np.float64)),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# P3: Synapse dc / hd95
+# --------------------------------------------------------------------------------------------
+
+
+def _as_bool(x: Any) -> np.ndarray:
+    a = _to_numpy(x)
+    if a.ndim == 0:
+        a = a.reshape(1)
+    return a.astype(bool, copy=False)
+
+
+def binary_dc(pred: Any, gt: Any) -> float:
+    """Dice ``2 |P & G| / (|P| + |G|)`` of two binary arrays (non-zero = object).
+
+    Same value as ``medpy.metric.binary.dc``. Both empty gives 1.0, medpy's intended value (its
+    ``ZeroDivisionError`` fallback, reached under numpy 1.x; medpy 0.5.2 on numpy >= 2 returns NaN
+    with a warning instead, because ``count_nonzero`` returns numpy integers there). The Synapse
+    protocols never call it with both empty.
+    """
+    p, g = _as_bool(pred), _as_bool(gt)
+    if p.shape != g.shape:
+        raise ValueError(f"pred and gt have different shapes: {p.shape} vs {g.shape}")
+    inter = int(np.count_nonzero(p & g))
+    total = int(np.count_nonzero(p)) + int(np.count_nonzero(g))
+    if total == 0:
+        return 1.0
+    return 2.0 * inter / float(total)
+
+
+def _normalise_spacing(spacing: Any, ndim: int) -> np.ndarray | None:
+    if spacing is None:
+        return None
+    s = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    if s.size == 1:
+        s = np.repeat(s, ndim)
+    if s.size != ndim:
+        raise ValueError(f"spacing has {s.size} entries for a {ndim}-D array")
+    if not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"spacing must be finite and > 0, got {s.tolist()}")
+    return np.ascontiguousarray(s)
+
+
+def _bbox_crop(*masks: np.ndarray) -> tuple[slice, ...]:
+    """Box around the union of the masks plus one voxel (clipped to the array).
+
+    The margin keeps the erosion exact: outside the box everything is background, and the
+    array edge acts as background in ``binary_erosion`` (``border_value=0``) just as the
+    background margin does. All surface voxels lie inside the box, so the Euclidean distance
+    transform restricted to it is exact too.
+    """
+    union = masks[0].copy()
+    for m in masks[1:]:
+        union |= m
+    slices = []
+    for axis in range(union.ndim):
+        other = tuple(a for a in range(union.ndim) if a != axis)
+        present = np.flatnonzero(union.any(axis=other) if other else union)
+        lo = max(int(present[0]) - 1, 0)
+        hi = min(int(present[-1]) + 2, union.shape[axis])
+        slices.append(slice(lo, hi))
+    return tuple(slices)
+
+
+def _surface(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    eroded = ndimage.binary_erosion(mask, structure=structure, iterations=1)
+    return mask & ~eroded
+
+
+def surface_distances(
+    pred: Any, gt: Any, spacing: Any = None, connectivity: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Surface distances in both directions: (pred surface -> gt surface, gt -> pred).
+
+    The surface of a mask is the mask minus its erosion by the ``connectivity`` structuring
+    element (``scipy.ndimage.generate_binary_structure(ndim, connectivity)``; voxels on the array
+    edge count as surface); distances are Euclidean in ``spacing`` units (unit spacing when
+    None) to the nearest surface voxel of the other mask. Raises ``RuntimeError`` if either
+    mask is empty (as medpy).
+    """
+    p, g = _as_bool(pred), _as_bool(gt)
+    if p.shape != g.shape:
+        raise ValueError(f"pred and gt have different shapes: {p.shape} vs {g.shape}")
+    if not p.any():
+        raise RuntimeError("hd95: the prediction (first array) contains no object (all zero)")
+    if not g.any():
+        raise RuntimeError("hd95: the reference (second array) contains no object (all zero)")
+    sampling = _normalise_spacing(spacing, p.ndim)
+    structure = ndimage.generate_binary_structure(p.ndim, connectivity)
+    box = _bbox_crop(p, g)
+    p, g = p[box], g[box]
+    p_surf = _surface(p, structure)
+    g_surf = _surface(g, structure)
+    # distance_transform_edt measures the distance to the nearest zero, so invert the surfaces.
+    to_g = ndimage.distance_transform_edt(~g_surf, sampling=sampling)[p_surf]
+    to_p = ndimage.distance_transform_edt(~p_surf, sampling=sampling)[g_surf]
+    return to_g, to_p
+
+
+def binary_hd95(pred: Any, gt: Any, spacing: Any = None, connectivity: int = 1) -> float:
+    """95th percentile of the pooled symmetric surface distances (``medpy.metric.binary.hd95``).
+
+    Both directed distance sets (see :func:`surface_distances`) are concatenated and the 95th
+    percentile is taken with numpy's default linear interpolation. Raises ``RuntimeError`` when
+    either input is empty. Only the bounding box of the two objects is processed, which gives
+    the same numbers as the full array at a fraction of the cost.
+    """
+    d1, d2 = surface_distances(pred, gt, spacing, connectivity)
+    return float(np.percentile(np.concatenate((d1, d2)), 95))
+
+
+def max_surface_distance(shape: Sequence[int], spacing: Any = None) -> float:
+    """Largest distance two voxels of a grid can have: the diagonal between the centres of
+    opposite corner voxels, ``sqrt(sum(((n_i - 1) * s_i) ** 2))`` in spacing units."""
+    shape = tuple(int(n) for n in shape)
+    s = _normalise_spacing(spacing, len(shape))
+    if s is None:
+        s = np.ones(len(shape))
+    return float(math.sqrt(sum(((n - 1) * si) ** 2 for n, si in zip(shape, s))))
+
+
+@dataclass(frozen=True)
+class SynapseCaseResult:
+    """Per-class scores of one volume (classes ``1..num_classes-1``, in order).
+
+    ``dice`` and ``hd95`` are float arrays (NaN where strict mode leaves a value undefined);
+    ``pred_empty`` / ``gt_empty`` record which edge case applied. ``spacing`` is the spacing used
+    for HD95 (None = voxel units). :meth:`rows` gives one dict per class for a per-case table.
+    """
+
+    dice: np.ndarray
+    hd95: np.ndarray
+    classes: tuple[int, ...]
+    mode: str
+    pred_empty: np.ndarray
+    gt_empty: np.ndarray
+    spacing: tuple[float, ...] | None = None
+    case_id: str | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for i, c in enumerate(self.classes):
+            out.append(
+                {
+                    "case": self.case_id,
+                    "class": c,
+                    "dice": float(self.dice[i]),
+                    "hd95": float(self.hd95[i]),
+                    "pred_empty": bool(self.pred_empty[i]),
+                    "gt_empty": bool(self.gt_empty[i]),
+                    "mode": self.mode,
+                }
+            )
+        return out
+
+    def as_array(self) -> np.ndarray:
+        """``(num_classes - 1, 2)`` array of (dice, hd95), TransUNet's ``metric_list`` layout."""
+        return np.stack([self.dice, self.hd95], axis=1)
+
+
+_MODES = ("paper", "strict")
+
+
+def synapse_case_metrics(
+    pred_vol: Any,
+    gt_vol: Any,
+    num_classes: int = 9,
+    mode: str = "paper",
+    spacing: Any = None,
+    connectivity: int = 1,
+    case_id: str | None = None,
+) -> SynapseCaseResult:
+    """Protocol P3: 3D Dice and HD95 of each class ``1..num_classes-1`` of one case.
+
+    ``pred_vol`` and ``gt_vol`` are label volumes of the same shape.
+
+    ``mode="paper"`` (TransUNet ``calculate_metric_percase``), HD95 in voxels, ``spacing`` ignored:
+      * both non-empty: ``(dc, hd95)``;
+      * prediction non-empty, GT empty: ``(1, 0)``;
+      * prediction empty (GT empty or not): ``(0, 0)``.
+
+    ``mode="strict"`` (corrected protocol), HD95 in ``spacing`` units (voxels if None):
+      * both non-empty: ``(dc, hd95)``;
+      * both empty: ``(NaN, NaN)``: nothing to segment, the case is left out of the means;
+      * GT non-empty, prediction empty (missed organ): dice 0, HD95 =
+        :func:`max_surface_distance` of the volume (the diagonal between opposite corner voxel
+        centres), an upper bound of any HD95 on that grid, so a miss is never better than a hit;
+      * prediction non-empty, GT empty (organ absent, false positive): dice 0, HD95 NaN. The
+        false positive is penalised through Dice; a surface distance needs a reference surface,
+        and inventing one (e.g. the diagonal) would mix a detection error into a boundary
+        measure, so HD95 is left undefined and out of the HD95 mean.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {_MODES}")
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}")
+    pred = _to_numpy(pred_vol)
+    gt = _to_numpy(gt_vol)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred_vol and gt_vol have different shapes: {pred.shape} vs {gt.shape}")
+    strict = mode == "strict"
+    used_spacing = _normalise_spacing(spacing, pred.ndim) if strict else None
+    classes = tuple(range(1, int(num_classes)))
+    k = len(classes)
+    dice = np.zeros(k, dtype=np.float64)
+    hd = np.zeros(k, dtype=np.float64)
+    pred_empty = np.zeros(k, dtype=bool)
+    gt_empty = np.zeros(k, dtype=bool)
+    diag = max_surface_distance(pred.shape, used_spacing) if strict else None
+    for i, c in enumerate(classes):
+        p = pred == c
+        g = gt == c
+        has_p, has_g = bool(p.any()), bool(g.any())
+        pred_empty[i], gt_empty[i] = not has_p, not has_g
+        if has_p and has_g:
+            dice[i] = binary_dc(p, g)
+            hd[i] = binary_hd95(p, g, spacing=used_spacing, connectivity=connectivity)
+        elif not strict:
+            dice[i], hd[i] = (1.0, 0.0) if has_p else (0.0, 0.0)
+        elif has_g:  # missed organ
+            dice[i], hd[i] = 0.0, diag
+        elif has_p:  # false-positive organ
+            dice[i], hd[i] = 0.0, np.nan
+        else:  # nothing to find, nothing found
+            dice[i], hd[i] = np.nan, np.nan
+    return SynapseCaseResult(
+        dice=dice,
+        hd95=hd,
+        classes=classes,
+        mode=mode,
+        pred_empty=pred_empty,
+        gt_empty=gt_empty,
+        spacing=None if used_spacing is None else tuple(float(s) for s in used_spacing),
+        case_id=case_id,
+    )
+
+
+@dataclass(frozen=True)
+class SynapseSummary:
+    """Per-class means over cases and the unweighted means over classes.
+
+    ``dice_per_class`` / ``hd95_per_class``: mean over cases (strict: over cases where the value
+    is defined; NaN if none). ``n_dice`` / ``n_hd95``: how many cases entered each class mean.
+    ``mean_dice`` / ``mean_hd95``: mean over classes (strict: over classes with a value).
+    """
+
+    classes: tuple[int, ...]
+    dice_per_class: np.ndarray
+    hd95_per_class: np.ndarray
+    n_dice: np.ndarray
+    n_hd95: np.ndarray
+    mean_dice: float
+    mean_hd95: float
+    n_cases: int
+    mode: str
+    case_ids: tuple[str | None, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "n_cases": self.n_cases,
+            "mean_dice": self.mean_dice,
+            "mean_hd95": self.mean_hd95,
+        }
+        for i, c in enumerate(self.classes):
+            out[f"dice_class{c}"] = float(self.dice_per_class[i])
+            out[f"hd95_class{c}"] = float(self.hd95_per_class[i])
+        return out
+
+
+def _nanmean(a: np.ndarray, axis: int | None = None) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(a, axis=axis)
+
+
+def summarize_synapse(case_results: Iterable[SynapseCaseResult]) -> SynapseSummary:
+    """Protocol P3 step 4: per-class mean over cases, then the unweighted mean over classes.
+
+    All results must share their mode and classes. In paper mode the means are plain (as
+    TransUNet: sum over cases / number of cases); in strict mode NaNs are left out.
+    """
+    results = list(case_results)
+    if not results:
+        raise ValueError("summarize_synapse needs at least one case result")
+    mode, classes = results[0].mode, results[0].classes
+    for r in results:
+        if r.mode != mode:
+            raise ValueError(f"case results mix modes {mode!r} and {r.mode!r}")
+        if r.classes != classes:
+            raise ValueError(f"case results have different classes: {classes} vs {r.classes}")
+    dice = np.stack([r.dice for r in results])  # (cases, classes)
+    hd = np.stack([r.hd95 for r in results])
+    if mode == "paper":
+        dice_pc, hd_pc = dice.mean(0), hd.mean(0)
+        mean_dice, mean_hd = float(dice_pc.mean()), float(hd_pc.mean())
+    else:
+        dice_pc, hd_pc = _nanmean(dice, 0), _nanmean(hd, 0)
+        mean_dice, mean_hd = float(_nanmean(dice_pc)), float(_nanmean(hd_pc))
+    return SynapseSummary(
+        classes=classes,
+        dice_per_class=np.asarray(dice_pc, dtype=np.float64),
+        hd95_per_class=np.asarray(hd_pc, dtype=np.float64),
+        n_dice=np.count_nonzero(~np.isnan(dice), axis=0),
+        n_hd95=np.count_nonzero(~np.isnan(hd), axis=0),
+        mean_dice=mean_dice,
+        mean_hd95=mean_hd,
+        n_cases=len(results),
+        mode=mode,
+        case_ids=tuple(r.case_id for r in results),
+    )
