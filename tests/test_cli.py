@@ -40,6 +40,8 @@ def test_models_lists_vmunet_and_baselines_with_counts(capsys):
     assert "7,765,985" in rows["unet"]
     assert "34,878,573" in rows["att-unet"]
     assert "224x224" in rows["swin-unet"]
+    assert "26,248,725" in rows["transfuse-s"] and "192x256" in rows["transfuse-s"]
+    assert "34,527,041" in rows["unet-classic"]
     assert main(["models", "--num-classes", "9"]) == 0
     rows9 = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert "27,427,761" in rows9["vmunet"] and "27,168,900" in rows9["swin-unet"]
