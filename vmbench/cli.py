@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from vmbench.registry import UnknownNameError
 
@@ -74,6 +75,142 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str):
+    """A --set value: YAML scalar/list syntax (numbers, true/false, null, [1, 2])."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _load_config_file(path: str) -> dict:
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file {file} does not exist")
+    try:
+        values = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{file}: not valid YAML: {str(err).splitlines()[0]}") from None
+    return values or {}
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from vmbench.config import ExperimentConfig
+
+    base = _load_config_file(args.config) if args.config else {}
+    cfg = ExperimentConfig.from_dict(base, source=args.config or "defaults")
+    overrides = {}
+    for flag, key in (
+        ("model", "model.name"),
+        ("dataset", "data.name"),
+        ("data_root", "data.root"),
+        ("protocol", "data.protocol"),
+        ("img_size", "data.img_size"),
+        ("epochs", "train.epochs"),
+        ("batch_size", "train.batch_size"),
+        ("lr", "optim.lr"),
+        ("seed", "train.seed"),
+        ("device", "train.device"),
+        ("amp", "train.amp"),
+        ("pretrained", "model.pretrained"),
+        ("workers", "data.num_workers"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.weight_decay=0.05")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = _parse_value(value)
+    if args.no_progress:
+        overrides["train.progress"] = False
+    cfg = cfg.with_overrides(overrides, source="command line")
+    out = args.out or (base.get("out_dir") if args.config else None)
+    cfg.out_dir = str(out or Path("vmbench-runs") / "train" / f"{cfg.model.name}_{cfg.data.name}")
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from vmbench.engine import fit
+
+    cfg = train_config_from_args(args)
+    last = Path(cfg.out_dir) / "checkpoints" / "last.pt"
+    if last.exists() and not args.resume:
+        raise ValueError(f"{cfg.out_dir} already holds a run ({last}); pass --resume to continue it or --out for a new folder")
+    print(f"training {cfg.model.name} on {cfg.data.name} ({cfg.data.protocol} protocol) -> {cfg.out_dir}")
+    result = fit(cfg, resume=args.resume)
+    print(f"best epoch {result.best_epoch}: {result.select_metric} = {result.best_value:.4f} ({result.best_checkpoint})")
+    if result.test is not None:
+        print("test:", json.dumps(_headline(result.test)))
+        print(f"per-case table and summary: {Path(cfg.out_dir) / 'eval' / 'test'}")
+    return 0
+
+
+def _headline(summary: dict) -> dict:
+    keys = ("dsc", "miou", "hd95", "acc", "spe", "sen", "per_image_dice", "dsc_strict", "hd95_strict")
+    return {k: round(float(summary[k]), 4) for k in keys if k in summary}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from vmbench.engine import evaluate_checkpoint
+
+    from vmbench.engine import load_checkpoint
+
+    checkpoint = Path(args.checkpoint)
+    dataset = args.dataset or load_checkpoint(checkpoint)["config"]["data"]["name"]
+    out = Path(args.out) if args.out else checkpoint.parent.parent / "eval" / f"{dataset}-{args.split}"
+    result = evaluate_checkpoint(
+        checkpoint, dataset=args.dataset, root=args.data_root, split=args.split, protocol=args.protocol,
+        out_dir=out, device=args.device, progress=not args.no_progress,
+    )
+    print(json.dumps(_headline(result.summary)))
+    print(f"wrote {out / 'per_case.csv'} and {out / 'summary.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from vmbench.predict import predict_paths
+
+    for p in predict_paths(args.checkpoint, args.inputs, args.out, device=args.device, threshold=args.threshold):
+        print(f"{p.source} -> {p.output} ({p.kind}, foreground {p.foreground_fraction:.1%})")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from vmbench.data import synth_isic, synth_synapse
+
+    if args.kind == "isic":
+        synth_isic(args.out, n=args.n, seed=args.seed, layout=args.layout, year=args.year)
+    else:
+        synth_synapse(args.out, n_cases=args.n, seed=args.seed)
+    print(f"wrote generated {args.kind} data to {args.out}")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from vmbench.data import prepare_synapse
+
+    report = prepare_synapse(args.raw, args.out, mapping=args.mapping, overwrite=args.overwrite)
+    print(report)
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    import vmbench
+
+    for name in vmbench.list_datasets():
+        info = vmbench.dataset_info(name)
+        size = "x".join(map(str, info.img_size))
+        print(f"{name:<18} {info.task:<10} {info.num_classes:>2} cl.  {size:<8} {info.evaluation:<9} {info.description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vmbench import __version__
 
@@ -112,6 +249,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="timed training steps after one warm-up step")
     p.add_argument("--bf16", choices=["off", "on", "both"], default="off", help="bf16 autocast")
     p.set_defaults(func=cmd_bench_model)
+
+    p = sub.add_parser("train", help="train one model on one dataset (checkpoints every epoch, test at the end)")
+    p.add_argument("--config", help="experiment YAML (sections data, model, optim, scheduler, loss, train)")
+    p.add_argument("--model", help="registered model name (default vmunet)")
+    p.add_argument("--dataset", help="registered dataset name (default synthetic-isic)")
+    p.add_argument("--data-root", help="dataset folder (default: the dataset's own)")
+    p.add_argument("--protocol", choices=["holdout", "paper"])
+    p.add_argument("--img-size", type=int, help="square input side (default: the dataset's)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"])
+    p.add_argument("--pretrained", help="local pretrained weights for the model's loader")
+    p.add_argument("--workers", type=int, help="DataLoader workers")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.weight_decay=0.05")
+    p.add_argument("--out", help="run folder (default vmbench-runs/train/MODEL_DATASET)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint: per-case CSV and summary JSON")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
+    p.add_argument("--data-root")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--protocol", choices=["holdout", "paper"], help="default: the training protocol")
+    p.add_argument("--out", help="output folder (default: next to the checkpoint's run)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="masks for images (PNG) or NIfTI volumes (NIfTI) from a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("inputs", nargs="+", help="image or NIfTI files, or folders of them")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for binary masks")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    data = sub.add_parser("data", help="generate, prepare and list datasets").add_subparsers(
+        dest="data_command", required=True, metavar="WHAT"
+    )
+    p = data.add_parser("synth", help="write generated data in the real ISIC or raw Synapse (NIfTI) layout")
+    p.add_argument("kind", choices=["isic", "synapse"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=100, help="images (isic) or cases (synapse)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=["challenge", "prepared"], default="challenge", help="isic only")
+    p.add_argument("--year", type=int, choices=[2017, 2018], default=2018, help="isic only")
+    p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("prepare", help="raw BTCV NIfTI -> the TransUNet Synapse layout")
+    p.add_argument("kind", choices=["synapse"])
+    p.add_argument("--raw", required=True, help="folder with img0001.nii.gz / label0001.nii.gz (or img/ label/)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--mapping", choices=["A", "B"], default="A", help="organ label order (see docs)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_data_prepare)
+    p = data.add_parser("list", help="registered datasets")
+    p.set_defaults(func=cmd_data_list)
     return parser
 
 

@@ -1,0 +1,95 @@
+"""Datasets; importing this package registers them.
+
+Registered: ``isic2017``, ``isic2018`` (binary, pooled 2D evaluation), ``synapse`` (9 classes,
+3D volume evaluation), ``synthetic-isic`` and ``synthetic-synapse`` (generated stand-ins that
+build themselves into the vmbench cache when ``root`` is None).
+
+``build_dataset(name, root, split, protocol, img_size, augment, seed, **kwargs)`` is the one entry
+point the engine uses. Every dataset it returns has ``name``, ``split``, ``protocol``,
+``is_volume``, ``val_is_test``, ``img_size`` and ``__len__``; 2D datasets also have
+``set_epoch(epoch)`` (augmentation is a function of seed, epoch and index).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from vmbench.data.common import PROTOCOLS, SPLITS, cache_dir, check_split_protocol
+from vmbench.data.errors import DataError
+from vmbench.data import isic, synapse, synthetic  # noqa: F401  (registers the datasets)
+from vmbench.data.isic import ISICDataset, build_isic
+from vmbench.data.synapse import (
+    HOLDOUT_VAL_CASES,
+    PAPER_TEST_CASES,
+    PAPER_TRAIN_CASES,
+    PrepareReport,
+    SynapseSliceDataset,
+    SynapseVolumeDataset,
+    build_synapse,
+    prepare_synapse,
+)
+from vmbench.data.synthetic import synth_isic, synth_synapse, synthetic_isic_root, synthetic_synapse_root
+from vmbench.data.transforms import seed_worker
+
+__all__ = [
+    "DataError",
+    "HOLDOUT_VAL_CASES",
+    "ISICDataset",
+    "PAPER_TEST_CASES",
+    "PAPER_TRAIN_CASES",
+    "PROTOCOLS",
+    "PrepareReport",
+    "SPLITS",
+    "SynapseSliceDataset",
+    "SynapseVolumeDataset",
+    "build_dataset",
+    "build_isic",
+    "build_synapse",
+    "cache_dir",
+    "prepare_synapse",
+    "seed_worker",
+    "synth_isic",
+    "synth_synapse",
+    "synthetic_isic_root",
+    "synthetic_synapse_root",
+]
+
+
+def _size(img_size) -> tuple[int, int]:
+    if isinstance(img_size, int):
+        return (img_size, img_size)
+    try:
+        h, w = (int(v) for v in img_size)
+    except (TypeError, ValueError):
+        raise DataError(f"img_size {img_size!r} is not an int or an (height, width) pair") from None
+    if h <= 0 or w <= 0:
+        raise DataError(f"img_size {img_size!r} must be positive")
+    return (h, w)
+
+
+def build_dataset(
+    name: str,
+    root=None,
+    split: str = "train",
+    protocol: str = "holdout",
+    img_size: int | Sequence[int] | None = None,
+    augment: bool | None = None,
+    seed: int = 0,
+    **kwargs,
+):
+    """Build split ``split`` of registered dataset ``name`` under ``protocol``.
+
+    ``root`` None: the registered default folder (generated data for the synthetic datasets);
+    ``img_size`` None: the dataset's default; ``augment`` None: True for "train" only. Extra
+    keyword arguments go to the dataset's builder (e.g. ``normalize=``, ``split_seed=``, ``n=``).
+    """
+    from vmbench.registry import dataset_info
+
+    info = dataset_info(name)  # unknown names: the registry's error with close matches
+    check_split_protocol(split, protocol)
+    size = info.img_size if img_size is None else _size(img_size)
+    if augment is None:
+        augment = split == "train"
+    if root is None:
+        root = info.default_root
+    return info.builder(root, split, protocol, size, bool(augment), int(seed), **kwargs)

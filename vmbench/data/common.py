@@ -1,0 +1,105 @@
+"""Small helpers shared by the data modules: cache folder, atomic writes, seeded splits."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from vmbench.data.errors import DataError
+
+__all__ = [
+    "SPLITS",
+    "PROTOCOLS",
+    "cache_dir",
+    "atomic_dir",
+    "atomic_write_bytes",
+    "check_split_protocol",
+    "split_by_hash",
+]
+
+SPLITS = ("train", "val", "test")
+PROTOCOLS = ("holdout", "paper")
+
+
+def cache_dir() -> Path:
+    """``$VMBENCH_CACHE`` if set, else ``~/.cache/vmbench``."""
+    env = os.environ.get("VMBENCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vmbench"
+
+
+def check_split_protocol(split: str, protocol: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    if protocol not in PROTOCOLS:
+        raise DataError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``final``; rename it to ``final`` on success.
+
+    On an exception the temporary folder is removed, so ``final`` is either complete or absent.
+    If another process created ``final`` meanwhile (and ``overwrite`` is False), its copy is kept
+    and ours is discarded: both were built from the same inputs.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists() and overwrite:
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not final.exists():
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _hash_key(seed: int, key: str) -> str:
+    return hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()
+
+
+def split_by_hash(ids: Sequence[str], fractions: Sequence[float], seed: int) -> list[list[str]]:
+    """Split ``ids`` into parts of the given fractions, deterministically by id and seed.
+
+    Ids are ranked by ``sha256(f"{seed}|{id}")``, so the result depends only on the set of ids
+    and the seed (never on file-system order); part sizes are cumulative roundings of
+    ``fractions * len(ids)``. Each part is returned sorted.
+    """
+    ranked = sorted(ids, key=lambda i: (_hash_key(seed, i), i))
+    total = float(sum(fractions))
+    parts, start, acc = [], 0, 0.0
+    for f in fractions:
+        acc += f
+        stop = int(round(len(ranked) * acc / total))
+        parts.append(sorted(ranked[start:stop]))
+        start = stop
+    return parts

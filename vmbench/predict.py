@@ -1,0 +1,159 @@
+"""``vmbench predict``: masks for new images and volumes from a trained checkpoint.
+
+Images (``.jpg``, ``.jpeg``, ``.png``, ``.bmp``, ``.tif``) get a PNG mask (0/255 for binary
+models, class ids otherwise) at their original size. NIfTI volumes (``.nii``, ``.nii.gz``, raw CT
+in HU) get a NIfTI label map with the input's affine and header, after the same HU window and
+slice-wise inference as the Synapse evaluation. Outputs are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vmbench.data.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class Prediction:
+    source: Path
+    output: Path
+    kind: str  # "image" or "volume"
+    shape: tuple[int, ...]
+    foreground_fraction: float
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(VOLUME_SUFFIXES):
+        return "volume"
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    raise DataError(
+        f"{path}: unsupported input type (images: {', '.join(IMAGE_SUFFIXES)}; volumes: {', '.join(VOLUME_SUFFIXES)})"
+    )
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", *IMAGE_SUFFIXES, ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _write_atomic(path: Path, write) -> None:
+    # Keep the real suffix last: nibabel chooses the format from it.
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _image_preprocessor(preprocess: dict, img_size):
+    from vmbench.data.transforms import IsicTransform
+
+    stats = tuple(preprocess["stats"]) if preprocess.get("stats") else None
+    return IsicTransform(img_size, augment=False, normalize=preprocess["normalize"], stats=stats)
+
+
+@torch.no_grad()
+def predict_image(model, path: Path, preprocess: dict, img_size, device, threshold: float, task: str) -> np.ndarray:
+    import cv2
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            image = np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(f"{path}: cannot read image ({err})") from None
+    height, width = image.shape[:2]
+    x, _ = _image_preprocessor(preprocess, img_size)(image, np.zeros((height, width), np.uint8), np.random.default_rng(0))
+    logits = model(torch.from_numpy(x)[None].to(device))
+    if isinstance(logits, (tuple, list)):
+        logits = logits[-1]
+    logits = logits.float()
+    # Probabilities are resized back to the original size (bilinear), then thresholded.
+    if task == "binary":
+        prob = torch.sigmoid(logits)[0, 0].cpu().numpy()
+        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+        return (prob >= threshold).astype(np.uint8) * 255
+    probs = torch.softmax(logits, dim=1)[0].cpu().numpy().transpose(1, 2, 0)
+    probs = cv2.resize(probs, (width, height), interpolation=cv2.INTER_LINEAR)
+    return probs.argmax(-1).astype(np.uint8)
+
+
+def predict_nifti(model, path: Path, out_path: Path, img_size, device) -> tuple[tuple[int, ...], float]:
+    import nibabel as nib
+
+    from vmbench.data.synapse import hu_to_unit
+    from vmbench.engine import predict_volume
+
+    try:
+        img = nib.load(str(path))
+        hu = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise DataError(f"{path}: cannot read NIfTI volume ({type(err).__name__}: {err})") from None
+    if hu.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {hu.shape}")
+    volume = hu_to_unit(hu).transpose(2, 1, 0)  # nibabel (x, y, z) -> (z, y, x), as prepare_synapse
+    labels = predict_volume(model, volume, img_size, device).transpose(2, 1, 0).astype(np.uint8)
+    header = img.header.copy()
+    header.set_data_dtype(np.uint8)
+    out = nib.Nifti1Image(labels, img.affine, header)
+    _write_atomic(out_path, lambda tmp: nib.save(out, str(tmp)))
+    return labels.shape, float((labels > 0).mean())
+
+
+def predict_paths(checkpoint, inputs, out_dir, device="auto", threshold: float = 0.5) -> list[Prediction]:
+    """Predict every input (files, or folders of supported files) into ``out_dir``."""
+    from PIL import Image
+
+    import vmbench
+    from vmbench.engine import model_from_checkpoint, resolve_device
+
+    device = resolve_device(device)
+    model, cfg, ckpt = model_from_checkpoint(checkpoint, device)
+    info = vmbench.dataset_info(cfg.data.name)
+    img_size = tuple(ckpt["img_size"])
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES + VOLUME_SUFFIXES))
+            if not found:
+                raise DataError(f"{item}: folder holds no images or NIfTI volumes")
+            files.extend(found)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    kinds = {p: _kind(p) for p in files}  # check every input before writing anything
+    preprocess = ckpt.get("preprocess") or {}
+    if any(k == "image" for k in kinds.values()) and preprocess.get("kind") != "image":
+        raise DataError(f"{checkpoint}: this model was trained on volumes ({cfg.data.name}); give NIfTI volumes")
+    if any(k == "volume" for k in kinds.values()) and preprocess.get("kind") != "volume":
+        raise DataError(f"{checkpoint}: this model was trained on 2D images ({cfg.data.name}); give images")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path, kind in kinds.items():
+        if kind == "image":
+            mask = predict_image(model, path, preprocess, img_size, device, threshold, info.task)
+            out_path = out_dir / f"{_stem(path)}_mask.png"
+            _write_atomic(out_path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
+            results.append(Prediction(path, out_path, kind, mask.shape, float((mask > 0).mean())))
+        else:
+            out_path = out_dir / f"{_stem(path)}_pred.nii.gz"
+            shape, fraction = predict_nifti(model, path, out_path, img_size, device)
+            results.append(Prediction(path, out_path, kind, shape, fraction))
+    return results
