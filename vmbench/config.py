@@ -38,6 +38,7 @@ class DataConfig:
     protocol: str = "holdout"  # "holdout" (val apart from test) or "paper" (the published protocol)
     img_size: int | None = None  # square side; None: the dataset's native size
     num_workers: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # extra builder arguments, e.g. normalize, n
 
     _choices = {"protocol": ("holdout", "paper")}
 

@@ -463,7 +463,9 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callable[[EpochResult], Any]]
     img_size = (cfg.data.img_size,) * 2 if cfg.data.img_size else tuple(info.img_size)
 
     seed_everything(cfg.train.seed)
-    data_kwargs = dict(root=cfg.data.root, protocol=cfg.data.protocol, img_size=img_size, seed=cfg.train.seed)
+    data_kwargs = dict(
+        root=cfg.data.root, protocol=cfg.data.protocol, img_size=img_size, seed=cfg.train.seed, **cfg.data.options
+    )
     train_set = build_dataset(cfg.data.name, split="train", **data_kwargs)
     try:
         val_set = build_dataset(cfg.data.name, split="val", **data_kwargs)
@@ -612,8 +614,16 @@ def evaluate_checkpoint(
     name = dataset or cfg.data.name
     protocol = protocol or cfg.data.protocol
     img_size = tuple(ckpt["img_size"])
-    data = build_dataset(name, root=root if root is not None else (cfg.data.root if name == cfg.data.name else None),
-                         split=split, protocol=protocol, img_size=img_size, seed=cfg.train.seed)
+    same_data = name == cfg.data.name
+    data = build_dataset(
+        name,
+        root=root if root is not None else (cfg.data.root if same_data else None),
+        split=split,
+        protocol=protocol,
+        img_size=img_size,
+        seed=cfg.train.seed,
+        **(cfg.data.options if same_data else {}),
+    )
     result = evaluate(model, data, device, img_size, progress=progress)
     if out_dir is not None:
         meta = {
