@@ -153,6 +153,8 @@ def test_backward_saves_no_full_state_tensor():
 def fresh_dispatch(monkeypatch):
     monkeypatch.setattr(dispatch, "_logged", set())
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    # Under TRITON_INTERPRET=1 the 'triton' backend is available on CPU (tests/test_selective_scan_triton.py).
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     return dispatch
 
 

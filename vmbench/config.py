@@ -36,7 +36,7 @@ class DataConfig:
     name: str = "synthetic-isic"
     root: str | None = None  # None: the dataset's default (synthetic ones generate into a cache)
     protocol: str = "holdout"  # "holdout" (val apart from test) or "paper" (the published protocol)
-    img_size: int | None = None  # square side; None: the dataset's native size
+    img_size: int | tuple[int, int] | None = None  # side or [height, width]; None: the dataset's own
     num_workers: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # extra builder arguments, e.g. normalize, n
 
@@ -226,8 +226,8 @@ class ExperimentConfig:
         values = self.to_dict()
         for dotted, value in overrides.items():
             parts = dotted.split(".")
-            if _under_overrides(parts):  # free-form constructor arguments
-                node = values["model"]["overrides"]
+            if _under_overrides(parts):  # free-form constructor / builder arguments
+                node = values[parts[0]][parts[1]]
                 for part in parts[2:-1]:
                     node = node.setdefault(part, {})
                 node[parts[-1]] = value
@@ -244,12 +244,15 @@ class ExperimentConfig:
 
 
 def _under_overrides(parts: list[str]) -> bool:
-    return len(parts) >= 3 and parts[0] == "model" and parts[1] == "overrides"
+    return len(parts) >= 3 and (parts[0], parts[1]) in (("model", "overrides"), ("data", "options"))
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
+    """A JSON/YAML-ready copy (never the config's own mutable objects)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, Path):
         return str(value)
     return value

@@ -451,6 +451,22 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
 # Training
 
 
+def _img_size(cfg: ExperimentConfig, info) -> tuple[int, int]:
+    size = cfg.data.img_size
+    if size is None:
+        return tuple(info.img_size)
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _resume_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a config that define the training trajectory (not where or how it is shown)."""
+    config = json.loads(json.dumps(config))
+    config.pop("out_dir", None)
+    config.get("train", {}).pop("progress", None)
+    config.get("data", {}).pop("num_workers", None)
+    return config
+
+
 def fit(cfg: ExperimentConfig, callbacks: Iterable[Callable[[EpochResult], Any]] = (), resume: bool = False,
         evaluate_test: bool = True) -> FitResult:
     """Train, checkpoint every epoch, select ``best.pt``, evaluate it on the test split."""
@@ -460,7 +476,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callable[[EpochResult], Any]]
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     info = vmbench.dataset_info(cfg.data.name)
-    img_size = (cfg.data.img_size,) * 2 if cfg.data.img_size else tuple(info.img_size)
+    img_size = _img_size(cfg, info)
 
     seed_everything(cfg.train.seed)
     data_kwargs = dict(
@@ -497,7 +513,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callable[[EpochResult], Any]]
     best_epoch = 0
     if resume and last_path.exists():
         state = load_checkpoint(last_path)
-        if state["config"] != cfg.to_dict():
+        if _resume_identity(state["config"]) != _resume_identity(cfg.to_dict()):
             raise ValueError(f"cannot resume from {last_path}: it was written with a different configuration")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -7,21 +7,30 @@ Backends:
 
 ``cuda``
     mamba-ssm's compiled kernel (``selective_scan_cuda``); inputs on a CUDA device.
+``triton``
+    vmbench's fused Triton kernels (``selective_scan_triton``), forward and backward: needs the
+    ``triton`` package and inputs on a CUDA device, or ``TRITON_INTERPRET=1`` (set before triton is
+    first imported), which runs them on CPU tensors through Triton's interpreter (slow; for tests).
+    fp32/bf16/fp16 inputs, fp32 compute; no fp64.
 ``torch``
     vmbench's own PyTorch scan (``selective_scan_torch``): O(L) time and memory in forward and
-    backward, any device. The default without the CUDA kernel.
+    backward, any device. The default on CPU.
 ``reference``
     The plain scan in ``selective_scan_ref``; slow, fp64-capable, the test oracle.
 
 Choice: the ``backend=`` argument, else the ``VMBENCH_SCAN_BACKEND`` environment variable, else
-automatic (``cuda`` when its kernel imports and the inputs are on CUDA, otherwise ``torch``).
-The backend chosen for each (backend, device type) is logged once. An explicitly requested
-backend that cannot run raises :class:`BackendUnavailableError`; it never falls back silently.
+automatic: for CUDA inputs ``cuda`` when mamba-ssm's kernel imports, else ``triton`` when triton
+imports, else ``torch``; for any other device ``torch`` (also under ``TRITON_INTERPRET=1``: the
+interpreter is a test tool, never chosen automatically). fp64 inputs on an automatically chosen
+``triton`` use ``torch``. The backend chosen for each (backend, device type) is logged once with the
+reason. An explicitly requested backend that cannot run raises :class:`BackendUnavailableError`
+saying what to install; it never falls back silently.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 
@@ -42,7 +51,8 @@ __all__ = [
 log = logging.getLogger("vmbench.ops")
 
 ENV_VAR = "VMBENCH_SCAN_BACKEND"
-BACKENDS = ("cuda", "torch", "reference")
+BACKENDS = ("cuda", "triton", "torch", "reference")
+TRITON_INTERPRET_VAR = "TRITON_INTERPRET"
 _logged: set[tuple[str, str]] = set()
 
 
@@ -69,12 +79,58 @@ def _cuda_kernel() -> tuple[object | None, str]:
     return selective_scan_fn, ""
 
 
+def _triton_interpret_requested() -> bool:
+    """``TRITON_INTERPRET`` as Triton reads it (read at call time, without importing triton)."""
+    return os.environ.get(TRITON_INTERPRET_VAR, "").strip().lower() in ("1", "true", "on", "yes")
+
+
+_triton_import: tuple[object | None, str] | None = None
+_TRITON_INSTALL = "install triton (pip install triton, or the 'gpu' extra: pip install 'vmbench[gpu]')"
+
+
+def _triton_module():
+    """(vmbench.ops.selective_scan_triton or None, why not). Imported lazily: importing triton fixes
+    its interpreter/compiled mode for the process, so it must not happen at vmbench import time."""
+    global _triton_import
+    if _triton_import is None:
+        try:
+            import vmbench.ops.selective_scan_triton as module
+        except Exception as err:  # ImportError, or a broken triton install
+            _triton_import = (None, f"triton does not import ({type(err).__name__}: {err})")
+        else:
+            _triton_import = (module, "")
+    return _triton_import
+
+
+def _triton_reason(device: torch.device) -> str | None:
+    interpret = _triton_interpret_requested()
+    if device.type != "cuda" and not interpret:
+        why = (
+            f"the 'triton' backend needs inputs on a CUDA device, got {device.type} (or set "
+            f"{TRITON_INTERPRET_VAR}=1 before triton is imported to run Triton's interpreter on CPU)"
+        )
+        if importlib.util.find_spec("triton") is None:  # does not import triton
+            why += f"; triton is not installed: {_TRITON_INSTALL}"
+        return why
+    module, why = _triton_module()
+    if module is None:
+        return f"{why}; {_TRITON_INSTALL}"
+    if module.INTERPRET != interpret:
+        return (
+            f"triton was first imported with {TRITON_INTERPRET_VAR}={int(module.INTERPRET)} but it is now "
+            f"{int(interpret)}; set {TRITON_INTERPRET_VAR} before triton is first imported in this process"
+        )
+    return None
+
+
 def _unavailable_reason(name: str, device: torch.device) -> str | None:
     if name == "cuda":
         if device.type != "cuda":
             return f"the 'cuda' backend needs inputs on a CUDA device, got {device.type}"
         fn, why = _cuda_kernel()
         return None if fn is not None else why + "; install the 'cuda' extra (pip install 'vmbench[cuda]')"
+    if name == "triton":
+        return _triton_reason(device)
     if name in ("torch", "reference"):
         return None
     raise BackendUnavailableError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -86,21 +142,27 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [name for name in BACKENDS if _unavailable_reason(name, device) is None]
 
 
-def resolve_backend(backend: str | None = None, device: torch.device | str = "cpu") -> str:
-    """The backend a call with ``backend`` on ``device`` would use (raises if unavailable)."""
+def resolve_backend(
+    backend: str | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> str:
+    """The backend a call with ``backend`` on ``device`` (inputs of ``dtype``) would use.
+
+    Raises :class:`BackendUnavailableError` if an explicitly requested backend cannot run.
+    """
     device = torch.device(device)
     source = "argument"
     if backend is None:
         backend = os.environ.get(ENV_VAR) or None
         source = f"${ENV_VAR}"
     if backend is None or backend == "auto":
-        chosen = "cuda" if device.type == "cuda" and _unavailable_reason("cuda", device) is None else "torch"
-        why = "automatic"
-        if device.type == "cuda" and chosen != "cuda":
-            why += f"; {_cuda_kernel()[1]}"
+        chosen, why = _automatic(device)
+        if chosen == "triton" and dtype == torch.float64:
+            chosen, why = "torch", "automatic; fp64 inputs, which the Triton kernels do not take"
     else:
         backend = backend.strip().lower()
         reason = _unavailable_reason(backend, device)
+        if reason is None and backend == "triton" and dtype == torch.float64:
+            reason = "it computes in fp32 and does not take fp64 inputs; use 'torch' or 'reference' for fp64"
         if reason is not None:
             raise BackendUnavailableError(f"selective-scan backend {backend!r} (from {source}) is unavailable: {reason}")
         chosen, why = backend, f"from {source}"
@@ -109,6 +171,19 @@ def resolve_backend(backend: str | None = None, device: torch.device | str = "cp
         _logged.add(key)
         log.info("selective scan on %s uses the %r backend (%s)", device.type, chosen, why)
     return chosen
+
+
+def _automatic(device: torch.device) -> tuple[str, str]:
+    """(backend, reason) for automatic choice: on CUDA mamba-ssm's kernel, else Triton, else torch."""
+    if device.type != "cuda":
+        return "torch", "automatic"
+    cuda_why = _unavailable_reason("cuda", device)
+    if cuda_why is None:
+        return "cuda", "automatic; mamba-ssm's compiled kernel imports"
+    triton_why = _unavailable_reason("triton", device)
+    if triton_why is None:
+        return "triton", f"automatic; {_cuda_kernel()[1]}"
+    return "torch", f"automatic; {_cuda_kernel()[1]}; {triton_why}"
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
@@ -163,7 +238,10 @@ def selective_scan(
     inputs on the torch/reference backends); the output has ``u``'s dtype.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    name = resolve_backend(backend, u.device)
+    name = resolve_backend(backend, u.device, u.dtype)
+    if name == "triton":
+        module, _ = _triton_module()
+        return module.selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if name == "cuda":
         fn, _ = _cuda_kernel()
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

@@ -1,0 +1,517 @@
+"""``vmbench leaderboard``: statistics, paired test, published rows and every output format.
+
+Runs are logged with ``mlflow.MlflowClient`` into an SQLite store under a temporary folder, with
+the tags, metrics and ``eval/per_case.csv`` artifact of the tracking contract
+(``vmbench/tracking.py``). Expected values are computed by hand here, never with the code under
+test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+from html.parser import HTMLParser
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+mlflow = pytest.importorskip("mlflow")
+
+from vmbench import leaderboard as lb  # noqa: E402
+from vmbench import tracking  # noqa: E402
+
+ORGANS = ("aorta", "gallbladder", "kidney_l", "kidney_r", "liver", "pancreas", "spleen", "stomach")
+
+
+# --------------------------------------------------------------------------------------------
+# Fixture store
+# --------------------------------------------------------------------------------------------
+
+
+def _t975_df2() -> float:
+    # Student t with 2 degrees of freedom has a closed-form quantile: t = (2p - 1) / sqrt(2 p (1 - p)).
+    p = 0.975
+    return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = root
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.client = mlflow.MlflowClient(self.uri)
+        self.exp = tracking.get_or_create_experiment(self.client, "bench-exp", (root / "art").as_uri())
+        self.parent = self.client.create_run(
+            self.exp, tags={tracking.TAG_KIND: "sweep", tracking.TAG_SWEEP: "s1"}
+        ).info.run_id
+        self.client.set_terminated(self.parent)
+
+    def log(
+        self,
+        model: str,
+        dataset: str,
+        protocol: str,
+        seed: int,
+        metrics: dict[str, float],
+        *,
+        status: str = "FINISHED",
+        stage: str = "final",
+        per_case: pd.DataFrame | None = None,
+        val_is_test: bool = False,
+        hardware: str = "NVIDIA H100 (cuda:0)",
+        experiment: str | None = None,
+    ) -> str:
+        from mlflow.entities import Metric, Param
+
+        exp = self.exp if experiment is None else tracking.get_or_create_experiment(
+            self.client, experiment, (self.root / "art").as_uri()
+        )
+        tags = {
+            tracking.TAG_KIND: "trial",
+            tracking.TAG_STAGE: stage,
+            tracking.TAG_MODEL: model,
+            tracking.TAG_DATASET: dataset,
+            tracking.TAG_PROTOCOL: protocol,
+            tracking.TAG_SEED: str(seed),
+            tracking.TAG_SWEEP: "s1",
+            tracking.TAG_VAL_IS_TEST: "true" if val_is_test else "false",
+            tracking.TAG_HARDWARE: hardware,
+            tracking.TAG_PARENT: self.parent,
+        }
+        run_id = self.client.create_run(exp, tags=tags).info.run_id
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()],
+            params=[Param("optim.lr", "0.001"), Param("model.name", model), Param("train.seed", str(seed))],
+        )
+        if per_case is not None:
+            folder = self.root / "upload" / run_id
+            folder.mkdir(parents=True)
+            per_case.to_csv(folder / "per_case.csv", index=False)
+            self.client.log_artifact(run_id, str(folder / "per_case.csv"), artifact_path="eval")
+        self.client.set_terminated(run_id, status=status)
+        return run_id
+
+
+COST = {"n_params": 27_427_561, "gmacs": 4.11, "latency_ms": 12.0, "peak_mem_mb": 900.0, "epochs": 300}
+
+# Per-case ISIC dice (fractions). vmunet: two seeds; unet: one seed, every case better by a
+# distinct amount, ids in another order, plus one case the reference lacks.
+ISIC_IDS = ["ISIC_001", "ISIC_002", "ISIC_003", "ISIC_004", "ISIC_005", "ISIC_006"]
+VM_SEED0 = [0.70, 0.80, 0.60, 0.90, 0.50, 0.75]
+VM_SEED1 = [0.72, 0.78, 0.62, 0.88, 0.52, 0.77]  # seed mean: 0.71 0.79 0.61 0.89 0.51 0.76
+UNET_GAIN = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]
+
+
+def _isic_case(ids, dice):
+    return pd.DataFrame({"id": ids, "dice": dice, "iou": [d * 0.9 for d in dice], "acc": [0.95] * len(ids)})
+
+
+def _isic_metrics(dsc: float, train_time: float, device_hours: float) -> dict[str, float]:
+    return {
+        "test_dsc": dsc, "test_miou": dsc - 0.1, "test_acc": 0.95, "test_spe": 0.97, "test_sen": 0.9,
+        "test_per_image_dice": dsc - 0.02, "train_time_s": train_time, "device_hours": device_hours, **COST,
+    }
+
+
+# Synapse: per case and organ rows; the per-case DSC is the mean over organs of `dice`.
+SYN_CASES = ["case0001", "case0002", "case0003", "case0004", "case0005", "case0006", "case0007"]
+SYN_DIFFS = [0.01, -0.02, 0.03, 0.04, -0.05, 0.06, 0.07]  # per-case differences swin - vmunet
+
+
+def _synapse_case(case_means: list[float]) -> pd.DataFrame:
+    rows = []
+    for case, mean in zip(SYN_CASES, case_means):
+        offsets = np.linspace(-0.07, 0.07, len(ORGANS))  # symmetric: organ mean == `mean`
+        for k, (organ, off) in enumerate(zip(ORGANS, offsets), start=1):
+            rows.append({
+                "id": case, "class": k, "organ": organ, "dice": mean + off, "hd95": 10.0 + k,
+                "dice_strict": mean + off, "hd95_strict": 12.0 + k,
+            })
+    return pd.DataFrame(rows)
+
+
+def _synapse_metrics(dsc: float, hd95: float) -> dict[str, float]:
+    m = {"test_dsc": dsc, "test_hd95": hd95, "test_dsc_strict": dsc - 0.01, "test_hd95_strict": hd95 + 5}
+    for k, organ in enumerate(ORGANS):
+        m[f"test_dsc_{organ}"] = dsc + (k - 3.5) / 100
+        m[f"test_hd95_{organ}"] = hd95 + k
+    m.update(COST, train_time_s=7200.0, device_hours=2.0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    s = Store(tmp_path_factory.mktemp("mlflow"))
+    # ISIC 2018, holdout: vmunet 3 seeds (dsc 0.80 0.82 0.87), one failed, one still running.
+    s.log("vmunet", "isic2018", "holdout", 0, _isic_metrics(0.80, 3600, 1.0), per_case=_isic_case(ISIC_IDS, VM_SEED0))
+    s.log("vmunet", "isic2018", "holdout", 1, _isic_metrics(0.82, 7200, 2.0), per_case=_isic_case(ISIC_IDS, VM_SEED1))
+    s.log("vmunet", "isic2018", "holdout", 2, _isic_metrics(0.87, 10800, 3.0))  # no per-case CSV
+    s.log("vmunet", "isic2018", "holdout", 3, _isic_metrics(0.10, 1, 0.1), status="FAILED")
+    s.log("vmunet", "isic2018", "holdout", 4, _isic_metrics(0.10, 1, 0.1), status="RUNNING")
+    # A search-stage trial: never a leaderboard row.
+    s.log("vmunet", "isic2018", "holdout", 0, _isic_metrics(0.05, 1, 0.1), stage="search")
+    # unet, a single seed; case order reversed and one extra case.
+    ref_mean = [(a + b) / 2 for a, b in zip(VM_SEED0, VM_SEED1)]
+    unet = [m + g for m, g in zip(ref_mean, UNET_GAIN)]
+    s.log(
+        "unet", "isic2018", "holdout", 0, _isic_metrics(0.85, 1800, 0.5),
+        per_case=_isic_case(ISIC_IDS[::-1] + ["ISIC_999"], unet[::-1] + [0.99]),
+    )
+    # att-unet whose case ids share nothing with vmunet's.
+    s.log("att-unet", "isic2018", "holdout", 0, _isic_metrics(0.83, 1800, 0.5), per_case=_isic_case(["X1", "X2"], [0.5, 0.6]))
+    # Synapse, paper protocol, selection on the test split (val_is_test): swin-unet vs vmunet.
+    vm_syn = [0.80, 0.70, 0.75, 0.85, 0.65, 0.78, 0.72]
+    swin_syn = [v + d for v, d in zip(vm_syn, SYN_DIFFS)]
+    s.log("vmunet", "synapse", "paper", 0, _synapse_metrics(0.81, 19.0), per_case=_synapse_case(vm_syn), val_is_test=True)
+    s.log("swin-unet", "synapse", "paper", 0, _synapse_metrics(0.79, 21.0), per_case=_synapse_case(swin_syn), val_is_test=True)
+    # ISIC 2017 with no reference model at all, in a second experiment.
+    s.log("unet", "isic2017", "holdout", 0, _isic_metrics(0.84, 1800, 0.5), experiment="other-exp")
+    return s
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmbench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    lb.add_parser(sub)
+    return parser
+
+
+def run_cli(argv: list[str]) -> int:
+    args = _parser().parse_args(["leaderboard", *argv])
+    return args.func(args)
+
+
+def _row(board: pd.DataFrame, dataset: str, model: str, kind: str = "measured") -> pd.Series:
+    rows = board[(board["dataset"] == dataset) & (board["model"] == model) & (board["kind"] == kind)]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+@pytest.fixture(scope="module")
+def board(store) -> pd.DataFrame:
+    return lb.leaderboard(lb.load_runs(store.uri), reference="vmunet")
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def test_means_std_ci_and_counts_by_hand(board):
+    vm = _row(board, "isic2018", "vmunet")
+    assert vm["protocol"] == "holdout"
+    assert vm["n"] == 3 and vm["failed"] == 1 and vm["running"] == 1 and vm["seeds"] == 3
+    # DSC in percent: 80, 82, 87 -> mean 83, squared deviations 9 + 1 + 16 = 26, variance 26/2.
+    std = math.sqrt(13.0)
+    half = _t975_df2() * std / math.sqrt(3)
+    assert vm["dsc_pct_mean"] == pytest.approx(83.0)
+    assert vm["dsc_pct_std"] == pytest.approx(std)
+    assert vm["dsc_pct_ci_lo"] == pytest.approx(83.0 - half)
+    assert vm["dsc_pct_ci_hi"] == pytest.approx(83.0 + half)
+    assert half == pytest.approx(8.957, abs=1e-3)  # table value t(0.975, 2) = 4.303
+    assert vm["miou_pct_mean"] == pytest.approx(73.0)
+    # Cost: parameters, GMACs, mean training time and device-hours, latency.
+    assert vm["n_params"] == 27_427_561 and vm["gmacs"] == pytest.approx(4.11)
+    assert vm["train_time_s_mean"] == pytest.approx(7200.0)
+    assert vm["device_hours_mean"] == pytest.approx(2.0) and vm["device_hours_total"] == pytest.approx(6.0)
+    assert vm["latency_ms_mean"] == pytest.approx(12.0)
+    assert vm["hardware"] == "NVIDIA H100 (cuda:0)"
+
+
+def test_single_seed_has_no_std_or_ci(board):
+    unet = _row(board, "isic2018", "unet")
+    assert unet["n"] == 1 and unet["dsc_pct_mean"] == pytest.approx(85.0)
+    assert math.isnan(unet["dsc_pct_std"]) and math.isnan(unet["dsc_pct_ci_lo"])
+    table = next(t for t in lb.split_tables(board) if t.dataset == "isic2018")
+    shown = lb.display_frame(table, "vmunet")
+    cell = shown.loc[shown["Model"] == "unet"].iloc[0]
+    assert cell["DSC %"] == "85.00" and cell["DSC % 95% CI"] == "–"
+
+
+def test_search_and_failed_runs_never_enter_means(store):
+    runs = lb.load_runs(store.uri, dataset="isic2018", model="vmunet")
+    assert set(runs["tags.vmbench.stage"]) == {"final"}
+    assert sorted(runs["status"]) == ["FAILED", "FINISHED", "FINISHED", "FINISHED", "RUNNING"]
+    search = lb.load_runs(store.uri, dataset="isic2018", model="vmunet", stage="search")
+    assert len(search) == 1 and search["metrics.test_dsc"].iloc[0] == pytest.approx(0.05)
+
+
+def test_synapse_units_and_columns(board):
+    vm = _row(board, "synapse", "vmunet")
+    assert vm["protocol"] == "paper"
+    assert vm["dsc_pct_mean"] == pytest.approx(81.0)
+    assert vm["hd95_vox_mean"] == pytest.approx(19.0)  # voxels: not scaled
+    assert vm["hd95_strict_vox_mean"] == pytest.approx(24.0)
+    assert vm["dsc_liver_pct_mean"] == pytest.approx(81.5)
+    table = next(t for t in lb.split_tables(board) if t.dataset == "synapse")
+    assert table.metrics[:2] == ["dsc", "hd95"]
+    assert [k for k in table.metrics if k.startswith("dsc_") and k != "dsc_strict"] == [f"dsc_{o}" for o in ORGANS]
+    assert "dsc_strict" in table.metrics and "hd95_strict" in table.metrics
+    headers = list(lb.display_frame(table, "vmunet").columns)
+    assert "DSC %" in headers and "HD95 vox" in headers and "Liver %" in headers
+
+
+def test_load_runs_types_filters_and_experiments(store):
+    runs = lb.load_runs(store.uri, params=True)
+    assert runs["metrics.test_dsc"].dtype == "float64"
+    assert str(runs["start_time"].dtype).startswith("datetime64") and str(runs["start_time"].dt.tz) == "UTC"
+    assert runs["params.optim.lr"].dtype == "float64"  # params arrive as strings: cast
+    assert pd.api.types.is_string_dtype(runs["params.model.name"])  # non-numeric params stay text
+    assert "sweep" not in set(runs["tags.vmbench.kind"])  # the parent run is not a trial
+    both = lb.load_runs(store.uri, model=["unet", "att-unet"], dataset="isic2018")
+    assert sorted(both["tags.vmbench.model"]) == ["att-unet", "unet"]
+    other = lb.load_runs(store.uri, experiment="other-exp")
+    assert list(other["tags.vmbench.dataset"]) == ["isic2017"]
+    with pytest.raises(ValueError, match="no MLflow experiment named 'nope'"):
+        lb.load_runs(store.uri, experiment="nope")
+
+
+def test_aggregates_10000_synthetic_runs():
+    runs = lb.synthetic_runs(10_000)
+    board = lb.leaderboard(runs, per_case_loader=False)
+    measured = board[board["kind"] == "measured"]
+    assert len(measured) == 5 * 3 * 2  # models x datasets x protocols
+    assert measured["n"].sum() == (runs["status"] == "FINISHED").sum()
+    assert measured["failed"].sum() == (runs["status"] == "FAILED").sum()
+    group = runs[(runs["tags.vmbench.model"] == "unet") & (runs["tags.vmbench.dataset"] == "synapse")
+                 & (runs["tags.vmbench.protocol"] == "paper") & (runs["status"] == "FINISHED")]
+    row = _row(measured[measured["protocol"] == "paper"], "synapse", "unet")
+    values = group["metrics.test_dsc"].to_numpy() * 100
+    assert row["dsc_pct_mean"] == pytest.approx(sum(values) / len(values))
+    assert (board[board["kind"] == "published"]["n"].isna()).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Paired test
+# --------------------------------------------------------------------------------------------
+
+
+def _exact_wilcoxon_two_sided(d: list[float]) -> float:
+    """Enumerate all 2^n sign patterns of the ranks of |d| (no ties, no zeros)."""
+    order = sorted(range(len(d)), key=lambda i: abs(d[i]))
+    ranks = [0] * len(d)
+    for r, i in enumerate(order, start=1):
+        ranks[i] = r
+    w_plus = sum(r for r, x in zip(ranks, d) if x > 0)
+    patterns = [sum(r for r, s in zip(range(1, len(d) + 1), signs) if s) for signs in itertools.product((0, 1), repeat=len(d))]
+    low = sum(w <= w_plus for w in patterns) / len(patterns)
+    high = sum(w >= w_plus for w in patterns) / len(patterns)
+    return min(1.0, 2 * min(low, high))
+
+
+def test_wilcoxon_all_positive_exact_p_paired_by_id(board):
+    unet = _row(board, "isic2018", "unet")
+    # 6 paired cases (ISIC_999 has no partner), all differences positive: p = 2 / 2^6.
+    assert unet["wilcoxon_pairs"] == 6
+    assert unet["wilcoxon_p"] == pytest.approx(2 / 2**6)
+    assert unet["dsc_diff_pp"] == pytest.approx(100 * sum(UNET_GAIN) / 6)
+    assert "1 unpaired" in unet["note"]
+    assert "missing for 1 of 3" in unet["note"]  # vmunet seed 2 has no per-case CSV
+    assert _row(board, "isic2018", "vmunet")["note"] == "reference"
+
+
+def test_wilcoxon_synapse_mixed_signs_matches_enumeration(board):
+    swin = _row(board, "synapse", "swin-unet")
+    assert swin["wilcoxon_pairs"] == len(SYN_CASES)
+    expected = _exact_wilcoxon_two_sided(SYN_DIFFS)
+    assert expected == pytest.approx(0.296875)  # 2 * 19/128
+    assert swin["wilcoxon_p"] == pytest.approx(expected)
+    assert swin["dsc_diff_pp"] == pytest.approx(100 * sum(SYN_DIFFS) / len(SYN_DIFFS))
+
+
+def test_wilcoxon_skips_with_clear_notes(board):
+    att = _row(board, "isic2018", "att-unet")
+    assert math.isnan(att["wilcoxon_p"]) and "no case ids shared" in att["note"]
+    lone = _row(board, "isic2017", "unet")
+    assert math.isnan(lone["wilcoxon_p"]) and "reference 'vmunet' has no finished runs" in lone["note"]
+
+
+def test_per_case_files_are_downloaded_once_per_run(store):
+    runs = lb.load_runs(store.uri, dataset="isic2018")
+    calls: list[str] = []
+    inner = lb.MlflowPerCaseLoader(store.uri)
+
+    def loader(run_id):
+        calls.append(run_id)
+        return inner(run_id)
+
+    lb.leaderboard(runs, per_case_loader=loader)
+    assert len(calls) == len(set(calls))  # each run's CSV fetched once, even when reused as reference
+    lb.leaderboard(runs, per_case_loader=False, with_published=False)  # no loader: no downloads
+    assert inner(calls[0]) is inner(calls[0])  # cached frame
+
+
+# --------------------------------------------------------------------------------------------
+# Published rows
+# --------------------------------------------------------------------------------------------
+
+
+def test_published_rows_marked_for_their_dataset_only(board):
+    pub = board[board["kind"] == "published"]
+    assert set(pub["dataset"]) == {"isic2017", "isic2018", "synapse"}  # only measured datasets
+    vm18 = _row(board, "isic2018", "vmunet", kind="published")
+    assert vm18["protocol"] == "paper" and "VM-UNet paper Table I" in vm18["source"]
+    assert vm18["dsc_pct_mean"] == pytest.approx(89.71) and vm18["miou_pct_mean"] == pytest.approx(81.35)
+    assert pd.isna(vm18["n"]) and pd.isna(vm18["dsc_pct_std"])
+    # Never averaged: the measured vmunet row is the mean of its three seeds only.
+    assert _row(board, "isic2018", "vmunet")["dsc_pct_mean"] == pytest.approx(83.0)
+    syn = _row(board, "synapse", "vmunet", kind="published")
+    assert syn["dsc_pct_mean"] == pytest.approx(81.08) and syn["hd95_vox_mean"] == pytest.approx(19.21)
+    tables = {(t.dataset, t.protocol): t for t in lb.split_tables(board)}
+    isic = tables[("isic2018", "holdout")].rows
+    assert set(isic.loc[isic["kind"] == "published", "dataset"]) == {"isic2018"}
+    shown = lb.display_frame(tables[("isic2018", "holdout")], "vmunet")
+    assert "vmunet [published]" in set(shown["Model"])
+    assert any("VM-UNet paper Table I" in s for s in shown["Source"])
+    no_pub = lb.leaderboard(lb.load_runs(store_uri(board)), with_published=False, per_case_loader=False)
+    assert (no_pub["kind"] == "measured").all()
+
+
+def store_uri(board: pd.DataFrame) -> str:
+    return board.attrs["tracking_uri"]
+
+
+# --------------------------------------------------------------------------------------------
+# Output formats through the sub-command
+# --------------------------------------------------------------------------------------------
+
+
+class _Tables(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tables, self.headings, self._in = [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th", "h2"):
+            self._in = tag
+            if tag == "h2":
+                self.headings.append("")
+            else:
+                self.tables[-1][-1].append("")
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th", "h2"):
+            self._in = None
+
+    def handle_data(self, data):
+        if self._in == "h2":
+            self.headings[-1] += data
+        elif self._in:
+            self.tables[-1][-1][-1] += data
+
+
+def test_every_format_parses_and_names_the_protocol(store, tmp_path, capsys):
+    base = ["--tracking-uri", store.uri, "--dataset", "isic2018"]
+    outputs = {}
+    for fmt, suffix in (("md", "md"), ("csv", "csv"), ("html", "html"), ("latex", "tex"), ("json", "json")):
+        path = tmp_path / f"board.{suffix}"
+        assert run_cli([*base, "--out", str(path)]) == 0  # format from the suffix
+        outputs[fmt] = path.read_text()
+        assert not list(tmp_path.glob(".*tmp"))  # temp file renamed away
+
+    md = outputs["md"]
+    assert "protocol: holdout" in md
+    table_lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in table_lines}) == 1  # one rectangular tabulate table
+    assert "DSC %" in table_lines[0] and any("vmunet [published]" in line for line in table_lines)
+    assert any(line.startswith("| vmunet ") and "83.00 ± 3.61" in line for line in table_lines)
+
+    csv = pd.read_csv(StringIO(outputs["csv"]))
+    assert set(csv["protocol"]) == {"holdout", "paper"}  # measured rows holdout, published rows paper
+    vm = csv[(csv["model"] == "vmunet") & (csv["kind"] == "measured")].iloc[0]
+    assert vm["dsc_pct_mean"] == pytest.approx(83.0) and vm["n"] == 3 and vm["failed"] == 1
+
+    parsed = _Tables()
+    parsed.feed(outputs["html"])
+    assert len(parsed.tables) == 1 and "protocol: holdout" in parsed.headings[0]
+    header, *rows = parsed.tables[0]
+    assert "DSC %" in header and {r[0] for r in rows} >= {"vmunet", "unet", "att-unet", "vmunet [published]"}
+
+    tex = outputs["latex"]
+    assert "\\begin{tabular}" in tex and "\\end{tabular}" in tex and "protocol: holdout" in tex
+    assert "vmunet & holdout & 3" in tex and "83.00 $\\pm$ 3.61" in tex and "DSC \\%" in tex
+
+    payload = json.loads(outputs["json"])
+    (table,) = payload["tables"]
+    assert table["protocol"] == "holdout" and "protocol: holdout" in table["title"]
+    vm_json = next(r for r in table["rows"] if r["model"] == "vmunet" and r["kind"] == "measured")
+    assert vm_json["dsc_pct_mean"] == pytest.approx(83.0) and vm_json["dsc_pct_std"] == pytest.approx(math.sqrt(13))
+    assert vm_json["wilcoxon_p"] is None
+
+    # Standard output with --format.
+    assert run_cli([*base, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tables"][0]["protocol"] == "holdout"
+
+
+def test_terminal_table_and_test_split_warning(store, capsys):
+    assert run_cli(["--tracking-uri", store.uri, "--dataset", "synapse"]) == 0
+    out = capsys.readouterr().out
+    assert "synapse | protocol: paper" in out
+    assert "WARNING: 2 of 2 runs selected their checkpoint on the test split" in out
+    assert "swin-unet" in out and "vmunet [published]" in out and "HD95 vox" in out
+    # The warning is in every format.
+    assert run_cli(["--tracking-uri", store.uri, "--dataset", "synapse", "--format", "md"]) == 0
+    assert "optimistic" in capsys.readouterr().out
+
+
+def test_plot_writes_png(store, tmp_path):
+    png = tmp_path / "board.png"
+    assert run_cli(["--tracking-uri", store.uri, "--no-wilcoxon", "--format", "csv", "--out", str(tmp_path / "b.csv"), "--plot", str(png)]) == 0
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_empty_result_is_one_message_and_status_1(store, tmp_path, capsys):
+    assert run_cli(["--tracking-uri", store.uri, "--dataset", "kvasir"]) == 1
+    err = capsys.readouterr().err
+    assert "no finished vmbench runs" in err and "dataset=kvasir" in err and store.uri in err
+    assert "Traceback" not in err
+    missing = f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}"
+    assert run_cli(["--tracking-uri", missing]) == 1
+    assert "no MLflow store" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()  # reading never creates a store
+
+
+def test_only_failed_runs_are_reported(store, capsys):
+    store.log("transfuse-s", "polyp", "paper", 0, _isic_metrics(0.5, 1, 0.1), status="FAILED", experiment="failed-only")
+    assert run_cli(["--tracking-uri", store.uri, "--experiment", "failed-only"]) == 1
+    assert "1 failed/killed" in capsys.readouterr().err
+
+
+def test_stage_search_for_inspection(store, capsys):
+    assert run_cli(["--tracking-uri", store.uri, "--stage", "search", "--format", "text", "--no-published"]) == 0
+    out = capsys.readouterr().out
+    assert "search runs" in out and "not a leaderboard" in out
+
+
+def test_metric_selection_and_model_filter(store, board):
+    runs = lb.load_runs(store.uri, dataset="synapse", model="swin-unet")
+    chosen = lb.leaderboard(runs, metrics=["dsc", "hd95_liver"], per_case_loader=False, published_models=["swin-unet"])
+    (table,) = lb.split_tables(chosen)
+    assert table.metrics == ["dsc", "hd95_liver"]
+    assert _row(chosen, "synapse", "swin-unet")["hd95_liver_vox_mean"] == pytest.approx(25.0)
+    assert set(chosen.loc[chosen["kind"] == "published", "model"]) == {"swin-unet"}
+    # The reference is absent from this selection: a note, no p-value.
+    assert "no finished runs here" in _row(chosen, "synapse", "swin-unet")["note"] or math.isnan(
+        _row(chosen, "synapse", "swin-unet")["wilcoxon_p"]
+    )
+
+
+def test_sql_fast_path_reads_what_mlflow_returns(store):
+    for kwargs in ({}, {"dataset": "isic2018", "model": "vmunet"}, {"stage": "all"}, {"experiment": "other-exp"}):
+        via_mlflow = lb.load_runs(store.uri, engine="mlflow", params=True, **kwargs).sort_values("run_id", ignore_index=True)
+        via_sql = lb.load_runs(store.uri, engine="sql", params=True, **kwargs).sort_values("run_id", ignore_index=True)
+        assert len(via_mlflow) > 0
+        assert sorted(via_mlflow.columns) == sorted(via_sql.columns)
+        pd.testing.assert_frame_equal(via_sql[via_mlflow.columns], via_mlflow, check_dtype=False)
+    with pytest.raises(ValueError, match="sqlite"):
+        lb.load_runs("http://127.0.0.1:9", engine="sql")

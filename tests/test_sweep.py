@@ -1,0 +1,288 @@
+"""Search-space schema, the Optuna/ASHA interplay, and real small sweeps on local Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vmbench.cli import main
+from vmbench.config import ConfigError
+from vmbench.search_space import load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GOOD = {
+    "experiment": "t",
+    "name": "t",
+    "models": ["vmunet"],
+    "dataset": "synthetic-isic",
+    "budget": {"trials": 2, "concurrent": 1, "max_epochs": 2},
+    "space": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-3}},
+}
+
+
+def with_change(path: str, value):
+    spec = yaml.safe_load(yaml.safe_dump(GOOD))
+    node = spec
+    parts = path.split("/")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    if value is KeyError:
+        del node[parts[-1]]
+    else:
+        node[parts[-1]] = value
+    return spec
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("colour", "red"), r"bad\.yaml: colour: unknown key"),
+        (("budget/trials", -1), r"bad\.yaml: budget\.trials: must be >= 1, got -1"),
+        (("budget/trials", "many"), r"bad\.yaml: budget\.trials: expected an integer, got 'many'"),
+        (("budget/speed", 1), r"bad\.yaml: budget\.speed: unknown key"),
+        (("budget/grace_period", 5), r"budget\.grace_period: \(5\) exceeds budget\.max_epochs"),
+        (("space/optim.lr", {"type": "loguniform", "low": 1e-3, "high": 1e-3}), r"space\.optim\.lr: empty range"),
+        (("space/optim.lr", {"type": "uniform", "low": "x", "high": 1}), r"space\.optim\.lr\.low: expected a number, got 'x'"),
+        (("space/optim.lr", {"type": "normal", "low": 0, "high": 1}), r"space\.optim\.lr\.type: expected one of"),
+        (("space/optim.lr", {"type": "loguniform", "low": 0.0, "high": 1}), r"log-scale range needs low > 0"),
+        (("space/optim.lr", {"type": "choice", "values": []}), r"space\.optim\.lr\.values: expected a non-empty list"),
+        (("space/optim.lrr", {"type": "uniform", "low": 0, "high": 1}), r"unknown key 'optim\.lrr'"),
+        (("space/train.epochs", {"type": "choice", "values": [1, "x"]}), r"train\.epochs: expected an integer"),
+        (("models", ["vmunet", "vmunett"]), r"models: unknown model 'vmunett'; did you mean 'vmunet'"),
+        (("dataset", "isic2019"), r"datasets: unknown dataset 'isic2019'"),
+        (("resources", {"gpu": 1.5}), r"resources\.gpu: fractions are allowed below 1 only"),
+        (("resources", {"cpu": -1}), r"resources: cpu and gpu must be >= 0"),
+        (("protocol", "leaky"), r"protocol: expected holdout or paper"),
+        (("final", {"seeds": []}), r"final\.seeds: expected a non-empty list of integers"),
+        (("sampler", {"name": "bayes"}), r"sampler\.name: expected one of tpe, random, gp, cmaes"),
+        (("name", "a/b"), r"name: expected a name of letters"),
+        (("per_model", {"unet": {"space": {}}}), r"per_model\.unet: is not one of the sweep's models"),
+        (("fixed", {"optim": {"lr": 0.1}}), r"optim\.lr: the fixed value 0\.1 is outside its search space"),
+        (("models", KeyError), r"model: is required"),
+    ],
+)
+def test_malformed_space_files_name_file_and_key(tmp_path, change, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(with_change(*change)))
+    with pytest.raises(ConfigError, match=message):
+        load_spec(path)
+
+
+def test_paper_synapse_has_no_validation_metric():
+    spec = dict(GOOD, dataset="synapse", protocol="paper", metric="val_dsc")
+    with pytest.raises(ConfigError, match="has none"):
+        parse_spec(spec, source="x.yaml")
+    parse_spec(dict(spec, metric="train_loss"), source="x.yaml")
+
+
+def test_not_yaml_and_missing_file(tmp_path, capsys):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("space: [unclosed")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_spec(bad)
+    assert main(["sweep", "--space", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml does not exist" in capsys.readouterr().err
+
+
+def test_a_fixed_recipe_value_of_a_searched_key_is_the_first_trial():
+    spec = parse_spec(dict(GOOD, fixed={"optim": {"lr": 5e-4}}))
+    assert spec.studies[0].start_point == {"optim.lr": 5e-4}
+
+
+def test_numbers_written_like_1e_4_are_accepted():
+    spec = parse_spec(dict(GOOD, space={"optim.lr": {"type": "loguniform", "low": "1e-4", "high": "1e-3"}}))
+    assert spec.space[0].low == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_space_files_validate(path, capsys):
+    assert main(["sweep", "--space", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "budget per study" in out and "search " in out
+
+
+def test_dry_run_prints_resolved_config_and_plan(capsys):
+    assert main(["sweep", "--space", str(ROOT / "search_spaces" / "quickstart.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "study synthetic-isic x vmunet" in out and "study synthetic-isic x unet" in out
+    assert "search model.overrides.drop_path_rate: uniform [0, 0.3]" in out
+    assert "data.img_size = 64" in out and "final stage: best configuration retrained with seeds [1, 2]" in out
+
+
+def test_list_choices_roundtrip_through_optuna():
+    from vmbench.search_space import decode_sample, optuna_distributions
+
+    spec = parse_spec(dict(GOOD, space={"model.overrides.depths": {"type": "choice", "values": [[1, 1, 1, 1], [2, 2, 2, 2]]}}))
+    dist = optuna_distributions(spec.space)["model.overrides.depths"]
+    assert decode_sample(spec.space, {"model.overrides.depths": dist.choices[1]}) == {"model.overrides.depths": [2, 2, 2, 2]}
+
+
+def test_asha_stopped_trials_are_pruned_not_complete():
+    import optuna
+    from optuna.trial import TrialState
+
+    from vmbench.search_space import optuna_distributions
+    from vmbench.sweep import _searcher_class
+
+    spec = parse_spec(GOOD)
+    searcher = _searcher_class()(
+        space=optuna_distributions(spec.space), metric="val_dsc", mode="max", max_epochs=6,
+        sampler=optuna.samplers.TPESampler(seed=0),
+    )
+    for trial_id in ("stopped", "full", "broken"):
+        assert "optim.lr" in searcher.suggest(trial_id)
+    for epoch in (1, 2):
+        searcher.on_trial_result("stopped", {"val_dsc": 0.1 * epoch, "epoch": epoch})
+    searcher.on_trial_complete("stopped", {"val_dsc": 0.2, "epoch": 2})
+    for epoch in range(1, 7):
+        searcher.on_trial_result("full", {"val_dsc": 0.1 * epoch, "epoch": epoch})
+    searcher.on_trial_complete("full", {"val_dsc": 0.6, "epoch": 6})
+    searcher.on_trial_result("broken", {"val_dsc": 0.5, "epoch": 1})
+    searcher.on_trial_complete("broken", {"val_dsc": 0.5, "epoch": 1}, error=True)
+    trials = searcher._ot_study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    assert states == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].value == pytest.approx(0.6)
+    # Optuna ranks a pruned trial by its last intermediate value, not as a finished 2-epoch score.
+    assert trials[0].intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.2)}
+
+
+# ------------------------------------------------------------------------------------ real sweeps
+
+TINY = {
+    "experiment": "tiny",
+    "name": "tiny",
+    "models": ["vmunet"],
+    "dataset": "synthetic-isic",
+    "budget": {"trials": 4, "concurrent": 2, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2},
+    "resources": {"cpu": 1, "gpu": 0.5},
+    "fixed": {
+        "data": {"img_size": 32, "options": {"n": 30}},
+        "train": {"batch_size": 8},
+        "model": {"overrides": {"dims": [8, 16, 32, 64]}},
+    },
+    # d_state 0 cannot be built: those trials fail and the sweep must go on.
+    "space": {
+        "optim.lr": {"type": "loguniform", "low": 3e-4, "high": 3e-3},
+        "model.overrides.d_state": {"type": "choice", "values": [4, 0]},
+    },
+    "final": {"seeds": [1, 2]},
+    "sampler": {"name": "random", "seed": 3},
+}
+
+
+def runs_frame(uri: str, experiment: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[experiment])
+
+
+@pytest.fixture
+def isolated_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("VMBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_small_sweep_logs_parent_children_and_finals(isolated_env):
+    from mlflow import MlflowClient
+
+    from vmbench.sweep import run_sweep
+
+    spec = parse_spec(TINY, source="tiny.yaml")
+    runs_dir = isolated_env / "runs"
+    # Fake GPUs on a CPU machine: fractional placement is Ray's, the trials still run on the CPU.
+    outcomes = run_sweep(spec, runs_dir=runs_dir, num_cpus=2, num_gpus=1)
+    assert len(outcomes) == 1 and outcomes[0].best["model.overrides.d_state"] == 4
+    uri = f"sqlite:///{runs_dir / 'mlflow.db'}"
+    df = runs_frame(uri, "tiny")
+    parent = df[df["tags.vmbench.kind"] == "sweep"]
+    search = df[df["tags.vmbench.stage"] == "search"]
+    final = df[df["tags.vmbench.stage"] == "final"]
+    assert len(parent) == 1 and len(search) == 4 and len(final) == 2
+    assert (df.loc[df["tags.vmbench.kind"] == "trial", "tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
+    assert "RUNNING" not in set(df["status"])
+    failed = search[search["params.model.overrides.d_state"] == "0"]
+    assert len(failed) >= 1 and set(failed["status"]) == {"FAILED"}  # recorded, not lost
+    assert set(search.loc[search["params.model.overrides.d_state"] == "4", "status"]) == {"FINISHED"}
+    assert set(search["tags.vmbench.gpu_ids"]) <= {"0"}  # placed on the (fake) GPU
+    assert set(final["status"]) == {"FINISHED"} and sorted(final["tags.vmbench.seed"]) == ["1", "2"]
+    for column in ("metrics.test_dsc", "metrics.test_miou", "metrics.n_params", "metrics.gmacs", "metrics.latency_ms",
+                   "metrics.train_time_s", "metrics.device_hours"):
+        assert final[column].notna().all(), column
+    for tag in ("vmbench.model", "vmbench.dataset", "vmbench.protocol", "vmbench.scan_backend", "vmbench.hardware",
+                "vmbench.version", "vmbench.git_sha"):
+        assert df.loc[df["tags.vmbench.kind"] == "trial", f"tags.{tag}"].notna().all(), tag
+    client = MlflowClient(uri)
+    history = client.get_metric_history(search[search["status"] == "FINISHED"]["run_id"].iloc[0], "train_loss")
+    assert sorted(m.step for m in history) in ([1], [1, 2])  # per epoch (ASHA may stop after 1)
+    run_id = final["run_id"].iloc[0]
+    artifacts = {a.path for a in client.list_artifacts(run_id, "eval")} | {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    assert {"eval/per_case.csv", "eval/summary.json", "checkpoints/best.pt"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run_id, "overlays/test")]
+
+
+def test_gpu_request_without_gpus_fails_fast(isolated_env):
+    from vmbench.sweep import PreflightError, run_sweep
+
+    spec = parse_spec(dict(TINY, resources={"cpu": 1, "gpu": 1}), source="tiny.yaml")
+    with pytest.raises(PreflightError, match=r"resources\.gpu is 1 but the Ray cluster has no GPUs"):
+        run_sweep(spec, runs_dir=isolated_env / "runs", num_cpus=1, num_gpus=0)
+
+
+def test_missing_data_fails_fast(isolated_env):
+    from vmbench.data import DataError
+    from vmbench.sweep import run_sweep
+
+    spec = parse_spec(dict(TINY, dataset="isic2018", data_root=str(isolated_env / "nowhere")), source="tiny.yaml")
+    with pytest.raises(DataError, match="nowhere"):
+        run_sweep(spec, runs_dir=isolated_env / "runs", num_cpus=1, num_gpus=0)
+
+
+@pytest.mark.slow
+def test_killed_driver_then_resume_logs_each_trial_once(isolated_env):
+    space = dict(TINY, name="crash", budget=dict(TINY["budget"], max_epochs=3, trials=4),
+                 space={"optim.lr": TINY["space"]["optim.lr"]}, resources={"cpu": 1, "gpu": 0})
+    space["fixed"] = dict(TINY["fixed"], data={"img_size": 32, "options": {"n": 60}})
+    path = isolated_env / "crash.yaml"
+    path.write_text(yaml.safe_dump(space))
+    runs = isolated_env / "runs"
+    cmd = [sys.executable, "-m", "vmbench.cli", "sweep", "--space", str(path), "--runs-dir", str(runs), "--num-cpus", "2",
+           "--no-leaderboard"]
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    experiment = runs / "ray" / "crash__synthetic-isic__vmunet"
+    deadline = time.time() + 240
+    try:
+        # Kill once the experiment state exists and some trial has checkpointed.
+        while time.time() < deadline:
+            if (experiment / "tuner.pkl").exists() and list(experiment.glob("*/checkpoint_*")):
+                break
+            if driver.poll() is not None:
+                pytest.fail("the sweep ended before it could be interrupted")
+            time.sleep(0.5)
+        else:
+            pytest.fail("no checkpoint within 240 s")
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    df = runs_frame(f"sqlite:///{runs / 'mlflow.db'}", "tiny")
+    trials = df[df["tags.vmbench.stage"] == "search"]
+    assert trials["tags.vmbench.trial_id"].is_unique and len(trials) == 4
+    assert "RUNNING" not in set(df["status"])
+    assert len(df[df["tags.vmbench.stage"] == "final"]) == 2
+    assert len(df[df["tags.vmbench.kind"] == "sweep"]) == 1

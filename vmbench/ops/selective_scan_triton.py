@@ -1,0 +1,567 @@
+"""Triton selective scan (Mamba-1 S6), forward and backward, for GPUs without mamba-ssm's build.
+
+Same contract as the other backends (``selective_scan_ref``): u, delta (batch, dim, L); A (dim, N)
+real; B, C each (dim, N), (batch, N, L) or grouped (batch, G, N, L); optional D, z, delta_bias;
+softplus with threshold 20; u/delta/B/C/z in fp32, bf16 or fp16 with fp32 state and accumulation;
+output in u's dtype, gradients in each input's dtype, the last state (fp32) without gradient.
+
+Design (``shared/spec/selective_scan.md`` sections 4.2 and 5):
+
+* **Grid** ``(dim // BLOCK_D, batch)``: one program owns BLOCK_D channels of one batch element and
+  walks the sequence in chunks of BLOCK_T steps. BLOCK_D is a power of two dividing the channels
+  per B/C group, so a program's channels share one group: B and C are loaded once per chunk as an
+  (N, BLOCK_T) tile and broadcast over the channels. The channel-block axis is the fast grid axis,
+  so programs running together read the same group's B/C rows (L2 hits).
+* **Forward, per chunk**: a (BLOCK_D, N, BLOCK_T) tile of decays exp(dt*A) and inputs dt*u*B is
+  scanned along time with ``tl.associative_scan`` (combine (a1, x1), (a2, x2) -> (a1*a2, a2*x1 + x2)),
+  then the state carried in from the previous chunk is added as cumprod(a)*h. Only decays <= 1 are
+  multiplied (no cumsum/closed form), which is unconditionally stable (spec 3.2). y = sum_n h*C is
+  reduced in registers; D*u and the silu(z) gate are applied before the one store. No
+  (batch, dim, L, N) tensor exists anywhere, in HBM or as a whole in registers.
+* **Checkpoints**: when a gradient is needed the forward also stores the state entering every chunk,
+  (batch, dim, ceil(L/BLOCK_T), N) fp32 (N/BLOCK_T of u's size: 1/4 at N = 16, BLOCK_T = 64).
+* **Backward**, chunks in reverse order, per chunk: recompute the chunk's states from its checkpoint
+  (the forward's scan again), then the adjoint g_t = C_t*dy_t + a_{t+1}*g_{t+1} with a reverse
+  ``tl.associative_scan`` (same combine; Triton applies it as combine(accumulated, current) in both
+  directions), carrying g of the chunk's first step to the next (earlier) chunk. a_{t+1} is
+  recomputed from delta loaded one step ahead, so the backward evaluates two exps per element and
+  does no data shuffling. The decay gradient g_t*a_t*h_{t-1} uses a_t*h_{t-1} = h_t - dt_t*u_t*B_t,
+  as mamba-ssm's CUDA backward does. du, ddelta (through softplus) and dz are stored per chunk;
+  dA, dD, d(delta_bias) and constant-layout dB/dC are reduced in registers over the whole sequence
+  and added with one fp32 ``tl.atomic_add`` per program (programs of other batch elements share
+  them). Time-varying dB/dC are summed over the program's channels in registers and added with
+  ``tl.atomic_add`` into fp32 (batch, G, N, L) buffers: each address receives one add per channel
+  block of its group. Atomics make dA/dB/dC/dD/d(delta_bias) summation order nondeterministic.
+
+Tile sizes are heuristics (see :func:`scan_config`), overridable with ``VMBENCH_TRITON_SCAN_CONFIG``
+(e.g. ``block_t=64,max_block_d=4,fwd_warps=4,bwd_warps=8``); they have not been tuned on a GPU.
+
+The kernels are created when this module is imported, in Triton's compiled mode or, if
+``TRITON_INTERPRET=1`` was set before ``triton`` was first imported, in its interpreter (CPU
+tensors; how the tests run). The dispatcher in :mod:`vmbench.ops.selective_scan` imports this module
+lazily and checks that the mode matches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+import triton.language as tl
+from triton import knobs
+
+__all__ = ["CONFIG_ENV_VAR", "INTERPRET", "ScanConfig", "scan_config", "selective_scan_triton"]
+
+# Mode the @triton.jit decorators below are applied in (fixed for the life of this module).
+INTERPRET: bool = bool(knobs.runtime.interpret)
+# Triton decorates its own library (tl.sum, ...) once, when triton is first imported; kernels of the
+# other mode cannot call it.
+if INTERPRET != (type(tl.standard.sum).__name__ == "InterpretedFunction"):
+    raise ImportError(
+        f"TRITON_INTERPRET is {int(INTERPRET)} now but was {int(not INTERPRET)} when triton was first imported "
+        "in this process; set it before anything imports triton"
+    )
+CONFIG_ENV_VAR = "VMBENCH_TRITON_SCAN_CONFIG"
+
+LOG2E = 1.4426950408889634
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+
+
+@triton.jit
+def _first_order_combine(a_prev, x_prev, a_cur, x_cur):
+    # Compose two affine steps h -> a*h + x: first the accumulated one (earlier in scan order),
+    # then the current one. For a reverse scan "accumulated" means "later in time", which is exactly
+    # the adjoint recurrence g_t = x_t + a_t * g_{t+1}.
+    return a_prev * a_cur, a_cur * x_prev + x_cur
+
+
+@triton.jit
+def _softplus(x):
+    # torch / mamba-ssm softplus: log1p(exp(x)) for x <= 20, x above. log1p via Kahan's trick
+    # (log(1+e) * e / ((1+e) - 1)) keeps full relative precision for very negative x, where
+    # log(1 + e) would round to 0.
+    e = tl.exp(tl.minimum(x, 20.0))
+    one_plus = 1.0 + e
+    safe_den = tl.where(one_plus == 1.0, 1.0, one_plus - 1.0)
+    log1p = tl.where(one_plus == 1.0, e, tl.log(one_plus) * e / safe_den)
+    return tl.where(x > 20.0, x, log1p)
+
+
+@triton.jit
+def _softplus_slope(x):
+    # d softplus / dx with the same threshold.
+    return tl.where(x > 20.0, 1.0, tl.sigmoid(x))
+
+
+@triton.jit
+def _load_step_sizes(delta_rows, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(BLOCK_D, BLOCK_T) raw delta (+ bias) and the step size dt; dt = 0 outside the sequence."""
+    raw = tl.load(delta_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    # Steps past L get decay exp(0) = 1 and input 0: the state passes through them unchanged, so the
+    # last column of a chunk's states is always the state at its last valid step.
+    dt = tl.where(mask, dt, 0.0)
+    return raw, dt
+
+
+@triton.jit
+def _load_bc(rows, t, s_l, n_ok, t_ok, const_tile, CONST: tl.constexpr):
+    """B or C for one chunk, shaped to broadcast against (BLOCK_D, BLOCK_N, BLOCK_T)."""
+    if CONST:
+        tile = const_tile[:, :, None]  # (BLOCK_D, BLOCK_N, 1): per channel, time-invariant
+    else:
+        tile = tl.load(rows[:, None] + t[None, :] * s_l, mask=n_ok[:, None] & t_ok[None, :], other=0.0)
+        tile = tile.to(tl.float32)[None, :, :]  # (1, BLOCK_N, BLOCK_T): shared by the block's channels
+    return tile
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    out_ptr, last_ptr, ckpt_ptr,
+    dim, L, N, n_chunks,
+    s_ub, s_ud, s_db, s_dd, s_zb, s_zd,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    B_PER_GROUP, C_PER_GROUP,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    B_CONST: tl.constexpr, C_CONST: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    STORE_CKPT: tl.constexpr, STORE_LAST: tl.constexpr,
+):  # fmt: skip
+    # int64 offsets: batch * dim * L exceeds 2^31 at large batches.
+    pid_d = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    d0 = pid_d * BLOCK_D
+    d = d0 + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    n_ok = n < N  # N is padded to a power of two; padded states have A = B = C = 0 and stay 0
+    steps = tl.arange(0, BLOCK_T)
+
+    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=n_ok[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d).to(tl.float32)
+    D = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_D:
+        D = tl.load(D_ptr + d).to(tl.float32)
+
+    u_rows = u_ptr + b * s_ub + d * s_ud
+    delta_rows = delta_ptr + b * s_db + d * s_dd
+    z_rows = z_ptr + b * s_zb + d * s_zd
+    out_rows = out_ptr + (b * dim + d) * L  # outputs are allocated contiguous
+    # Time-varying B/C: this block's group row pointers (one per state); constant: a (BLOCK_D, N) tile.
+    # For the constant layout (dim, N), s_Bg / s_Cg is the channel stride.
+    B_rows = B_ptr + b * s_Bb + (d0 // B_PER_GROUP) * s_Bg + n * s_Bn
+    C_rows = C_ptr + b * s_Cb + (d0 // C_PER_GROUP) * s_Cg + n * s_Cn
+    B_tile = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    C_tile = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    if B_CONST:
+        B_tile = tl.load(B_ptr + d[:, None] * s_Bg + n[None, :] * s_Bn, mask=n_ok[None, :], other=0.0).to(tl.float32)
+    if C_CONST:
+        C_tile = tl.load(C_ptr + d[:, None] * s_Cg + n[None, :] * s_Cn, mask=n_ok[None, :], other=0.0).to(tl.float32)
+
+    h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)  # state entering the current chunk
+    for c in range(n_chunks):
+        t = c * BLOCK_T + steps
+        t_ok = t < L
+        mask = t_ok[None, :]
+        if STORE_CKPT:
+            tl.store(ckpt_ptr + ((b * dim + d[:, None]) * n_chunks + c) * N + n[None, :], h, mask=n_ok[None, :])
+        u = tl.load(u_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+        _, dt = _load_step_sizes(delta_rows, t, mask, bias, HAS_BIAS, SOFTPLUS)
+        Bt = _load_bc(B_rows, t, s_Bl, n_ok, t_ok, B_tile, B_CONST)
+        Ct = _load_bc(C_rows, t, s_Cl, n_ok, t_ok, C_tile, C_CONST)
+
+        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])  # exp(dt*A) via the exp2 unit
+        x = (dt * u)[:, None, :] * Bt
+        decay_prod, states = tl.associative_scan((decay, x), axis=2, combine_fn=_first_order_combine)
+        states = states + decay_prod * h[:, :, None]  # carry in the previous chunk's state
+
+        y = tl.sum(states * Ct, axis=1)
+        # Next carry: the last column (steps past L carried the last valid state through).
+        h = tl.sum(tl.where(steps[None, None, :] == BLOCK_T - 1, states, 0.0), axis=2)
+        if HAS_D:
+            y = y + D[:, None] * u
+        if HAS_Z:
+            zv = tl.load(z_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+            y = y * zv * tl.sigmoid(zv)
+        tl.store(out_rows[:, None] + t[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+    if STORE_LAST:
+        tl.store(last_ptr + (b * dim + d[:, None]) * N + n[None, :], h, mask=n_ok[None, :])
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ckpt_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    dim, L, N, n_chunks,
+    s_ub, s_ud, s_db, s_dd, s_zb, s_zd, s_ob, s_od,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_dBb, s_dBg, s_dCb, s_dCg,
+    B_PER_GROUP, C_PER_GROUP,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    B_CONST: tl.constexpr, C_CONST: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):  # fmt: skip
+    pid_d = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    d0 = pid_d * BLOCK_D
+    d = d0 + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    steps = tl.arange(0, BLOCK_T)
+
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=n_ok[None, :], other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    bias = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d).to(tl.float32)
+    D = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_D:
+        D = tl.load(D_ptr + d).to(tl.float32)
+
+    u_rows = u_ptr + b * s_ub + d * s_ud
+    delta_rows = delta_ptr + b * s_db + d * s_dd
+    z_rows = z_ptr + b * s_zb + d * s_zd
+    dout_rows = dout_ptr + b * s_ob + d * s_od
+    grad_rows = (b * dim + d) * L  # du, ddelta, dz are allocated contiguous
+    B_group = d0 // B_PER_GROUP
+    C_group = d0 // C_PER_GROUP
+    B_rows = B_ptr + b * s_Bb + B_group * s_Bg + n * s_Bn
+    C_rows = C_ptr + b * s_Cb + C_group * s_Cg + n * s_Cn
+    B_tile = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    C_tile = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    if B_CONST:
+        B_tile = tl.load(B_ptr + d[:, None] * s_Bg + n[None, :] * s_Bn, mask=n_ok[None, :], other=0.0).to(tl.float32)
+    if C_CONST:
+        C_tile = tl.load(C_ptr + d[:, None] * s_Cg + n[None, :] * s_Cn, mask=n_ok[None, :], other=0.0).to(tl.float32)
+    # fp32 (batch, G, N, L) accumulators for time-varying dB/dC (contiguous in N and L).
+    dB_rows = dB_ptr + b * s_dBb + B_group * s_dBg + n * L
+    dC_rows = dC_ptr + b * s_dCb + C_group * s_dCg + n * L
+
+    # Per-program sums over the whole sequence, flushed with one atomic add at the end.
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    dB_acc = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    dC_acc = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), tl.float32)
+    g_next = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)  # adjoint at the first step of the later chunk
+
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i
+        t = c * BLOCK_T + steps
+        t_ok = t < L
+        mask = t_ok[None, :]
+        u = tl.load(u_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+        raw, dt = _load_step_sizes(delta_rows, t, mask, bias, HAS_BIAS, SOFTPLUS)
+        Bt = _load_bc(B_rows, t, s_Bl, n_ok, t_ok, B_tile, B_CONST)
+        Ct = _load_bc(C_rows, t, s_Cl, n_ok, t_ok, C_tile, C_CONST)
+
+        # Recompute this chunk's states from its checkpoint, exactly as the forward did.
+        h0 = tl.load(ckpt_ptr + ((b * dim + d[:, None]) * n_chunks + c) * N + n[None, :], mask=n_ok[None, :], other=0.0)
+        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        dtu = dt * u
+        x = dtu[:, None, :] * Bt
+        decay_prod, states = tl.associative_scan((decay, x), axis=2, combine_fn=_first_order_combine)
+        states = states + decay_prod * h0[:, :, None]
+
+        dy = tl.load(dout_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_Z:
+            # out = y * silu(z): y (with the D skip) is recomputed here instead of being saved.
+            y = tl.sum(states * Ct, axis=1)
+            if HAS_D:
+                y = y + D[:, None] * u
+            zv = tl.load(z_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(zv)
+            dz = dy * y * sig * (1.0 + zv * (1.0 - sig))
+            tl.store(dz_ptr + grad_rows[:, None] + t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
+            dy = dy * zv * sig
+        du = tl.zeros((BLOCK_D, BLOCK_T), tl.float32)
+        if HAS_D:
+            dD_acc += tl.sum(dy * u, axis=1)
+            du = dy * D[:, None]
+
+        # Decay of the *next* step, a_{t+1}, recomputed from delta one step ahead (it may lie in the
+        # following chunk; past L it multiplies a zero adjoint).
+        _, dt_next = _load_step_sizes(delta_rows, t + 1, (t + 1 < L)[None, :], bias, HAS_BIAS, SOFTPLUS)
+        decay_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])
+        # Adjoint of the states: g_t = C_t * dy_t + a_{t+1} * g_{t+1}, a reverse scan, plus the
+        # adjoint carried from the later chunk, propagated by the product of the decays.
+        decay_next_prod, adj = tl.associative_scan(
+            (decay_next, dy[:, None, :] * Ct), axis=2, combine_fn=_first_order_combine, reverse=True
+        )
+        adj = adj + decay_next_prod * g_next[:, :, None]
+        g_next = tl.sum(tl.where(steps[None, None, :] == 0, adj, 0.0), axis=2)
+
+        # x_t = dt_t*u_t*B_t  ->  d(dt*u) and dB.
+        d_dtu = tl.sum(adj * Bt, axis=1)
+        # h_t = a_t*h_{t-1} + x_t with a_t = exp(dt_t*A): d(dt_t*A) = g_t * a_t*h_{t-1} = g_t*(h_t - x_t).
+        d_exponent = adj * (states - x)
+        dA_acc += tl.sum(d_exponent * dt[:, None, :], axis=2)
+        d_dt = tl.sum(d_exponent * A[:, :, None], axis=1) + d_dtu * u
+        du += d_dtu * dt
+        if SOFTPLUS:
+            d_dt = d_dt * _softplus_slope(raw)
+        d_dt = tl.where(mask, d_dt, 0.0)
+        if HAS_BIAS:
+            dbias_acc += tl.sum(d_dt, axis=1)
+        tl.store(du_ptr + grad_rows[:, None] + t[None, :], du.to(du_ptr.dtype.element_ty), mask=mask)
+        tl.store(ddelta_ptr + grad_rows[:, None] + t[None, :], d_dt.to(ddelta_ptr.dtype.element_ty), mask=mask)
+
+        # dB_t = sum over channels of g_t * dt_t*u_t; dC_t = sum over channels of dy_t * h_t.
+        if B_CONST:
+            dB_acc += tl.sum(adj * dtu[:, None, :], axis=2)
+        else:
+            part = tl.sum(adj * dtu[:, None, :], axis=0)  # (BLOCK_N, BLOCK_T): this block's channels
+            tl.atomic_add(dB_rows[:, None] + t[None, :], part, mask=n_ok[:, None] & t_ok[None, :])
+        if C_CONST:
+            dC_acc += tl.sum(states * dy[:, None, :], axis=2)
+        else:
+            part = tl.sum(states * dy[:, None, :], axis=0)
+            tl.atomic_add(dC_rows[:, None] + t[None, :], part, mask=n_ok[:, None] & t_ok[None, :])
+
+    # Parameters are shared by all batch elements: one atomic add per program.
+    pn = d[:, None] * N + n[None, :]
+    tl.atomic_add(dA_ptr + pn, dA_acc, mask=n_ok[None, :])
+    if B_CONST:
+        tl.atomic_add(dB_ptr + pn, dB_acc, mask=n_ok[None, :])
+    if C_CONST:
+        tl.atomic_add(dC_ptr + pn, dC_acc, mask=n_ok[None, :])
+    if HAS_D:
+        tl.atomic_add(dD_ptr + d, dD_acc)
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + d, dbias_acc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configuration
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Tile sizes. Heuristic defaults, not tuned on hardware (no GPU was available when written)."""
+
+    block_t: int = 64  # time steps per chunk (and per checkpoint); a power of two
+    max_block_d: int = 4  # channels per program, upper bound (the actual value divides the group size)
+    max_tile: int = 4096  # upper bound on BLOCK_D * BLOCK_N * BLOCK_T (registers per 3-D tile)
+    fwd_warps: int = 4
+    bwd_warps: int = 8
+
+
+DEFAULT_CONFIG = ScanConfig()
+
+
+def _config_from_env() -> ScanConfig:
+    text = os.environ.get(CONFIG_ENV_VAR, "").strip()
+    if not text:
+        return DEFAULT_CONFIG
+    values = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in ScanConfig.__dataclass_fields__ or not value.strip().isdigit():
+            raise ValueError(
+                f"{CONFIG_ENV_VAR}={text!r}: expected comma-separated key=integer pairs with keys "
+                f"{', '.join(ScanConfig.__dataclass_fields__)}"
+            )
+        values[key] = int(value)
+    return replace(DEFAULT_CONFIG, **values)
+
+
+def _pow2_at_most(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+@dataclass(frozen=True)
+class _Launch:
+    block_d: int
+    block_n: int
+    block_t: int
+    n_chunks: int
+    fwd_warps: int
+    bwd_warps: int
+
+
+def scan_config(dim: int, length: int, n_state: int, channel_divisor: int, config: ScanConfig | None = None) -> _Launch:
+    """Tile sizes for a call. ``channel_divisor``: gcd of dim and the channels per B/C group.
+
+    BLOCK_D must divide it so that one program's channels share a B/C group; BLOCK_T is capped near
+    the sequence length so short sequences do not scan padding.
+    """
+    cfg = config or _config_from_env()
+    block_n = triton.next_power_of_2(n_state)
+    block_t = max(1, min(_pow2_at_most(cfg.block_t), triton.next_power_of_2(length)))
+    block_d = channel_divisor & -channel_divisor  # largest power of two dividing it
+    block_d = max(1, min(block_d, _pow2_at_most(cfg.max_block_d), _pow2_at_most(max(cfg.max_tile // (block_n * block_t), 1))))
+    return _Launch(block_d, block_n, block_t, math.ceil(length / block_t), cfg.fwd_warps, cfg.bwd_warps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(batch, dim, L) with unit time stride (the kernels address time as contiguous)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class _Layout:
+    """One of B / C as the kernels see it: 4-D strides plus channels per group, or constant."""
+
+    def __init__(self, t: torch.Tensor, dim: int):
+        self.tensor = t
+        self.const = t.dim() == 2
+        if self.const:  # (dim, N): strides (unused, channel, state, unused)
+            self.strides = (0, t.stride(0), t.stride(1), 0)
+            self.groups = dim
+        else:
+            t4 = t.unsqueeze(1) if t.dim() == 3 else t  # (batch, N, L) is one group
+            self.strides = tuple(t4.stride())
+            self.groups = t4.shape[1]
+        self.per_group = dim // self.groups
+
+    def grad_buffer(self, batch: int, n_state: int, length: int) -> torch.Tensor:
+        """Zeroed fp32 accumulator: (dim, N) for the constant layout, else (batch, G, N, L)."""
+        if self.const:
+            return torch.zeros(self.tensor.shape, dtype=torch.float32, device=self.tensor.device)
+        return torch.zeros((batch, self.groups, n_state, length), dtype=torch.float32, device=self.tensor.device)
+
+    def grad_to_layout(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.tensor.dim() == 3:
+            grad = grad.squeeze(1)
+        return grad.to(self.tensor.dtype)
+
+
+def _prepare(u, delta, A, B, C):
+    batch, dim, length = u.shape
+    n_state = A.shape[1]
+    Bl, Cl = _Layout(B, dim), _Layout(C, dim)
+    divisor = math.gcd(dim, Bl.per_group if not Bl.const else dim, Cl.per_group if not Cl.const else dim)
+    launch = scan_config(dim, length, n_state, divisor)
+    return batch, dim, length, n_state, Bl, Cl, launch
+
+
+def _check_mode(device: torch.device) -> None:
+    if bool(knobs.runtime.interpret) != INTERPRET:
+        raise RuntimeError(
+            "vmbench's Triton scan kernels were created with TRITON_INTERPRET="
+            f"{int(INTERPRET)} but it is now {int(bool(knobs.runtime.interpret))}; set TRITON_INTERPRET before "
+            "triton and vmbench.ops.selective_scan_triton are first imported"
+        )
+    if not INTERPRET and device.type != "cuda":
+        raise RuntimeError(f"the Triton scan needs CUDA tensors (or TRITON_INTERPRET=1), got {device.type}")
+
+
+def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, store_ckpt):
+    batch, dim, length, n_state, Bl, Cl, cfg = _prepare(u, delta, A, B, C)
+    u, delta = _rows(u), _rows(delta)
+    z = _rows(z) if z is not None else None
+    A = A.contiguous()
+    out = torch.empty((batch, dim, length), dtype=u.dtype, device=u.device)
+    last = torch.empty((batch, dim, n_state), dtype=torch.float32, device=u.device) if return_last_state else out
+    ckpt = (
+        torch.empty((batch, dim, cfg.n_chunks, n_state), dtype=torch.float32, device=u.device) if store_ckpt else out
+    )
+    zz = z if z is not None else u  # dummy pointers for absent optional inputs (never read)
+    grid = (dim // cfg.block_d, batch)
+    _scan_fwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A,
+        out, last, ckpt,
+        dim, length, n_state, cfg.n_chunks,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+        *Bl.strides, *Cl.strides,
+        Bl.per_group, Cl.per_group,
+        BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t,
+        B_CONST=Bl.const, C_CONST=Cl.const,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        STORE_CKPT=store_ckpt, STORE_LAST=bool(return_last_state),
+        num_warps=cfg.fwd_warps,
+    )  # fmt: skip
+    return out, (last if return_last_state else None), (ckpt if store_ckpt else None)
+
+
+class SelectiveScanTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        out, last, ckpt = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, True)
+        ctx.delta_softplus = bool(delta_softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+        if return_last_state:
+            ctx.mark_non_differentiable(last)
+            return out, last
+        return out
+
+    @staticmethod
+    def backward(ctx, dout, *unused_last_state_grad):  # the last state's gradient is ignored, as in mamba-ssm
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        batch, dim, length, n_state, Bl, Cl, cfg = _prepare(u, delta, A, B, C)
+        u, delta, dout = _rows(u), _rows(delta), _rows(dout)
+        z = _rows(z) if z is not None else None
+        A = A.contiguous()
+        dev = u.device
+        du = torch.empty((batch, dim, length), dtype=u.dtype, device=dev)
+        ddelta = torch.empty((batch, dim, length), dtype=delta.dtype, device=dev)
+        dz = torch.empty((batch, dim, length), dtype=z.dtype, device=dev) if z is not None else du
+        # Reductions across programs go through fp32 atomics into zeroed buffers.
+        dA = torch.zeros((dim, n_state), dtype=torch.float32, device=dev)
+        dB, dC = Bl.grad_buffer(batch, n_state, length), Cl.grad_buffer(batch, n_state, length)
+        dD = torch.zeros((dim,), dtype=torch.float32, device=dev) if D is not None else dA
+        dbias = torch.zeros((dim,), dtype=torch.float32, device=dev) if delta_bias is not None else dA
+        zz = z if z is not None else u
+        grid = (dim // cfg.block_d, batch)
+        _scan_bwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout, ckpt,
+            du, ddelta, dz, dA, dB, dC, dD, dbias,
+            dim, length, n_state, cfg.n_chunks,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+            dout.stride(0), dout.stride(1),
+            *Bl.strides, *Cl.strides,
+            dB.stride(0) if not Bl.const else 0, dB.stride(1) if not Bl.const else 0,
+            dC.stride(0) if not Cl.const else 0, dC.stride(1) if not Cl.const else 0,
+            Bl.per_group, Cl.per_group,
+            BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t,
+            B_CONST=Bl.const, C_CONST=Cl.const,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
+            num_warps=cfg.bwd_warps,
+        )  # fmt: skip
+        return (
+            du,
+            ddelta,
+            dA.to(A.dtype),
+            Bl.grad_to_layout(dB),
+            Cl.grad_to_layout(dC),
+            dD.to(D.dtype) if D is not None else None,
+            dz if z is not None else None,
+            dbias.to(delta_bias.dtype) if delta_bias is not None else None,
+            None,
+            None,
+        )
+
+
+def selective_scan_triton(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
+    """The selective scan on Triton kernels; arguments as :func:`vmbench.ops.selective_scan`.
+
+    Shapes are assumed validated by the dispatcher. fp64 is not supported (fp32 compute).
+    """
+    _check_mode(u.device)
+    if u.dtype == torch.float64 or A.is_complex():
+        raise TypeError("the Triton selective scan computes in fp32: fp64 or complex inputs need the torch backend")
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    # No graph: skip the checkpoints.
+    out, last, _ = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, False)
+    return (out, last) if return_last_state else out
