@@ -44,6 +44,8 @@ from vmbench.ops.selective_scan_ref import selective_scan_ref  # noqa: E402
 
 dispatch = importlib.import_module("vmbench.ops.selective_scan")
 DEVICE = "cpu" if INTERPRET else "cuda"
+if SKIP_REASON is None and not INTERPRET and not torch.cuda.is_available():
+    SKIP_REASON = f"{_ENV}={_PREVIOUS} and no CUDA device: nothing can run the Triton kernels"
 needs_triton = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 pytestmark = needs_triton
 
@@ -222,10 +224,11 @@ def test_chunk_size_does_not_change_the_result(chunk, block_t, length):
     check_against_reference(make_inputs(length=length, batch=1), delta_softplus=True, return_last_state=True)
 
 
-@pytest.mark.parametrize("max_block_d", [1, 8])
-def test_channels_per_program(chunk, max_block_d):
-    # 8 channels per group: programs of 1 or 8 channels; each dB/dC address gets 8 or 1 atomic adds.
-    chunk(block_t=8, max_block_d=max_block_d)
+@pytest.mark.parametrize("fwd_block_d, bwd_block_d", [(1, 8), (8, 2)])
+def test_channels_per_program(chunk, fwd_block_d, bwd_block_d):
+    # 8 channels per group: programs of 1, 2 or 8 channels; each dB/dC address gets 8, 4 or 1 atomic
+    # adds. Forward and backward tile the channels independently.
+    chunk(block_t=8, fwd_block_d=fwd_block_d, bwd_block_d=bwd_block_d)
     check_against_reference(make_inputs(batch=1, groups=2, per_group=8, length=12), delta_softplus=True)
 
 
@@ -329,6 +332,38 @@ def test_gradients_only_for_some_inputs(chunk):
     assert_matches(du, ref_du, 1e-5, "du")
 
 
+_AOT_SCRIPT = """
+import torch
+from vmbench.ops.selective_scan_triton import compile_for_target
+variants = [
+    dict(),  # VM-UNet stage 1: fp32, grouped B/C, D, delta_bias, softplus
+    dict(dtype=torch.bfloat16, has_z=True, b_const=True, n_state=5, length=33, channel_divisor=3),
+    dict(dtype=torch.float16, c_const=True, has_d=False, has_bias=False, softplus=False, length=7),
+]
+for kw in variants:
+    for name, kernel in compile_for_target(**kw).items():
+        assert len(kernel.asm["cubin"]) > 0, (kw, name)
+print("compiled", 2 * len(variants))
+"""
+
+
+def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
+    # The interpreter does not run Triton's compiler; this lowers both kernels to sm_90 cubins with
+    # the ptxas bundled in the triton wheel, in a separate process (compiled mode).
+    import subprocess
+    import sys
+
+    import triton
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("this triton wheel ships no ptxas")
+    env = {k: v for k, v in os.environ.items() if k != _ENV}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiled 6" in done.stdout
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 
@@ -391,12 +426,13 @@ def test_bad_config_is_a_clear_error(monkeypatch):
 
 
 def test_tile_sizes_respect_groups_and_length():
-    cfg = scan_triton.ScanConfig(block_t=64, max_block_d=4, max_tile=4096)
-    launch = scan_triton.scan_config(768, 4096, 16, 192, cfg)  # VM-UNet stage 1
-    assert (launch.block_d, launch.block_n, launch.block_t, launch.n_chunks) == (4, 16, 64, 64)
-    assert scan_triton.scan_config(12, 7, 5, 3, cfg).block_d == 1  # 3 channels per group
+    cfg = scan_triton.ScanConfig(block_t=16, fwd_block_d=16, bwd_block_d=8, max_tile=4096)
+    launch = scan_triton.scan_config(768, 4096, 16, 192, cfg)  # VM-UNet stage 1: 192 channels per group
+    assert (launch.fwd_block_d, launch.bwd_block_d, launch.block_n, launch.block_t, launch.n_chunks) == (16, 8, 16, 16, 256)
+    assert scan_triton.scan_config(12, 7, 5, 3, cfg).fwd_block_d == 1  # 3 channels per group
     launch = scan_triton.scan_config(16, 7, 5, 8, cfg)
-    assert (launch.block_n, launch.block_t, launch.n_chunks) == (8, 8, 1)
+    assert (launch.block_n, launch.block_t, launch.n_chunks) == (8, 8, 1)  # N padded, T capped near L
+    assert scan_triton.scan_config(64, 100, 64, 64, cfg).fwd_block_d == 4  # large N: fewer channels
 
 
 # ----------------------------------------------------------------------------- CUDA, VM-UNet shapes
@@ -431,9 +467,13 @@ def test_cuda_vmunet_shapes_match_fp64(channels, length):
     ref_out, _, ref_grads = run(inputs, oracle, device="cuda", delta_softplus=True)
     out, _, grads = run({k: v.float() for k, v in inputs.items()}, "triton", device="cuda", delta_softplus=True)
     assert out.dtype == torch.float32
-    assert_matches(out, ref_out, 1e-5, "out")
+    # On the GPU exp2 is the hardware approximation (ex2.approx, within 2 ulp, as mamba-ssm's
+    # exp2f with fast math): its errors compound along up to 4096-step decay products, hence a
+    # looser tolerance than the interpreter tests
+    tol = 1e-5 if length <= 256 else 1e-4
+    assert_matches(out, ref_out, tol, "out")
     for name in grads:
-        assert_matches(grads[name], ref_grads[name], 1e-4 if name == "A" else 1e-5, f"gradient of {name}")
+        assert_matches(grads[name], ref_grads[name], 5 * tol if name == "A" else tol, f"gradient of {name}")
 
 
 @pytest.mark.cuda

@@ -299,7 +299,7 @@ def bench_scan(
     if compare_mambapy:
         header += f" {'time ratio':>11} {'mem ratio':>10}"
     printer(header)
-    results = []
+    results, failures = [], []
     for channels, length in shapes:
         rows = []
         for impl in impls:
@@ -311,6 +311,7 @@ def bench_scan(
                 rows.append(runner(run_scan_case, case))
             except Exception as err:  # one failing implementation (OOM, compile error) must not end the run
                 printer(f"{str((channels, length)):>14} {impl:>10} failed: {type(err).__name__}: {str(err)[:200]}")
+                failures.append(f"{impl} at {(channels, length)}")
         ref = next((r for r in rows if r["impl"] == MAMBAPY), None)
         for r in rows:
             if cuda:
@@ -338,6 +339,8 @@ def bench_scan(
                 line += f" {r['time_ratio']:>10.2f}x {r['mem_ratio']:>9.2f}x"
             printer(line)
             results.append(r)
+    if failures:
+        raise RuntimeError(f"{len(failures)} scan case(s) failed: {', '.join(failures)} (see the rows above)")
     return results
 
 
@@ -429,7 +432,7 @@ def bench_model(
     runner = _in_fresh_process if isolate else (lambda fn, *a: fn(*a))
     printer(f"{model} training (fwd+bwd+AdamW), {device}, {steps} timed steps after one warm-up")
     printer(f"{'backend':>10} {'size':>5} {'batch':>5} {'bf16':>5} {'img/s':>9} {'s/step':>8} {'peak MiB':>9}")
-    results = []
+    results, failures = [], []
     for backend in backends:
         for size in sizes:
             # CPU default batches keep one step within seconds; CUDA uses the paper's batch 32.
@@ -441,6 +444,7 @@ def bench_model(
                         r = runner(run_model_case, case)
                     except Exception as err:  # e.g. out of memory for one backend: report, go on
                         printer(f"{backend:>10} {size:>5} {b:>5} {str(amp):>5} failed: {type(err).__name__}: {str(err)[:200]}")
+                        failures.append(f"{backend} at {size}px, bf16 {amp}")
                         continue
                 else:
                     r = runner(run_model_case, case)
@@ -449,4 +453,6 @@ def bench_model(
                     f"{r['step_s']:>8.3f} {r['peak_bytes'] / 2**20:>9.1f}"
                 )
                 results.append(r)
+    if failures:
+        raise RuntimeError(f"{len(failures)} model case(s) failed: {', '.join(failures)} (see the rows above)")
     return results

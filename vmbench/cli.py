@@ -248,7 +248,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         except ImportError as err:  # the leaderboard module is optional at this point of the pipeline
             print(f"(leaderboard unavailable: {err})")
         else:
-            leaderboard.print_for_sweep(args.tracking_uri, spec.experiment)
+            leaderboard.print_for_sweep(args.tracking_uri, spec.experiment, runs_dir=args.runs_dir)
     return 1 if failed else 0
 
 
@@ -314,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance")
     p.add_argument("--no-leaderboard", action="store_true", help="do not print the leaderboard at the end")
     p.set_defaults(func=cmd_sweep)
+
+    from vmbench import leaderboard
+
+    leaderboard.add_parser(sub)
 
     p = sub.add_parser("ui", help="the MLflow UI over vmbench's runs (127.0.0.1, a free port)")
     p.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or vmbench-runs/mlflow.db")

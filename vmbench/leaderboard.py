@@ -49,6 +49,8 @@ __all__ = [
     "load_runs",
     "metric_column",
     "plot",
+    "print_for_sweep",
+    "print_terminal",
     "render",
     "resolve_tracking_uri",
     "split_tables",
@@ -171,14 +173,14 @@ def default_metrics(evaluation: str, present: Iterable[str] = ()) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else ``MLFLOW_TRACKING_URI``, else the default SQLite file (not created here)."""
+def resolve_tracking_uri(uri: str | None = None, runs_dir: str | Path | None = None) -> str:
+    """``uri``, else ``MLFLOW_TRACKING_URI``, else ``<runs_dir>/mlflow.db`` (not created here)."""
     if uri:
         return uri
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return f"sqlite:///{Path(tracking.DEFAULT_RUNS_DIR).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{Path(runs_dir or tracking.DEFAULT_RUNS_DIR).resolve() / 'mlflow.db'}"
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -285,10 +287,13 @@ def load_runs(
     ``"auto"`` uses ``"sql"`` for SQLite stores whose schema it recognises, else ``"mlflow"``.
     """
     import mlflow
-    from mlflow.entities import ViewType
 
     uri = resolve_tracking_uri(tracking_uri)
     path = _sqlite_path(uri)
+    if engine not in ("auto", "mlflow", "sql"):
+        raise ValueError(f"engine {engine!r}: expected auto, mlflow or sql")
+    if engine == "sql" and path is None:
+        raise ValueError(f"engine 'sql' needs a sqlite:/// tracking URI, not {uri}")
     if path is not None and not path.exists():
         raise FileNotFoundError(f"no MLflow store at {path} (tracking URI {uri})")
     filter_string, client_side = build_filter(dataset, protocol, model, stage)
@@ -296,8 +301,6 @@ def load_runs(
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp_ids = _experiment_ids(client, experiment)
     runs = None
-    if engine not in ("auto", "mlflow", "sql"):
-        raise ValueError(f"engine {engine!r}: expected auto, mlflow or sql")
     if engine != "mlflow" and path is not None:
         try:
             runs = _sqlite_search(path, exp_ids, _filter_pairs(dataset, protocol, model, stage), params)
@@ -305,8 +308,6 @@ def load_runs(
             if engine == "sql":
                 raise
             log.info("reading runs through MLflow: %s", err)
-    elif engine == "sql":
-        raise ValueError(f"engine 'sql' needs a sqlite:/// tracking URI, not {uri}")
     if runs is None:
         runs = _mlflow_search(client, exp_ids, filter_string, params, page_size)
     for tag, allowed in client_side.items():
@@ -536,7 +537,8 @@ def _wilcoxon(diff: np.ndarray) -> tuple[float, str]:
     """
     from scipy import stats
 
-    d = diff[diff != 0]
+    d = np.round(diff, 12)  # floating-point noise must not break ties or hide zeros
+    d = d[d != 0]
     if d.size == 0:
         return float("nan"), "all paired differences are zero"
     ties = np.unique(np.abs(d)).size < d.size
@@ -742,6 +744,7 @@ def leaderboard(
         tracking_uri=runs.attrs.get("tracking_uri"),
         description=runs.attrs.get("description"),
         explicit_metrics=bool(metrics),
+        paired_test=bool(reference) and per_case_loader is not False,
     )
     return out
 
@@ -889,8 +892,8 @@ def split_tables(board: pd.DataFrame) -> list[Table]:
         return tables
     measured = board[board["kind"] == MEASURED]
     published = board[board["kind"] == PUBLISHED]
-    reference = board.attrs.get("reference")
-    stage = board.attrs.get("stage") or "final"
+    reference = _paired_reference(board)
+    stage = board.attrs.get("stage", "final")
     prefix = board.attrs.get("prefix") or "test_"
     all_keys = board.attrs.get("metrics") or []
     for (dataset, protocol), group in measured.groupby(["dataset", "protocol"], sort=True):
@@ -899,11 +902,19 @@ def split_tables(board: pd.DataFrame) -> list[Table]:
         evaluation = group["evaluation"].iloc[0] if "evaluation" in group.columns else "pooled2d"
         keys = list(all_keys) if board.attrs.get("explicit_metrics") else default_metrics(evaluation, all_keys)
         keys = [k for k in keys if f"{metric_column(k)}_mean" in rows.columns and rows[f"{metric_column(k)}_mean"].notna().any()]
-        what = "final runs, test split" if stage == "final" else f"{stage} runs, metrics '{prefix}*' (not a leaderboard)"
+        if stage == "final":
+            what = "final runs, test split"
+        else:
+            what = f"{stage or 'all'} runs, metrics '{prefix}*' (inspection, not a leaderboard)"
         title = f"{dataset} | protocol: {protocol} ({PROTOCOLS.get(protocol, 'unknown protocol')}) | {what}"
         notes = _notes(group, pub, keys, reference, protocol)
         tables.append(Table(dataset, protocol, title, notes, rows, keys))
     return tables
+
+
+def _paired_reference(board: pd.DataFrame) -> str | None:
+    """The reference model when the paired test ran (p-value columns shown), else None."""
+    return board.attrs.get("reference") if board.attrs.get("paired_test") else None
 
 
 def _notes(group: pd.DataFrame, pub: pd.DataFrame, keys, reference, protocol) -> list[str]:
@@ -933,13 +944,14 @@ def _notes(group: pd.DataFrame, pub: pd.DataFrame, keys, reference, protocol) ->
         notes.append("Hardware differs between runs: latency and training time are not comparable across rows.")
     if (group["sweeps"] > 1).any():
         notes.append("Some rows pool final runs from several sweeps (vmbench.sweep).")
-    if (group["seeds"] < group["n"]).any():
+    if ((group["seeds"] > 0) & (group["seeds"] < group["n"])).any():
         notes.append("Some rows contain several runs with the same seed; each run counts in n.")
     if reference:
         if (group["model"] == reference).any():
             notes.append(
-                f"p: two-sided Wilcoxon signed-rank test of per-case DSC against {reference} (cases paired by id, "
-                "per-case values averaged over seeds); ΔDSC = mean paired difference in percentage points."
+                "p: two-sided Wilcoxon signed-rank test of per-case DSC (ISIC: per image; Synapse: per case, mean "
+                f"over organs) against {reference} (cases paired by id, per-case values averaged over seeds); "
+                "ΔDSC = mean paired difference in percentage points."
             )
         else:
             notes.append(f"Paired test skipped: reference model {reference!r} has no finished runs in this table.")
@@ -1046,7 +1058,7 @@ def _latex_escape(text: str) -> str:
 def render(board: pd.DataFrame, fmt: str = "md", *, ci: str | None = None) -> str:
     """The leaderboard as text: ``md``, ``csv``, ``html``, ``latex``, ``json`` or ``text`` (plain)."""
     tables = split_tables(board)
-    reference = board.attrs.get("reference")
+    reference = _paired_reference(board)
     if fmt == "csv":
         frames = [_numeric_records(t) for t in tables]
         return pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else ""
@@ -1123,7 +1135,7 @@ def print_terminal(board: pd.DataFrame, file=None) -> None:
     is_tty = hasattr(file, "isatty") and file.isatty()
     # Piped output is not wrapped (tables keep their natural width).
     console = Console(file=file, width=None if is_tty else 1000, highlight=False, soft_wrap=False)
-    reference = board.attrs.get("reference")
+    reference = _paired_reference(board)
     for t in split_tables(board):
         frame = display_frame(t, reference, ci="primary")
         frame = frame.drop(columns=[c for c in ("Source", "Note") if c in frame.columns])
@@ -1176,8 +1188,11 @@ def plot(board: pd.DataFrame, path: str | Path) -> Path:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    tables = split_tables(board)
     col = metric_column(PRIMARY)
+    tables = [
+        t for t in split_tables(board)
+        if f"{col}_mean" in t.rows.columns and t.rows.loc[t.rows["kind"] == MEASURED, f"{col}_mean"].notna().any()
+    ]
     fig, axes = plt.subplots(max(len(tables), 1), 2, figsize=(12, 4 * max(len(tables), 1)), squeeze=False)
     for ax_row, t in zip(axes, tables):
         rows = t.rows
@@ -1190,7 +1205,8 @@ def plot(board: pd.DataFrame, path: str | Path) -> Path:
         px = [i for i, m in enumerate(measured["model"]) if m in pub_dsc.index]
         if px:
             ax.scatter(px, [pub_dsc[measured["model"].iloc[i]] for i in px], marker="x", color="black", zorder=3, label="published")
-        ax.set_xticks(x, measured["model"], rotation=30, ha="right")
+        ticks = [f"{m}\n(n={int(n)})" for m, n in zip(measured["model"], measured["n"].fillna(0))]
+        ax.set_xticks(x, ticks, rotation=30, ha="right")
         ax.set_ylabel("DSC (%)")
         ax.set_title(f"{t.dataset} · protocol {t.protocol}", fontsize=10)
         ax.legend(fontsize=8)
@@ -1276,6 +1292,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         print(f"vmbench leaderboard: {err}", file=sys.stderr)
         return 1
+    except Exception as err:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(err, MlflowException):
+            raise
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"vmbench leaderboard: cannot read runs from {resolve_tracking_uri(args.tracking_uri)}: {first}", file=sys.stderr)
+        return 1
     where = runs.attrs.get("description", "")
     reference = None if (args.reference or "").lower() in ("", "none") else args.reference
     metrics = _as_list(args.metrics) or None
@@ -1304,6 +1328,32 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         plot(board, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def print_for_sweep(
+    tracking_uri: str | None, experiment: str, runs_dir: str | Path | None = None, file=None
+) -> bool:
+    """The terminal leaderboard of one sweep's experiment, printed after ``vmbench sweep``.
+
+    Never raises: a sweep that trained for hours must not end in a leaderboard traceback; a
+    problem is one line. Returns whether a table was printed.
+    """
+    file = file or sys.stdout
+    try:
+        uri = resolve_tracking_uri(tracking_uri, runs_dir)
+        runs = load_runs(uri, experiment=experiment)
+        board = leaderboard(runs)
+        measured = board[board["kind"] == MEASURED] if not board.empty else board
+        if measured.empty:
+            print(f"(leaderboard: no final runs in experiment {experiment!r} at {uri})", file=file)
+            return False
+        print_terminal(board, file=file)
+        print(f"(vmbench leaderboard --tracking-uri {uri} --experiment {experiment} for other formats)", file=file)
+        return True
+    except Exception as err:  # noqa: BLE001 - reported in one line, see docstring
+        first = str(err).splitlines()[0] if str(err) else ""
+        print(f"(leaderboard failed: {type(err).__name__}: {first})", file=file)
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -1430,10 +1480,14 @@ def _bench(n_runs: int, db: str | None, logged: int = 500) -> None:
     print(f"store: {uri}, {total} trial runs (35 metrics, 40 params, 11 tags each)")
     mlflow.set_tracking_uri(uri)
     for label, fn in (
-        ("load_runs() [MlflowClient.search_runs, tag filter, pages of 10000]", lambda: load_runs(uri)),
-        ("load_runs(params=True)", lambda: load_runs(uri, params=True)),
-        ("load_runs(page_size=1000)", lambda: load_runs(uri, page_size=1000)),
-        ("load_runs(dataset='synapse', model='vmunet')", lambda: load_runs(uri, dataset="synapse", model="vmunet")),
+        ("load_runs(engine='sql') [default for sqlite: 3 read-only queries]", lambda: load_runs(uri, engine="sql")),
+        ("load_runs(engine='sql', params=True)", lambda: load_runs(uri, engine="sql", params=True)),
+        ("load_runs(engine='sql', dataset='synapse', model='vmunet')", lambda: load_runs(
+            uri, engine="sql", dataset="synapse", model="vmunet")),
+        ("load_runs(engine='mlflow') [MlflowClient.search_runs, pages of 10000]", lambda: load_runs(uri, engine="mlflow")),
+        ("load_runs(engine='mlflow', page_size=1000)", lambda: load_runs(uri, engine="mlflow", page_size=1000)),
+        ("load_runs(engine='mlflow', dataset='synapse', model='vmunet')", lambda: load_runs(
+            uri, engine="mlflow", dataset="synapse", model="vmunet")),
         ("mlflow.search_runs(search_all_experiments=True) -> pandas", lambda: mlflow.search_runs(
             search_all_experiments=True, filter_string=build_filter()[0])),
     ):

@@ -196,8 +196,12 @@ class SelectiveScanTorch(torch.autograd.Function):
             adjoint.mul_(decay)
             adjoint[1:].mul_(states[:-1])
             adjoint[0].mul_(h0)
-            d_dt[s:e] = torch.matmul(adjoint.unsqueeze(-2), scan.A.unsqueeze(-1)).reshape(T, b, G, E)
-            dA += torch.einsum("tbgen,tbge->gen", adjoint, scan.dt[s:e])
+            # exponent = dt * A: d_dt = sum_n w * A, dA = sum_{t,b} w * dt. Elementwise products
+            # into the free decay buffer; a matmul here would expand A to the full state shape.
+            torch.mul(adjoint, scan.A, out=decay)
+            torch.sum(decay, dim=-1, out=d_dt[s:e])
+            adjoint.mul_(scan.dt[s:e, ..., None])
+            dA += adjoint.sum(dim=(0, 1))
         d_dt.addcmul_(d_dtu, _time_major(scan.u, G))
         du = _from_time_major(d_dtu * scan.dt)
         if du_skip is not None:

@@ -9,32 +9,34 @@ Design (``shared/spec/selective_scan.md`` sections 4.2 and 5):
 
 * **Grid** ``(dim // BLOCK_D, batch)``: one program owns BLOCK_D channels of one batch element and
   walks the sequence in chunks of BLOCK_T steps. BLOCK_D is a power of two dividing the channels
-  per B/C group, so a program's channels share one group: B and C are loaded once per chunk as an
-  (N, BLOCK_T) tile and broadcast over the channels. The channel-block axis is the fast grid axis,
+  per B/C group, so a program's channels share one group: B and C are loaded once per chunk as a
+  (BLOCK_T, N) tile and broadcast over the channels. The channel-block axis is the fast grid axis,
   so programs running together read the same group's B/C rows (L2 hits).
-* **Forward, per chunk**: a (BLOCK_D, N, BLOCK_T) tile of decays exp(dt*A) and inputs dt*u*B is
-  scanned along time with ``tl.associative_scan`` (combine (a1, x1), (a2, x2) -> (a1*a2, a2*x1 + x2)),
-  then the state carried in from the previous chunk is added as cumprod(a)*h. Only decays <= 1 are
-  multiplied (no cumsum/closed form), which is unconditionally stable (spec 3.2). y = sum_n h*C is
-  reduced in registers; D*u and the silu(z) gate are applied before the one store. No
-  (batch, dim, L, N) tensor exists anywhere, in HBM or as a whole in registers.
+* **Forward, per chunk**: a time-major (BLOCK_T, N, BLOCK_D) tile of decays exp(dt*A) and inputs
+  dt*u*B is scanned along time with ``tl.associative_scan`` (combine (a1, x1), (a2, x2) ->
+  (a1*a2, a2*x1 + x2)); time is the slowest tile axis, so each thread scans its steps sequentially
+  in registers. The state carried in from the previous chunk is added as cumprod(a)*h. Only decays
+  <= 1 are multiplied (no cumsum/closed form), which is unconditionally stable (spec 3.2).
+  y = sum_n h*C is reduced on chip; D*u and the silu(z) gate are applied before the one store. No
+  (batch, dim, L, N) tensor exists anywhere: per program one (BLOCK_T, N, BLOCK_D) tile at a time.
 * **Checkpoints**: when a gradient is needed the forward also stores the state entering every chunk,
-  (batch, dim, ceil(L/BLOCK_T), N) fp32 (N/BLOCK_T of u's size: 1/4 at N = 16, BLOCK_T = 64).
+  (batch, dim, ceil(L/BLOCK_T), N) fp32, N/BLOCK_T of u's size (1x at N = BLOCK_T = 16).
 * **Backward**, chunks in reverse order, per chunk: recompute the chunk's states from its checkpoint
   (the forward's scan again), then the adjoint g_t = C_t*dy_t + a_{t+1}*g_{t+1} with a reverse
   ``tl.associative_scan`` (same combine; Triton applies it as combine(accumulated, current) in both
   directions), carrying g of the chunk's first step to the next (earlier) chunk. a_{t+1} is
   recomputed from delta loaded one step ahead, so the backward evaluates two exps per element and
-  does no data shuffling. The decay gradient g_t*a_t*h_{t-1} uses a_t*h_{t-1} = h_t - dt_t*u_t*B_t,
-  as mamba-ssm's CUDA backward does. du, ddelta (through softplus) and dz are stored per chunk;
-  dA, dD, d(delta_bias) and constant-layout dB/dC are reduced in registers over the whole sequence
-  and added with one fp32 ``tl.atomic_add`` per program (programs of other batch elements share
-  them). Time-varying dB/dC are summed over the program's channels in registers and added with
-  ``tl.atomic_add`` into fp32 (batch, G, N, L) buffers: each address receives one add per channel
-  block of its group. Atomics make dA/dB/dC/dD/d(delta_bias) summation order nondeterministic.
+  needs no shifted copy of a tile. The decay gradient g_t*a_t*h_{t-1} uses a_t*h_{t-1} =
+  h_t - dt_t*u_t*B_t, as mamba-ssm's CUDA backward does. du, ddelta (through softplus) and dz are
+  stored per chunk; dA, dD, d(delta_bias) and constant-layout dB/dC are summed in registers over
+  the whole sequence and added with one fp32 ``tl.atomic_add`` per program (the programs of the
+  other batch elements add to the same addresses). Time-varying dB/dC are summed over the
+  program's channels on chip and added with ``tl.atomic_add`` into fp32 (batch, G, N, L) buffers:
+  each address receives one add per channel block of its group (12 at VM-UNet's stage 1 with
+  BLOCK_D = 16). Atomics make the summation order of dA/dB/dC/dD/d(delta_bias) nondeterministic.
 
-Tile sizes are heuristics (see :func:`scan_config`), overridable with ``VMBENCH_TRITON_SCAN_CONFIG``
-(e.g. ``block_t=64,max_block_d=4,fwd_warps=4,bwd_warps=8``); they have not been tuned on a GPU.
+Tile sizes are heuristics (see :class:`ScanConfig`), overridable with ``VMBENCH_TRITON_SCAN_CONFIG``
+(e.g. ``block_t=32,fwd_block_d=16,bwd_block_d=8,fwd_warps=4,bwd_warps=8``); not yet timed on a GPU.
 
 The kernels are created when this module is imported, in Triton's compiled mode or, if
 ``TRITON_INTERPRET=1`` was set before ``triton`` was first imported, in its interpreter (CPU
@@ -44,6 +46,7 @@ lazily and checks that the mode matches.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, replace
@@ -51,12 +54,29 @@ from dataclasses import dataclass, replace
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
-__all__ = ["CONFIG_ENV_VAR", "INTERPRET", "ScanConfig", "scan_config", "selective_scan_triton"]
+__all__ = [
+    "CONFIG_ENV_VAR",
+    "INTERPRET",
+    "Launch",
+    "ScanConfig",
+    "compile_for_target",
+    "scan_config",
+    "selective_scan_triton",
+]
+
+
+def _interpret_mode() -> bool:
+    """Whether @triton.jit creates interpreter kernels now (read as Triton reads it)."""
+    try:
+        from triton import knobs  # triton >= 3.4
+    except ImportError:
+        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return bool(knobs.runtime.interpret)
+
 
 # Mode the @triton.jit decorators below are applied in (fixed for the life of this module).
-INTERPRET: bool = bool(knobs.runtime.interpret)
+INTERPRET: bool = _interpret_mode()
 # Triton decorates its own library (tl.sum, ...) once, when triton is first imported; kernels of the
 # other mode cannot call it.
 if INTERPRET != (type(tl.standard.sum).__name__ == "InterpretedFunction"):
@@ -66,11 +86,17 @@ if INTERPRET != (type(tl.standard.sum).__name__ == "InterpretedFunction"):
     )
 CONFIG_ENV_VAR = "VMBENCH_TRITON_SCAN_CONFIG"
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * log2(e)): exp2 is the hardware unit
 
 
 # ---------------------------------------------------------------------------------------------
 # Kernels
+#
+# Tiles are time-major: (BLOCK_T, BLOCK_N, BLOCK_D) for the per-state quantities, (BLOCK_T,
+# BLOCK_D) for per-channel rows (u, dt, y, ...), (BLOCK_T, BLOCK_N) for B and C. Triton spreads the
+# fastest (last) axis over lanes, so time, the slowest axis, stays in each thread's registers and
+# the scans along it run sequentially in-thread with few cross-thread steps. Putting time last
+# instead compiled (sm_90, ptxas) to ~3x the instructions per element, mostly warp shuffles.
 
 
 @triton.jit
@@ -101,27 +127,27 @@ def _softplus_slope(x):
 
 @triton.jit
 def _load_step_sizes(delta_rows, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(BLOCK_D, BLOCK_T) raw delta (+ bias) and the step size dt; dt = 0 outside the sequence."""
-    raw = tl.load(delta_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+    """(BLOCK_T, BLOCK_D) raw delta (+ bias) and the step size dt; dt = 0 outside the sequence."""
+    raw = tl.load(delta_rows[None, :] + t[:, None], mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        raw = raw + bias[:, None]
+        raw = raw + bias[None, :]
     dt = raw
     if SOFTPLUS:
         dt = _softplus(raw)
     # Steps past L get decay exp(0) = 1 and input 0: the state passes through them unchanged, so the
-    # last column of a chunk's states is always the state at its last valid step.
+    # last row of a chunk's states is always the state at its last valid step.
     dt = tl.where(mask, dt, 0.0)
     return raw, dt
 
 
 @triton.jit
 def _load_bc(rows, t, s_l, n_ok, t_ok, const_tile, CONST: tl.constexpr):
-    """B or C for one chunk, shaped to broadcast against (BLOCK_D, BLOCK_N, BLOCK_T)."""
+    """B or C for one chunk, shaped to broadcast against (BLOCK_T, BLOCK_N, BLOCK_D)."""
     if CONST:
-        tile = const_tile[:, :, None]  # (BLOCK_D, BLOCK_N, 1): per channel, time-invariant
+        tile = const_tile[None, :, :]  # (1, BLOCK_N, BLOCK_D): per channel, time-invariant
     else:
-        tile = tl.load(rows[:, None] + t[None, :] * s_l, mask=n_ok[:, None] & t_ok[None, :], other=0.0)
-        tile = tile.to(tl.float32)[None, :, :]  # (1, BLOCK_N, BLOCK_T): shared by the block's channels
+        tile = tl.load(rows[None, :] + t[:, None] * s_l, mask=t_ok[:, None] & n_ok[None, :], other=0.0)
+        tile = tile.to(tl.float32)[:, :, None]  # (BLOCK_T, BLOCK_N, 1): shared by the block's channels
     return tile
 
 
@@ -146,8 +172,9 @@ def _scan_fwd_kernel(
     n = tl.arange(0, BLOCK_N)
     n_ok = n < N  # N is padded to a power of two; padded states have A = B = C = 0 and stay 0
     steps = tl.arange(0, BLOCK_T)
+    state_idx = d[None, :] * N + n[:, None]  # (BLOCK_N, BLOCK_D) into (dim, N) parameters
 
-    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=n_ok[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + state_idx, mask=n_ok[:, None], other=0.0).to(tl.float32) * LOG2E
     bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d).to(tl.float32)
@@ -159,46 +186,47 @@ def _scan_fwd_kernel(
     delta_rows = delta_ptr + b * s_db + d * s_dd
     z_rows = z_ptr + b * s_zb + d * s_zd
     out_rows = out_ptr + (b * dim + d) * L  # outputs are allocated contiguous
-    # Time-varying B/C: this block's group row pointers (one per state); constant: a (BLOCK_D, N) tile.
+    ckpt_idx = ((b * dim + d[None, :]) * n_chunks) * N + n[:, None]  # + c * N: state entering chunk c
+    # Time-varying B/C: this block's group row pointers (one per state); constant: a (N, BLOCK_D) tile.
     # For the constant layout (dim, N), s_Bg / s_Cg is the channel stride.
     B_rows = B_ptr + b * s_Bb + (d0 // B_PER_GROUP) * s_Bg + n * s_Bn
     C_rows = C_ptr + b * s_Cb + (d0 // C_PER_GROUP) * s_Cg + n * s_Cn
-    B_tile = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
-    C_tile = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    B_tile = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    C_tile = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     if B_CONST:
-        B_tile = tl.load(B_ptr + d[:, None] * s_Bg + n[None, :] * s_Bn, mask=n_ok[None, :], other=0.0).to(tl.float32)
+        B_tile = tl.load(B_ptr + d[None, :] * s_Bg + n[:, None] * s_Bn, mask=n_ok[:, None], other=0.0).to(tl.float32)
     if C_CONST:
-        C_tile = tl.load(C_ptr + d[:, None] * s_Cg + n[None, :] * s_Cn, mask=n_ok[None, :], other=0.0).to(tl.float32)
+        C_tile = tl.load(C_ptr + d[None, :] * s_Cg + n[:, None] * s_Cn, mask=n_ok[:, None], other=0.0).to(tl.float32)
 
-    h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)  # state entering the current chunk
+    h = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)  # state entering the current chunk
     for c in range(n_chunks):
         t = c * BLOCK_T + steps
         t_ok = t < L
-        mask = t_ok[None, :]
+        mask = t_ok[:, None]
         if STORE_CKPT:
-            tl.store(ckpt_ptr + ((b * dim + d[:, None]) * n_chunks + c) * N + n[None, :], h, mask=n_ok[None, :])
-        u = tl.load(u_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+            tl.store(ckpt_ptr + ckpt_idx + c * N, h, mask=n_ok[:, None])
+        u = tl.load(u_rows[None, :] + t[:, None], mask=mask, other=0.0).to(tl.float32)
         _, dt = _load_step_sizes(delta_rows, t, mask, bias, HAS_BIAS, SOFTPLUS)
         Bt = _load_bc(B_rows, t, s_Bl, n_ok, t_ok, B_tile, B_CONST)
         Ct = _load_bc(C_rows, t, s_Cl, n_ok, t_ok, C_tile, C_CONST)
 
-        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])  # exp(dt*A) via the exp2 unit
+        decay = tl.exp2(dt[:, None, :] * A2[None, :, :])  # exp(dt*A) via the exp2 unit
         x = (dt * u)[:, None, :] * Bt
-        decay_prod, states = tl.associative_scan((decay, x), axis=2, combine_fn=_first_order_combine)
-        states = states + decay_prod * h[:, :, None]  # carry in the previous chunk's state
+        decay_prod, states = tl.associative_scan((decay, x), axis=0, combine_fn=_first_order_combine)
+        states = states + decay_prod * h[None, :, :]  # carry in the previous chunk's state
 
         y = tl.sum(states * Ct, axis=1)
-        # Next carry: the last column (steps past L carried the last valid state through).
-        h = tl.sum(tl.where(steps[None, None, :] == BLOCK_T - 1, states, 0.0), axis=2)
+        # Next carry: the last row (steps past L carried the last valid state through).
+        h = tl.sum(tl.where(steps[:, None, None] == BLOCK_T - 1, states, 0.0), axis=0)
         if HAS_D:
-            y = y + D[:, None] * u
+            y = y + D[None, :] * u
         if HAS_Z:
-            zv = tl.load(z_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+            zv = tl.load(z_rows[None, :] + t[:, None], mask=mask, other=0.0).to(tl.float32)
             y = y * zv * tl.sigmoid(zv)
-        tl.store(out_rows[:, None] + t[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_rows[None, :] + t[:, None], y.to(out_ptr.dtype.element_ty), mask=mask)
 
     if STORE_LAST:
-        tl.store(last_ptr + (b * dim + d[:, None]) * N + n[None, :], h, mask=n_ok[None, :])
+        tl.store(last_ptr + (b * dim + d[None, :]) * N + n[:, None], h, mask=n_ok[:, None])
 
 
 @triton.jit
@@ -221,9 +249,10 @@ def _scan_bwd_kernel(
     n = tl.arange(0, BLOCK_N)
     n_ok = n < N
     steps = tl.arange(0, BLOCK_T)
+    state_idx = d[None, :] * N + n[:, None]
 
-    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=n_ok[None, :], other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
+    A = tl.load(A_ptr + state_idx, mask=n_ok[:, None], other=0.0).to(tl.float32)
+    A2 = A * LOG2E
     bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d).to(tl.float32)
@@ -236,108 +265,108 @@ def _scan_bwd_kernel(
     z_rows = z_ptr + b * s_zb + d * s_zd
     dout_rows = dout_ptr + b * s_ob + d * s_od
     grad_rows = (b * dim + d) * L  # du, ddelta, dz are allocated contiguous
+    ckpt_idx = ((b * dim + d[None, :]) * n_chunks) * N + n[:, None]
     B_group = d0 // B_PER_GROUP
     C_group = d0 // C_PER_GROUP
     B_rows = B_ptr + b * s_Bb + B_group * s_Bg + n * s_Bn
     C_rows = C_ptr + b * s_Cb + C_group * s_Cg + n * s_Cn
-    B_tile = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
-    C_tile = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    B_tile = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    C_tile = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     if B_CONST:
-        B_tile = tl.load(B_ptr + d[:, None] * s_Bg + n[None, :] * s_Bn, mask=n_ok[None, :], other=0.0).to(tl.float32)
+        B_tile = tl.load(B_ptr + d[None, :] * s_Bg + n[:, None] * s_Bn, mask=n_ok[:, None], other=0.0).to(tl.float32)
     if C_CONST:
-        C_tile = tl.load(C_ptr + d[:, None] * s_Cg + n[None, :] * s_Cn, mask=n_ok[None, :], other=0.0).to(tl.float32)
+        C_tile = tl.load(C_ptr + d[None, :] * s_Cg + n[:, None] * s_Cn, mask=n_ok[:, None], other=0.0).to(tl.float32)
     # fp32 (batch, G, N, L) accumulators for time-varying dB/dC (contiguous in N and L).
     dB_rows = dB_ptr + b * s_dBb + B_group * s_dBg + n * L
     dC_rows = dC_ptr + b * s_dCb + C_group * s_dCg + n * L
 
     # Per-program sums over the whole sequence, flushed with one atomic add at the end.
-    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
-    dB_acc = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
-    dC_acc = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    dA_acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dB_acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dC_acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), tl.float32)
-    g_next = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)  # adjoint at the first step of the later chunk
+    g_next = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)  # adjoint at the first step of the later chunk
 
     for i in range(n_chunks):
         c = n_chunks - 1 - i
         t = c * BLOCK_T + steps
         t_ok = t < L
-        mask = t_ok[None, :]
-        u = tl.load(u_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+        mask = t_ok[:, None]
+        u = tl.load(u_rows[None, :] + t[:, None], mask=mask, other=0.0).to(tl.float32)
         raw, dt = _load_step_sizes(delta_rows, t, mask, bias, HAS_BIAS, SOFTPLUS)
         Bt = _load_bc(B_rows, t, s_Bl, n_ok, t_ok, B_tile, B_CONST)
         Ct = _load_bc(C_rows, t, s_Cl, n_ok, t_ok, C_tile, C_CONST)
 
         # Recompute this chunk's states from its checkpoint, exactly as the forward did.
-        h0 = tl.load(ckpt_ptr + ((b * dim + d[:, None]) * n_chunks + c) * N + n[None, :], mask=n_ok[None, :], other=0.0)
-        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        h0 = tl.load(ckpt_ptr + ckpt_idx + c * N, mask=n_ok[:, None], other=0.0)
+        decay = tl.exp2(dt[:, None, :] * A2[None, :, :])
         dtu = dt * u
         x = dtu[:, None, :] * Bt
-        decay_prod, states = tl.associative_scan((decay, x), axis=2, combine_fn=_first_order_combine)
-        states = states + decay_prod * h0[:, :, None]
+        decay_prod, states = tl.associative_scan((decay, x), axis=0, combine_fn=_first_order_combine)
+        states = states + decay_prod * h0[None, :, :]
 
-        dy = tl.load(dout_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dout_rows[None, :] + t[:, None], mask=mask, other=0.0).to(tl.float32)
         if HAS_Z:
             # out = y * silu(z): y (with the D skip) is recomputed here instead of being saved.
             y = tl.sum(states * Ct, axis=1)
             if HAS_D:
-                y = y + D[:, None] * u
-            zv = tl.load(z_rows[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+                y = y + D[None, :] * u
+            zv = tl.load(z_rows[None, :] + t[:, None], mask=mask, other=0.0).to(tl.float32)
             sig = tl.sigmoid(zv)
             dz = dy * y * sig * (1.0 + zv * (1.0 - sig))
-            tl.store(dz_ptr + grad_rows[:, None] + t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
+            tl.store(dz_ptr + grad_rows[None, :] + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask)
             dy = dy * zv * sig
-        du = tl.zeros((BLOCK_D, BLOCK_T), tl.float32)
+        du = tl.zeros((BLOCK_T, BLOCK_D), tl.float32)
         if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=1)
-            du = dy * D[:, None]
+            dD_acc += tl.sum(dy * u, axis=0)
+            du = dy * D[None, :]
 
         # Decay of the *next* step, a_{t+1}, recomputed from delta one step ahead (it may lie in the
         # following chunk; past L it multiplies a zero adjoint).
-        _, dt_next = _load_step_sizes(delta_rows, t + 1, (t + 1 < L)[None, :], bias, HAS_BIAS, SOFTPLUS)
-        decay_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])
+        _, dt_next = _load_step_sizes(delta_rows, t + 1, (t + 1 < L)[:, None], bias, HAS_BIAS, SOFTPLUS)
+        decay_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])
         # Adjoint of the states: g_t = C_t * dy_t + a_{t+1} * g_{t+1}, a reverse scan, plus the
         # adjoint carried from the later chunk, propagated by the product of the decays.
         decay_next_prod, adj = tl.associative_scan(
-            (decay_next, dy[:, None, :] * Ct), axis=2, combine_fn=_first_order_combine, reverse=True
+            (decay_next, dy[:, None, :] * Ct), axis=0, combine_fn=_first_order_combine, reverse=True
         )
-        adj = adj + decay_next_prod * g_next[:, :, None]
-        g_next = tl.sum(tl.where(steps[None, None, :] == 0, adj, 0.0), axis=2)
+        adj = adj + decay_next_prod * g_next[None, :, :]
+        g_next = tl.sum(tl.where(steps[:, None, None] == 0, adj, 0.0), axis=0)
 
         # x_t = dt_t*u_t*B_t  ->  d(dt*u) and dB.
         d_dtu = tl.sum(adj * Bt, axis=1)
         # h_t = a_t*h_{t-1} + x_t with a_t = exp(dt_t*A): d(dt_t*A) = g_t * a_t*h_{t-1} = g_t*(h_t - x_t).
         d_exponent = adj * (states - x)
-        dA_acc += tl.sum(d_exponent * dt[:, None, :], axis=2)
-        d_dt = tl.sum(d_exponent * A[:, :, None], axis=1) + d_dtu * u
+        dA_acc += tl.sum(d_exponent * dt[:, None, :], axis=0)
+        d_dt = tl.sum(d_exponent * A[None, :, :], axis=1) + d_dtu * u
         du += d_dtu * dt
         if SOFTPLUS:
             d_dt = d_dt * _softplus_slope(raw)
         d_dt = tl.where(mask, d_dt, 0.0)
         if HAS_BIAS:
-            dbias_acc += tl.sum(d_dt, axis=1)
-        tl.store(du_ptr + grad_rows[:, None] + t[None, :], du.to(du_ptr.dtype.element_ty), mask=mask)
-        tl.store(ddelta_ptr + grad_rows[:, None] + t[None, :], d_dt.to(ddelta_ptr.dtype.element_ty), mask=mask)
+            dbias_acc += tl.sum(d_dt, axis=0)
+        tl.store(du_ptr + grad_rows[None, :] + t[:, None], du.to(du_ptr.dtype.element_ty), mask=mask)
+        tl.store(ddelta_ptr + grad_rows[None, :] + t[:, None], d_dt.to(ddelta_ptr.dtype.element_ty), mask=mask)
 
         # dB_t = sum over channels of g_t * dt_t*u_t; dC_t = sum over channels of dy_t * h_t.
         if B_CONST:
-            dB_acc += tl.sum(adj * dtu[:, None, :], axis=2)
+            dB_acc += tl.sum(adj * dtu[:, None, :], axis=0)
         else:
-            part = tl.sum(adj * dtu[:, None, :], axis=0)  # (BLOCK_N, BLOCK_T): this block's channels
-            tl.atomic_add(dB_rows[:, None] + t[None, :], part, mask=n_ok[:, None] & t_ok[None, :])
+            part = tl.sum(adj * dtu[:, None, :], axis=2)  # (BLOCK_T, BLOCK_N): this block's channels
+            tl.atomic_add(dB_rows[None, :] + t[:, None], part, mask=t_ok[:, None] & n_ok[None, :])
         if C_CONST:
-            dC_acc += tl.sum(states * dy[:, None, :], axis=2)
+            dC_acc += tl.sum(states * dy[:, None, :], axis=0)
         else:
-            part = tl.sum(states * dy[:, None, :], axis=0)
-            tl.atomic_add(dC_rows[:, None] + t[None, :], part, mask=n_ok[:, None] & t_ok[None, :])
+            part = tl.sum(states * dy[:, None, :], axis=2)
+            tl.atomic_add(dC_rows[None, :] + t[:, None], part, mask=t_ok[:, None] & n_ok[None, :])
 
     # Parameters are shared by all batch elements: one atomic add per program.
-    pn = d[:, None] * N + n[None, :]
-    tl.atomic_add(dA_ptr + pn, dA_acc, mask=n_ok[None, :])
+    tl.atomic_add(dA_ptr + state_idx, dA_acc, mask=n_ok[:, None])
     if B_CONST:
-        tl.atomic_add(dB_ptr + pn, dB_acc, mask=n_ok[None, :])
+        tl.atomic_add(dB_ptr + state_idx, dB_acc, mask=n_ok[:, None])
     if C_CONST:
-        tl.atomic_add(dC_ptr + pn, dC_acc, mask=n_ok[None, :])
+        tl.atomic_add(dC_ptr + state_idx, dC_acc, mask=n_ok[:, None])
     if HAS_D:
         tl.atomic_add(dD_ptr + d, dD_acc)
     if HAS_BIAS:
@@ -350,13 +379,20 @@ def _scan_bwd_kernel(
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Tile sizes. Heuristic defaults, not tuned on hardware (no GPU was available when written)."""
+    """Tile sizes: heuristic defaults, not timed on a GPU (none was available when written).
 
-    block_t: int = 64  # time steps per chunk (and per checkpoint); a power of two
-    max_block_d: int = 4  # channels per program, upper bound (the actual value divides the group size)
-    max_tile: int = 4096  # upper bound on BLOCK_D * BLOCK_N * BLOCK_T (registers per 3-D tile)
+    Chosen from ptxas output for sm_90 at N = 16 (registers, instructions and shuffles per element;
+    ``benchmarks/gpu_check.sh`` times alternatives): the forward with (T, D) = (16, 16) and 4 warps
+    uses ~154 registers and ~28 instructions per (t, n, d) element; the backward ~254 registers,
+    ~80 instructions, mostly the cross-lane sums over channels (dB, dC) and states (du, ddelta).
+    """
+
+    block_t: int = 16  # time steps per chunk and per checkpoint (checkpoints: N / block_t of u's size)
+    fwd_block_d: int = 16  # channels per forward program, upper bound (the actual value divides the group)
+    bwd_block_d: int = 16  # same for the backward; dB/dC get one atomic add per block of a group
+    max_tile: int = 4096  # upper bound on BLOCK_T * BLOCK_N * BLOCK_D (registers per 3-D tile)
     fwd_warps: int = 4
-    bwd_warps: int = 8
+    bwd_warps: int = 4
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -369,10 +405,10 @@ def _config_from_env() -> ScanConfig:
     values = {}
     for item in text.split(","):
         key, _, value = item.partition("=")
-        key = key.strip()
-        if key not in ScanConfig.__dataclass_fields__ or not value.strip().isdigit():
+        key, value = key.strip(), value.strip()
+        if key not in ScanConfig.__dataclass_fields__ or not value.isdigit() or int(value) < 1:
             raise ValueError(
-                f"{CONFIG_ENV_VAR}={text!r}: expected comma-separated key=integer pairs with keys "
+                f"{CONFIG_ENV_VAR}={text!r}: expected comma-separated key=positive-integer pairs with keys "
                 f"{', '.join(ScanConfig.__dataclass_fields__)}"
             )
         values[key] = int(value)
@@ -384,8 +420,11 @@ def _pow2_at_most(n: int) -> int:
 
 
 @dataclass(frozen=True)
-class _Launch:
-    block_d: int
+class Launch:
+    """Resolved tile sizes of one call."""
+
+    fwd_block_d: int
+    bwd_block_d: int
     block_n: int
     block_t: int
     n_chunks: int
@@ -393,18 +432,31 @@ class _Launch:
     bwd_warps: int
 
 
-def scan_config(dim: int, length: int, n_state: int, channel_divisor: int, config: ScanConfig | None = None) -> _Launch:
+def scan_config(dim: int, length: int, n_state: int, channel_divisor: int, config: ScanConfig | None = None) -> Launch:
     """Tile sizes for a call. ``channel_divisor``: gcd of dim and the channels per B/C group.
 
-    BLOCK_D must divide it so that one program's channels share a B/C group; BLOCK_T is capped near
-    the sequence length so short sequences do not scan padding.
+    BLOCK_D is a power of two dividing it, so that one program's channels share a B/C group and
+    dim splits evenly; BLOCK_T is capped near the sequence length so short sequences do not scan
+    padding; BLOCK_D shrinks for large N to keep the 3-D tiles within ``max_tile``.
     """
     cfg = config or _config_from_env()
     block_n = triton.next_power_of_2(n_state)
     block_t = max(1, min(_pow2_at_most(cfg.block_t), triton.next_power_of_2(length)))
-    block_d = channel_divisor & -channel_divisor  # largest power of two dividing it
-    block_d = max(1, min(block_d, _pow2_at_most(cfg.max_block_d), _pow2_at_most(max(cfg.max_tile // (block_n * block_t), 1))))
-    return _Launch(block_d, block_n, block_t, math.ceil(length / block_t), cfg.fwd_warps, cfg.bwd_warps)
+    divisor_pow2 = channel_divisor & -channel_divisor  # largest power of two dividing it
+    by_tile = _pow2_at_most(max(cfg.max_tile // (block_n * block_t), 1))
+
+    def block_d(limit: int) -> int:
+        return max(1, min(divisor_pow2, _pow2_at_most(limit), by_tile))
+
+    return Launch(
+        block_d(cfg.fwd_block_d),
+        block_d(cfg.bwd_block_d),
+        block_n,
+        block_t,
+        math.ceil(length / block_t),
+        cfg.fwd_warps,
+        cfg.bwd_warps,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,20 +495,21 @@ class _Layout:
         return grad.to(self.tensor.dtype)
 
 
-def _prepare(u, delta, A, B, C):
+def _prepare(u, delta, A, B, C, launch: Launch | None = None):
     batch, dim, length = u.shape
     n_state = A.shape[1]
     Bl, Cl = _Layout(B, dim), _Layout(C, dim)
-    divisor = math.gcd(dim, Bl.per_group if not Bl.const else dim, Cl.per_group if not Cl.const else dim)
-    launch = scan_config(dim, length, n_state, divisor)
+    if launch is None:
+        divisor = math.gcd(dim, Bl.per_group if not Bl.const else dim, Cl.per_group if not Cl.const else dim)
+        launch = scan_config(dim, length, n_state, divisor)
     return batch, dim, length, n_state, Bl, Cl, launch
 
 
 def _check_mode(device: torch.device) -> None:
-    if bool(knobs.runtime.interpret) != INTERPRET:
+    if _interpret_mode() != INTERPRET:
         raise RuntimeError(
             "vmbench's Triton scan kernels were created with TRITON_INTERPRET="
-            f"{int(INTERPRET)} but it is now {int(bool(knobs.runtime.interpret))}; set TRITON_INTERPRET before "
+            f"{int(INTERPRET)} but it is now {int(_interpret_mode())}; set TRITON_INTERPRET before "
             "triton and vmbench.ops.selective_scan_triton are first imported"
         )
     if not INTERPRET and device.type != "cuda":
@@ -474,7 +527,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_st
         torch.empty((batch, dim, cfg.n_chunks, n_state), dtype=torch.float32, device=u.device) if store_ckpt else out
     )
     zz = z if z is not None else u  # dummy pointers for absent optional inputs (never read)
-    grid = (dim // cfg.block_d, batch)
+    grid = (dim // cfg.fwd_block_d, batch)
     _scan_fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A,
         out, last, ckpt,
@@ -482,20 +535,21 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_st
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
         *Bl.strides, *Cl.strides,
         Bl.per_group, Cl.per_group,
-        BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t,
+        BLOCK_D=cfg.fwd_block_d, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t,
         B_CONST=Bl.const, C_CONST=Cl.const,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         STORE_CKPT=store_ckpt, STORE_LAST=bool(return_last_state),
         num_warps=cfg.fwd_warps,
     )  # fmt: skip
-    return out, (last if return_last_state else None), (ckpt if store_ckpt else None)
+    return out, (last if return_last_state else None), (ckpt if store_ckpt else None), cfg
 
 
 class SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-        out, last, ckpt = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, True)
+        out, last, ckpt, launch = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, True)
         ctx.delta_softplus = bool(delta_softplus)
+        ctx.launch = launch  # the backward must walk the checkpoints' chunks
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
         if return_last_state:
             ctx.mark_non_differentiable(last)
@@ -505,7 +559,12 @@ class SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, *unused_last_state_grad):  # the last state's gradient is ignored, as in mamba-ssm
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
-        batch, dim, length, n_state, Bl, Cl, cfg = _prepare(u, delta, A, B, C)
+        with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+            return SelectiveScanTriton._backward(ctx, dout, u, delta, A, B, C, D, z, delta_bias, ckpt)
+
+    @staticmethod
+    def _backward(ctx, dout, u, delta, A, B, C, D, z, delta_bias, ckpt):
+        batch, dim, length, n_state, Bl, Cl, cfg = _prepare(u, delta, A, B, C, ctx.launch)
         u, delta, dout = _rows(u), _rows(delta), _rows(dout)
         z = _rows(z) if z is not None else None
         A = A.contiguous()
@@ -519,7 +578,7 @@ class SelectiveScanTriton(torch.autograd.Function):
         dD = torch.zeros((dim,), dtype=torch.float32, device=dev) if D is not None else dA
         dbias = torch.zeros((dim,), dtype=torch.float32, device=dev) if delta_bias is not None else dA
         zz = z if z is not None else u
-        grid = (dim // cfg.block_d, batch)
+        grid = (dim // cfg.bwd_block_d, batch)
         _scan_bwd_kernel[grid](
             u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout, ckpt,
             du, ddelta, dz, dA, dB, dC, dD, dbias,
@@ -530,7 +589,7 @@ class SelectiveScanTriton(torch.autograd.Function):
             dB.stride(0) if not Bl.const else 0, dB.stride(1) if not Bl.const else 0,
             dC.stride(0) if not Cl.const else 0, dC.stride(1) if not Cl.const else 0,
             Bl.per_group, Cl.per_group,
-            BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t,
+            BLOCK_D=cfg.bwd_block_d, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t,
             B_CONST=Bl.const, C_CONST=Cl.const,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
             num_warps=cfg.bwd_warps,
@@ -560,8 +619,62 @@ def selective_scan_triton(
     if u.dtype == torch.float64 or A.is_complex():
         raise TypeError("the Triton selective scan computes in fp32: fp64 or complex inputs need the torch backend")
     tensors = (u, delta, A, B, C, D, z, delta_bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    # No graph: skip the checkpoints.
-    out, last, _ = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, False)
+    # Triton launches on the current CUDA device: make it the inputs' one.
+    device_guard = torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext()
+    with device_guard:
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            return SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        # No graph: skip the checkpoints.
+        out, last, _, _ = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, False)
     return (out, last) if return_last_state else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Ahead-of-time compilation (no GPU needed)
+
+_TL_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def compile_for_target(
+    arch: int = 90,
+    dtype: torch.dtype = torch.float32,
+    n_state: int = 16,
+    length: int = 4096,
+    channel_divisor: int = 192,
+    b_const: bool = False,
+    c_const: bool = False,
+    has_d: bool = True,
+    has_z: bool = False,
+    has_bias: bool = True,
+    softplus: bool = True,
+    config: ScanConfig | None = None,
+) -> dict:
+    """Compile both kernels for CUDA ``sm_<arch>`` without a GPU (Triton's bundled ptxas).
+
+    Defaults are VM-UNet's stage-1 call. Returns ``{"fwd": kernel, "bwd": kernel}`` (Triton
+    ``CompiledKernel``s; ``kernel.asm`` holds "ttgir", "ptx", "cubin"). A check that the compiled
+    path lowers (the interpreter does not exercise the compiler) and a way to inspect register use
+    of a tile configuration: ``cuobjdump -res-usage`` on the cubin.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if INTERPRET:
+        raise RuntimeError("compile_for_target needs Triton's compiled mode (TRITON_INTERPRET unset)")
+    launch = scan_config(channel_divisor, length, n_state, channel_divisor, config)
+    io = "*" + _TL_TYPES[dtype]  # u, delta, B, C, z, out and their gradients
+    io_names = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"}
+    flags = dict(B_CONST=b_const, C_CONST=c_const, HAS_D=has_d, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus)
+
+    def build(fn, constexprs, warps):
+        signature = {
+            name: "constexpr" if name in constexprs else (io if name in io_names else "*fp32") if name.endswith("_ptr") else "i32"
+            for name in fn.arg_names
+        }
+        source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+        return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+
+    tiles = dict(BLOCK_N=launch.block_n, BLOCK_T=launch.block_t)
+    fwd = dict(flags, **tiles, BLOCK_D=launch.fwd_block_d, STORE_CKPT=True, STORE_LAST=False)
+    bwd = dict(flags, **tiles, BLOCK_D=launch.bwd_block_d)
+    return {"fwd": build(_scan_fwd_kernel, fwd, launch.fwd_warps), "bwd": build(_scan_bwd_kernel, bwd, launch.bwd_warps)}
