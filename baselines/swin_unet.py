@@ -38,7 +38,6 @@ Differences from the official code, all deliberate:
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ import torch
 import torch.utils.checkpoint as torch_checkpoint
 from torch import nn
 
+from vmbench.checkpoints import CheckpointFormatError, describe, read_checkpoint
 from vmbench.registry import PublishedResult, register_model
 
 __all__ = [
@@ -696,30 +696,9 @@ class SwinUnet(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class CheckpointFormatError(RuntimeError):
-    """A checkpoint cannot be read safely, or does not hold a state dict."""
-
-
-def _describe(path: Any) -> str:
-    return f"'{path}'" if isinstance(path, (str, PathLike)) else f"<{type(path).__name__}>"
-
-
-def _read_checkpoint(path: str | PathLike[str], map_location: Any) -> Any:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except pickle.UnpicklingError as err:
-        match = re.search(r"Unsupported global: [^\n]*", str(err))
-        reason = match.group(0) if match else (str(err).splitlines() or ["unpickling refused"])[0]
-        raise CheckpointFormatError(
-            f"cannot load checkpoint {_describe(path)} safely: torch.load(weights_only=True) refuses it ({reason}). "
-            "It pickles Python objects besides tensors; vmbench never retries with weights_only=False because "
-            "unpickling can run arbitrary code. If you trust the file, load it yourself "
-            "(torch.load(path, weights_only=False)) and pass the resulting dict instead of the path."
-        ) from err
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise CheckpointFormatError(f"cannot read checkpoint {_describe(path)}: {err}") from err
+# Shared with the other loaders and the engine (vmbench.checkpoints).
+_describe = describe
+_read_checkpoint = read_checkpoint
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from torch import nn
 
 from baselines.resnet import RESNET34_LAYERS, ResNet
 from baselines.vit import DeiTEncoder, resize_pos_embed
+from vmbench.checkpoints import CheckpointFormatError, describe, read_checkpoint
 from vmbench.registry import PublishedResult, register_model
 
 log = logging.getLogger(__name__)
@@ -476,8 +476,9 @@ def deep_supervision_loss(
 # --------------------------------------------------------------------------------------------
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read safely, has no state dict, or does not fit the model."""
+# A checkpoint cannot be read safely, has no state dict, or does not fit the model: the shared
+# error type of every vmbench loader, under the name this module has always exported.
+CheckpointError = CheckpointFormatError
 
 
 @dataclass
@@ -520,29 +521,9 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _describe(path: Any) -> str:
-    return f"'{path}'" if isinstance(path, (str, PathLike)) else f"<in-memory {type(path).__name__}>"
-
-
-def _read_checkpoint(path: str | PathLike[str] | Mapping[str, Any]) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)``; never retried unsafely."""
-    if isinstance(path, Mapping):
-        return path
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        detail = str(err)
-        match = re.search(r"Unsupported global: [^\n]*", detail)
-        reason = match.group(0) if match else (detail.splitlines() or ["unpickling refused"])[0]
-        raise CheckpointError(
-            f"cannot read checkpoint {_describe(path)} with torch.load(weights_only=True): it pickles Python "
-            f"objects, not only tensors ({reason}). It is not retried with weights_only=False, which can run "
-            "arbitrary code; if you trust the file, load it yourself and pass the state dict instead of the path."
-        ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise CheckpointError(f"cannot read checkpoint {_describe(path)}: {err}") from err
+# Shared with the other loaders and the engine (vmbench.checkpoints).
+_describe = describe
+_read_checkpoint = read_checkpoint
 
 
 def _is_state_dict(obj: Any) -> bool:

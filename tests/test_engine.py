@@ -177,7 +177,9 @@ class Payload:
 def test_unsafe_checkpoint_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "config": {}, "payload": Payload()}, path)
-    with pytest.raises(ValueError, match="weights_only"):
+    from vmbench.checkpoints import CheckpointFormatError
+
+    with pytest.raises(CheckpointFormatError, match=r"evil\.pt.*weights_only"):
         load_checkpoint(path)
 
 

@@ -176,7 +176,8 @@ def check_against_reference(inputs, tol=1e-5, dtype=torch.float32, device=None, 
         assert_matches(last, ref_last, tol, "last state")
     assert grads.keys() == ref_grads.keys()
     for name, grad in grads.items():
-        expected_dtype = dtype if (dtype is not torch.float32 and name in ("u", "delta", "B", "C", "z")) else torch.float32
+        low_precision = dtype is not torch.float32 and name in ("u", "delta", "B", "C", "z")
+        expected_dtype = dtype if low_precision else torch.float32
         assert grad.dtype == expected_dtype, name
         assert grad.shape == inputs[name].shape, name
         assert_matches(grad, ref_grads[name], tol, f"gradient of {name}")
@@ -305,7 +306,8 @@ def test_non_contiguous_inputs(chunk):
 
 def test_inference_skips_checkpoints_and_training_keeps_one_state_per_chunk(chunk):
     chunk(block_t=16)
-    inputs = {k: v.float().to(DEVICE) for k, v in make_inputs(batch=1, groups=4, per_group=4, n_state=16, length=96).items()}
+    inputs = make_inputs(batch=1, groups=4, per_group=4, n_state=16, length=96)
+    inputs = {k: v.float().to(DEVICE) for k, v in inputs.items()}
     with torch.no_grad():
         plain = selective_scan(**inputs, delta_softplus=True, backend="triton")
     assert plain.grad_fn is None
@@ -428,16 +430,47 @@ def test_bad_config_is_a_clear_error(monkeypatch):
 def test_tile_sizes_respect_groups_and_length():
     cfg = scan_triton.ScanConfig(block_t=16, fwd_block_d=16, bwd_block_d=8, max_tile=4096)
     launch = scan_triton.scan_config(768, 4096, 16, 192, cfg)  # VM-UNet stage 1: 192 channels per group
-    assert (launch.fwd_block_d, launch.bwd_block_d, launch.block_n, launch.block_t, launch.n_chunks) == (16, 8, 16, 16, 256)
+    assert (launch.fwd_block_d, launch.bwd_block_d, launch.block_n) == (16, 8, 16)
+    assert (launch.block_t, launch.n_chunks) == (16, 256)
     assert scan_triton.scan_config(12, 7, 5, 3, cfg).fwd_block_d == 1  # 3 channels per group
     launch = scan_triton.scan_config(16, 7, 5, 8, cfg)
     assert (launch.block_n, launch.block_t, launch.n_chunks) == (8, 8, 1)  # N padded, T capped near L
     assert scan_triton.scan_config(64, 100, 64, 64, cfg).fwd_block_d == 4  # large N: fewer channels
 
 
+def test_cuda_scan_table_arithmetic_with_synthetic_timings(monkeypatch):
+    # Exercises the CUDA branch of `vmbench bench scan` on CPU with made-up timings (no GPU figure):
+    # bytes per spec 5.3, GB/s, % of peak and multiple of the floor.
+    from vmbench import bench
+
+    fwd_bytes, bwd_bytes = bench.scan_bytes(768, 4096, 32)
+    assert (round(fwd_bytes / 1e9, 2), round(bwd_bytes / 1e9, 2)) == (1.28, 2.15)  # spec 5.3, stage 1
+
+    def fake_case(case):
+        return dict(impl=case.impl, shape=(case.channels, case.length), batch=case.batch, fwd_s=1e-3,
+                    fwd_bwd_s=4e-3, fwd_peak_bytes=0, fwd_bwd_peak_bytes=2**20)  # fmt: skip
+
+    monkeypatch.setattr(bench, "run_scan_case", fake_case)
+    monkeypatch.setattr(bench, "mambapy_available", lambda: False)
+    lines = []
+    rows = bench.bench_scan(
+        ["triton"], ((768, 4096),), batch=32, device="cuda", isolate=False, peak_gbps=3000.0, printer=lines.append
+    )
+    (row,) = rows
+    assert abs(row["fwd_gbps"] - fwd_bytes / 1e-3 / 1e9) < 1e-6
+    assert abs(row["fwd_x_floor"] - 3000.0 / row["fwd_gbps"]) < 1e-9  # = time / (bytes / peak)
+    assert abs(row["fwd_bwd_gbps"] - (fwd_bytes + bwd_bytes) / 4e-3 / 1e9) < 1e-6
+    assert any("mambapy is not installed" in line for line in lines)
+    assert any("peak 3000 GB/s (--peak-gbps)" in line for line in lines)
+    assert lines[-1].split()[2:5] == ["triton", "1.000", "4.000"]
+
+
 # ----------------------------------------------------------------------------- CUDA, VM-UNet shapes
 
 VMUNET_SHAPES = [(768, 4096), (1536, 1024), (3072, 256), (6144, 64)]  # (K*D, L) at 256x256
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA device (and TRITON_INTERPRET unset)"
+)
 
 
 def vmunet_inputs(channels, length, batch=1, seed=0, device="cuda"):
@@ -457,7 +490,7 @@ def vmunet_inputs(channels, length, batch=1, seed=0, device="cuda"):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA device (and TRITON_INTERPRET unset)")
+@needs_cuda
 @pytest.mark.parametrize("channels, length", VMUNET_SHAPES, ids=lambda v: str(v))
 def test_cuda_vmunet_shapes_match_fp64(channels, length):
     # Oracle: the torch backend in fp64 on the GPU (equal to the reference to 1e-9, see
@@ -477,7 +510,7 @@ def test_cuda_vmunet_shapes_match_fp64(channels, length):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA device (and TRITON_INTERPRET unset)")
+@needs_cuda
 def test_cuda_vmunet_stage1_bf16_and_automatic_choice():
     inputs = vmunet_inputs(768, 4096)
     rounded = {k: (v.to(torch.bfloat16).double() if k in ("u", "delta", "B", "C") else v) for k, v in inputs.items()}

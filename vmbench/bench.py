@@ -118,8 +118,8 @@ def _mambapy_scan(u, delta, A, B, C, D, delta_bias):
     import torch.nn.functional as F
     from mambapy.pscan import pscan
 
-    b, dim, L = u.shape
-    G, N = B.shape[1], B.shape[2]
+    dim = u.shape[1]
+    G = B.shape[1]
     dt = F.softplus(delta + delta_bias[:, None]).transpose(1, 2)  # (b, L, dim)
     x = u.transpose(1, 2)
     Bt = B.permute(0, 3, 1, 2).repeat_interleave(dim // G, dim=2)  # (b, L, dim, N)
@@ -443,7 +443,8 @@ def bench_model(
                     try:
                         r = runner(run_model_case, case)
                     except Exception as err:  # e.g. out of memory for one backend: report, go on
-                        printer(f"{backend:>10} {size:>5} {b:>5} {str(amp):>5} failed: {type(err).__name__}: {str(err)[:200]}")
+                        why = f"{type(err).__name__}: {str(err)[:200]}"
+                        printer(f"{backend:>10} {size:>5} {b:>5} {str(amp):>5} failed: {why}")
                         failures.append(f"{backend} at {size}px, bf16 {amp}")
                         continue
                 else:

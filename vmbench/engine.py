@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 import vmbench
 from vmbench import losses as losses_mod
 from vmbench import metrics as metrics_mod
+from vmbench.checkpoints import read_checkpoint
 from vmbench.config import ExperimentConfig
 from vmbench.data import build_dataset
 from vmbench.data.errors import DataError
@@ -426,10 +427,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt, truncated, or not a weights-only file
-        raise ValueError(f"checkpoint {path} cannot be read safely (weights_only=True): {err}") from err
+    ckpt = read_checkpoint(path, map_location)  # weights_only=True; clear CheckpointFormatError otherwise
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"checkpoint {path} is not a vmbench checkpoint (expected keys 'model' and 'config')")
     return ckpt

@@ -41,6 +41,8 @@ TAG_FINAL_KEY = "vmbench.final_key"
 TAG_GPU_IDS = "vmbench.gpu_ids"
 TAG_RAY_NODE = "vmbench.ray_node_id"
 TAG_STUDY = "vmbench.study"
+TAG_RESUMED_EPOCH = "vmbench.resumed_from_epoch"
+TAG_ATTEMPTS = "vmbench.attempts"
 
 
 class PreflightError(RuntimeError):
@@ -96,9 +98,11 @@ class TrialRun:
         if existing is not None:
             self.run_id = existing.info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
+            attempts = int(existing.data.tags.get(TAG_ATTEMPTS, "1")) + 1
+            self.client.set_tag(self.run_id, TAG_ATTEMPTS, str(attempts))
             self.resumed = True
         else:
-            tags = {**tags, key_tag: key, T.TAG_PARENT: ctx.parent_run_id}
+            tags = {**tags, key_tag: key, T.TAG_PARENT: ctx.parent_run_id, TAG_ATTEMPTS: "1"}
             self.run_id = self.client.create_run(ctx.experiment_id, tags=tags, run_name=run_name).info.run_id
             flat = T.flatten_params(params)
             items = [Param(k, v) for k, v in flat.items()]
@@ -106,7 +110,7 @@ class TrialRun:
                 self.client.log_batch(self.run_id, params=items[start : start + 100])
             self.resumed = False
         for k, v in tags.items():  # node/GPU can change on a retry: keep the latest
-            if k in (T.TAG_NODE, T.TAG_GPU, T.TAG_HARDWARE, TAG_GPU_IDS, TAG_RAY_NODE):
+            if k in (T.TAG_NODE, T.TAG_GPU, T.TAG_HARDWARE, TAG_GPU_IDS, TAG_RAY_NODE, TAG_RESUMED_EPOCH):
                 self.client.set_tag(self.run_id, k, v)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -206,7 +210,10 @@ def search_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         resume = (work / "checkpoints" / "last.pt").exists()
     device = resolve_device(cfg.train.device)
     params = {**cfg.flat(), **{f"search.{k}": v for k, v in sample.items()}}
-    run = TrialRun(ctx, T.TAG_TRIAL_ID, trial_id, trial_name, _run_tags(ctx, cfg, "search", device), params)
+    tags = _run_tags(ctx, cfg, "search", device)
+    if resume:  # retried (lost node, error) or restored sweep: say from where
+        tags[TAG_RESUMED_EPOCH] = str(load_checkpoint(work / "checkpoints" / "last.pt")["epoch"])
+    run = TrialRun(ctx, T.TAG_TRIAL_ID, trial_id, trial_name, tags, params)
 
     finished = False
 
@@ -607,6 +614,13 @@ def run_study(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: st
     return StudyOutcome(study.key, best, info["value"], counts, finals)
 
 
+def _absolute_data_root(study: Study) -> None:
+    """Trials run in other folders (and on other nodes): a relative data root means the launch folder."""
+    root = study.base.data.root
+    if root and "://" not in root and not Path(root).is_absolute():
+        study.base.data.root = str(Path(root).resolve())
+
+
 def _encode_point(study: Study) -> dict[str, Any]:
     """The recipe's values in the encoding Optuna's distributions use (JSON text for list choices)."""
     dists = optuna_distributions(study.space)
@@ -622,11 +636,13 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: float | None, 
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"log_to_driver": True}
     if address:
+        # A job submitted with its own runtime env may not be given another one here (Ray refuses
+        # conflicting keys); trials get their environment from the SweepContext instead.
         kwargs["address"] = address
     else:
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus)
+        kwargs.update(include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": env})
     ray.init(**kwargs)
 
 
@@ -661,6 +677,8 @@ def run_sweep(
     started_ray = not ray.is_initialized()
     init_ray(address, num_cpus, num_gpus, env)
     try:
+        for study in spec.studies:
+            _absolute_data_root(study)
         preflight(spec)
         client = _client(tracking_uri)
         experiment_id = T.get_or_create_experiment(client, spec.experiment, T.default_artifact_location(tracking_uri, runs_dir))

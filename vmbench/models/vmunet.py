@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import torch.utils.checkpoint as torch_checkpoint
 from einops import rearrange
 from torch import nn
 
+from vmbench.checkpoints import CheckpointFormatError, describe, is_state_dict, read_checkpoint
 from vmbench.models.layers import DropPath, trunc_normal_
 from vmbench.ops import selective_scan
 from vmbench.registry import PublishedResult, register_model
@@ -730,32 +730,12 @@ class VMUNet(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class CheckpointFormatError(RuntimeError):
-    """A checkpoint cannot be read safely or does not hold a state dict."""
+# Shared with the baselines' loaders and the engine.
+_describe = describe
+_read_checkpoint = read_checkpoint
 
 
-def _describe(path: Any) -> str:
-    return f"'{path}'" if isinstance(path, (str, PathLike)) else f"<{type(path).__name__}>"
-
-
-def _read_checkpoint(path: str | PathLike[str], map_location: Any) -> Any:
-    """``torch.load(weights_only=True)``; an object pickle is refused with an explanation."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        detail = str(err)
-        match = re.search(r"Unsupported global: [^\n]*", detail)
-        reason = match.group(0) if match else detail.splitlines()[0]
-        raise CheckpointFormatError(
-            f"cannot load checkpoint {_describe(path)} safely: it pickles Python objects, not just tensors, "
-            f"so torch.load(weights_only=True) refuses it ({reason}). vmbench never retries with "
-            "weights_only=False because unpickling can run arbitrary code. If you trust the file, load it "
-            "yourself (torch.load(path, weights_only=False)) and pass the resulting dict instead of the path."
-        ) from err
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+_is_state_dict = is_state_dict
 
 
 def _extract_state_dict(obj: Any, path: Any, entries: tuple[str, ...]) -> Mapping[str, torch.Tensor]:

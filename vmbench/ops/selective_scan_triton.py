@@ -663,18 +663,27 @@ def compile_for_target(
         raise RuntimeError("compile_for_target needs Triton's compiled mode (TRITON_INTERPRET unset)")
     launch = scan_config(channel_divisor, length, n_state, channel_divisor, config)
     io = "*" + _TL_TYPES[dtype]  # u, delta, B, C, z, out and their gradients
-    io_names = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"}
+    # Pointers in the inputs' dtype; the rest (A, D, delta_bias, states, fp32 accumulators) are fp32.
+    io_names = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr"}
+    io_names.add("dz_ptr")
     flags = dict(B_CONST=b_const, C_CONST=c_const, HAS_D=has_d, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus)
 
     def build(fn, constexprs, warps):
-        signature = {
-            name: "constexpr" if name in constexprs else (io if name in io_names else "*fp32") if name.endswith("_ptr") else "i32"
-            for name in fn.arg_names
-        }
+        def arg_type(name: str) -> str:
+            if name in constexprs:
+                return "constexpr"
+            if name.endswith("_ptr"):
+                return io if name in io_names else "*fp32"
+            return "i32"
+
+        signature = {name: arg_type(name) for name in fn.arg_names}
         source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
         return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
 
     tiles = dict(BLOCK_N=launch.block_n, BLOCK_T=launch.block_t)
     fwd = dict(flags, **tiles, BLOCK_D=launch.fwd_block_d, STORE_CKPT=True, STORE_LAST=False)
     bwd = dict(flags, **tiles, BLOCK_D=launch.bwd_block_d)
-    return {"fwd": build(_scan_fwd_kernel, fwd, launch.fwd_warps), "bwd": build(_scan_bwd_kernel, bwd, launch.bwd_warps)}
+    return {
+        "fwd": build(_scan_fwd_kernel, fwd, launch.fwd_warps),
+        "bwd": build(_scan_bwd_kernel, bwd, launch.bwd_warps),
+    }

@@ -1,0 +1,132 @@
+"""Cluster files, and sweeps on a real multi-node Ray cluster on this machine (loopback only)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "local.yaml"])
+def test_cluster_files_pass_rays_offline_validation(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster" / name).read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))
+    # The same validation rejects a typo, so it is really checking.
+    broken = copy.deepcopy(config)
+    broken["setup_comands"] = broken.pop("setup_commands")
+    with pytest.raises(Exception, match="setup_comands"):
+        validate_config(prepare_config(broken))
+
+
+def test_aws_config_keeps_trials_off_the_head_and_mlflow_guarded():
+    config = yaml.safe_load((ROOT / "cluster" / "config.yaml").read_text())
+    head = config["available_node_types"][config["head_node_type"]]
+    assert head["resources"]["CPU"] == 0
+    assert any(t["resources"].get("GPU", 0) >= 1 for t in config["available_node_types"].values())
+    server = " ".join(config["head_setup_commands"])
+    assert "mlflow server" in server and "--allowed-hosts" in server
+    assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"][1:])
+
+
+TINY = {
+    "experiment": "cluster",
+    "name": "cluster",
+    "models": ["vmunet"],
+    "dataset": "synthetic-isic",
+    "budget": {"trials": 4, "concurrent": 2, "max_epochs": 3, "grace_period": 3, "reduction_factor": 2},
+    "resources": {"cpu": 1, "gpu": 0.5},
+    "fixed": {
+        "data": {"img_size": 32, "options": {"n": 60}},
+        "train": {"batch_size": 8},
+        "model": {"overrides": {"dims": [8, 16, 32, 64], "d_state": 4}},
+    },
+    "space": {"optim.lr": {"type": "loguniform", "low": 3e-4, "high": 3e-3}},
+    "final": {"seeds": [1]},
+    "sampler": {"name": "random", "seed": 0},
+}
+
+
+def search_runs(uri: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=["cluster"])
+
+
+@pytest.fixture
+def local_cluster(tmp_path, monkeypatch):
+    from vmbench.data import build_dataset
+    from vmbench.localcluster import LocalCluster
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VMBENCH_CACHE", str(cache))
+    build_dataset("synthetic-isic", split="train", img_size=32, n=60)  # generate once, before the nodes start
+    with LocalCluster(workers=2, cpus_per_worker=1, gpus_per_worker=1, work_dir=tmp_path / "cluster",
+                      env={"VMBENCH_CACHE": str(cache)}) as c:
+        space = tmp_path / "cluster.yaml"
+        space.write_text(yaml.safe_dump(TINY))
+        yield c, space
+
+
+def test_job_submit_runs_trials_on_both_workers(local_cluster):
+    cluster, space = local_cluster
+    cluster.submit_sweep(space, "--no-leaderboard")
+    df = search_runs(cluster.tracking_uri)
+    trials = df[df["tags.vmbench.stage"] == "search"]
+    assert len(trials) == 4 and trials["tags.vmbench.trial_id"].is_unique
+    assert trials["tags.vmbench.ray_node_id"].nunique() == 2  # placed on both worker nodes
+    assert set(trials["tags.vmbench.gpu_ids"]) == {"0"}  # each worker's one (declared) GPU, shared 0.5 + 0.5
+    assert set(df["status"]) == {"FINISHED"}
+    assert len(df[df["tags.vmbench.stage"] == "final"]) == 1
+
+
+@pytest.mark.slow
+def test_lost_worker_trials_resume_on_the_other(local_cluster):
+    import mlflow
+
+    cluster, space = local_cluster
+    from vmbench.data import build_dataset
+
+    build_dataset("synthetic-isic", split="train", img_size=64, n=200)  # generated before the job starts
+    spec = yaml.safe_load(space.read_text())
+    # Trials long enough (tens of seconds) to be caught running on both workers.
+    spec["budget"].update(trials=3, max_epochs=6, grace_period=6)
+    spec["fixed"]["data"] = {"img_size": 64, "options": {"n": 200}}
+    space.write_text(yaml.safe_dump(spec))
+    job = cluster.submit_sweep(space, "--no-leaderboard", wait=False)
+    client = mlflow.MlflowClient(cluster.tracking_uri)
+    victim = cluster.nodes[0]
+    deadline = time.time() + 300
+    killed = None
+    while time.time() < deadline and killed is None:
+        time.sleep(0.5)
+        experiment = client.get_experiment_by_name("cluster")
+        if experiment is None:
+            continue
+        running = client.search_runs(
+            [experiment.experiment_id],
+            "tags.`vmbench.stage` = 'search' and attributes.status = 'RUNNING'",
+        )
+        # Kill once both workers hold a trial that has checkpointed at least one epoch.
+        progressed = [r for r in running if "train_loss" in r.data.metrics]
+        if len({r.data.tags.get("vmbench.ray_node_id") for r in progressed}) >= 2:
+            killed = cluster.kill_worker(victim)
+    assert killed, "no moment with trials running on both workers"
+    assert cluster.wait_job(job, timeout=900) == "SUCCEEDED"
+    df = search_runs(cluster.tracking_uri)
+    trials = df[df["tags.vmbench.stage"] == "search"]
+    assert len(trials) == 3 and trials["tags.vmbench.trial_id"].is_unique  # each trial exactly once
+    assert "RUNNING" not in set(df["status"])
+    retried = trials[trials["tags.vmbench.attempts"].astype(int) >= 2]
+    assert len(retried) >= 1
+    # Retried from its latest checkpoint on the surviving worker, not from scratch.
+    assert (retried["tags.vmbench.resumed_from_epoch"].astype(int) >= 1).all()
+    assert set(retried["status"]) == {"FINISHED"}
+    assert len(df[(df["tags.vmbench.stage"] == "final") & (df["status"] == "FINISHED")]) == 1
