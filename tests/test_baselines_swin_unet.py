@@ -542,16 +542,14 @@ def test_registry_metadata():
 
 
 def test_search_space_yaml():
-    spec = yaml.safe_load((ROOT / "search_spaces" / "swin_unet.yaml").read_text())
-    assert spec["model"] == "swin-unet" and spec["dataset"] == "synapse"
-    recipe, space = spec["recipe"], spec["space"]
-    assert (recipe["lr"], recipe["momentum"], recipe["weight_decay"]) == (0.05, 0.9, 1e-4)
-    assert (recipe["epochs"], recipe["batch_size"], recipe["input_size"]) == (150, 24, [224, 224])
-    assert (recipe["ce_weight"], recipe["dice_weight"], recipe["poly_power"]) == (0.4, 0.6, 0.9)
-    for name, dist in space.items():
-        assert name in recipe, name
-        if dist["type"] in ("uniform", "loguniform"):
-            assert dist["low"] < recipe[name] < dist["high"] or dist["low"] == recipe[name], name
-            assert dist["type"] != "loguniform" or dist["low"] > 0
-        else:
-            assert dist["type"] == "categorical" and recipe[name] in dist["choices"], name
+    from vmbench.search_space import load_spec
+
+    spec = load_spec(ROOT / "search_spaces" / "swin_unet.yaml")
+    (study,) = spec.studies
+    assert (study.model, study.dataset) == ("swin-unet", "synapse")
+    base = study.base  # the official recipe (spec baselines.md §4.4)
+    assert (base.optim.name, base.optim.lr, base.optim.momentum, base.optim.weight_decay) == ("sgd", 0.05, 0.9, 1e-4)
+    assert (spec.budget.max_epochs, base.train.batch_size, base.data.img_size) == (150, 24, 224)
+    assert (base.loss.ce_weight, base.loss.dice_weight, base.scheduler.name, base.scheduler.power) == (0.4, 0.6, "poly", 0.9)
+    # The recipe's searched values are the first trial, and lie inside their ranges.
+    assert study.start_point["optim.lr"] == 0.05 and study.start_point["train.batch_size"] == 24

@@ -580,19 +580,15 @@ def test_create_model_through_registry():
 
 
 def test_search_space_file():
-    with open(SEARCH_SPACE) as fh:
-        cfg = yaml.safe_load(fh)
-    assert cfg["model"] == "transfuse-s" and cfg["dataset"] == "isic2017"
-    recipe, space = cfg["recipe"], cfg["space"]
-    assert recipe["lr"] == 7e-5 and recipe["betas"] == [0.5, 0.999] and recipe["epochs"] == 25
-    assert recipe["batch_size"] == 16 and recipe["grad_clip"] == 2.0 and recipe["input_size"] == [192, 256]
-    assert recipe["loss"]["weights"] == {"map_2": 0.5, "map_1": 0.3, "map_x": 0.2}
-    assert space, "empty search space"
-    for name, spec in space.items():
-        kind = spec["type"]
-        assert kind in {"loguniform", "uniform", "int", "choice"}, name
-        if kind == "choice":
-            assert spec["values"], name
-        else:
-            assert spec["low"] < spec["high"], name
-    assert space["lr"]["type"] == "loguniform" and space["lr"]["low"] < 7e-5 < space["lr"]["high"]
+    from vmbench.search_space import load_spec
+
+    spec = load_spec(SEARCH_SPACE)
+    (study,) = spec.studies
+    assert (study.model, study.dataset) == ("transfuse-s", "isic2017")
+    base = study.base  # train_isic.py's recipe (spec baselines.md §3.3)
+    assert (base.optim.name, base.optim.lr, base.optim.betas) == ("adam", 7e-5, (0.5, 0.999))
+    assert (spec.budget.max_epochs, base.train.batch_size, base.train.grad_clip) == (25, 16, 2.0)
+    assert tuple(base.data.img_size) == (192, 256) and base.loss.name == "structure"
+    assert study.start_point["optim.lr"] == 7e-5
+    # The engine weights the heads from the model, in its output order (map_x, map_1, map_2).
+    assert create_model("transfuse-s").deep_supervision_weights == (0.2, 0.3, 0.5)

@@ -437,39 +437,15 @@ def test_registry_metadata():
 
 @pytest.mark.parametrize("filename,model", [("unet.yaml", "unet"), ("att_unet.yaml", "att-unet")])
 def test_search_space_files(filename, model):
-    spec = yaml.safe_load((ROOT / "search_spaces" / filename).read_text())
-    assert spec["model"] == model and model in vmbench.list_models()
-    assert spec["dataset"] in ("isic2017", "isic2018", "synapse")
-    recipe, space = spec["recipe"], spec["space"]
-    info = model_info(model).recipe
-    assert recipe["optim"]["lr"] == info["optimizer"]["lr"]
-    assert recipe["optim"]["weight_decay"] == info["optimizer"]["weight_decay"]
-    assert recipe["train"]["batch_size"] == info["batch_size"] and recipe["train"]["epochs"] == info["epochs"]
-    assert (recipe["data"]["img_size"],) * 2 == info["input_size"]
-    assert recipe["loss"] == info["loss"]
-    assert recipe["scheduler"]["t_max"] == info["datasets"][spec["dataset"]]["T_max"]
-    assert {"optim.lr", "optim.weight_decay", "train.batch_size", "loss.dice_weight"} <= set(space)
-    for key, dist in space.items():
-        section, leaf = key.split(".")
-        fixed = recipe[section][leaf]
-        if dist["type"] == "choice":
-            assert dist["values"] and fixed in dist["values"], key
-            continue
-        assert dist["type"] in ("loguniform", "uniform"), key
-        low, high = dist["low"], dist["high"]
-        assert isinstance(low, float) and isinstance(high, float), key  # 1e-4 would load as a str
-        assert 0 <= low < high and (low > 0 or dist["type"] == "uniform"), key
-        assert low <= fixed <= high, key
+    from vmbench.search_space import load_spec
 
-
-def test_search_space_recipes_fit_experiment_config():
-    """The recipe sections validate against the experiment config, also with sampled bounds."""
-    config = pytest.importorskip("vmbench.config")
-    for filename in ("unet.yaml", "att_unet.yaml"):
-        spec = yaml.safe_load((ROOT / "search_spaces" / filename).read_text())
-        values = {**spec["recipe"], "model": {"name": spec["model"]}}
-        values["data"] = {**values["data"], "name": spec["dataset"]}
-        cfg = config.ExperimentConfig.from_dict(values, source=filename)
-        for key, dist in spec["space"].items():
-            for value in dist["values"] if dist["type"] == "choice" else (dist["low"], dist["high"]):
-                cfg.with_overrides({key: value}, source=f"{filename}:{key}")
+    spec = load_spec(ROOT / "search_spaces" / filename)
+    (study,) = spec.studies
+    assert study.model == model and study.dataset == "isic2018"
+    base, info = study.base, model_info(model).recipe
+    assert base.optim.lr == info["optimizer"]["lr"] and base.optim.weight_decay == info["optimizer"]["weight_decay"]
+    assert base.train.batch_size == info["batch_size"] and spec.budget.max_epochs == info["epochs"]
+    assert (base.data.img_size,) * 2 == tuple(info["input_size"])
+    assert base.scheduler.t_max == info["datasets"]["isic2018"]["T_max"]
+    assert {"optim.lr", "optim.weight_decay", "train.batch_size", "loss.dice_weight"} <= {p.key for p in study.space}
+    assert study.start_point["optim.lr"] == info["optimizer"]["lr"]
