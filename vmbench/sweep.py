@@ -642,7 +642,10 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: float | None, 
         # conflicting keys); trials get their environment from the SweepContext instead.
         kwargs["address"] = address
     else:
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": env})
+        # "local": always a fresh instance here, never an unrelated cluster that `ray start` left
+        # recorded in /tmp/ray/ray_current_cluster.
+        kwargs.update(address="local", include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus,
+                      runtime_env={"env_vars": env})
     ray.init(**kwargs)
 
 
