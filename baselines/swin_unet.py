@@ -32,7 +32,7 @@ Differences from the official code, all deliberate:
 * The decoder indexes skips as ``num_layers - 1 - j`` (official: ``3 - j``; identical for 4 stages).
 * :func:`load_swin_pretrained` reads with ``weights_only=True``, skips shape mismatches with a
   report, and strips Swin-UNet checkpoint prefixes by name instead of slicing 17 characters.
-* No dependency on timm: ``DropPath`` and ``trunc_normal_`` are written here with timm's semantics.
+* No dependency on timm: ``DropPath`` and ``trunc_normal_`` come from ``vmbench.models.layers`` (timm semantics).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import torch.utils.checkpoint as torch_checkpoint
 from torch import nn
 
 from vmbench.checkpoints import CheckpointFormatError, describe, read_checkpoint
+from vmbench.models.layers import DropPath, trunc_normal_
 from vmbench.registry import PublishedResult, register_model
 
 __all__ = [
@@ -99,29 +100,8 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-class DropPath(nn.Module):
-    """Stochastic depth (timm ``DropPath``): drop a residual branch per sample, rescale survivors."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop path rate must be in [0, 1), got {drop_prob}")
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob:.3f}"
-
-
 def _trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
-    # timm's trunc_normal_(w, std=.02) keeps absolute bounds [-2, 2], as torch's initialiser does.
-    return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0, b=2.0)
+    return trunc_normal_(tensor, std=std)  # timm's absolute bounds [-2, 2]
 
 
 class Mlp(nn.Module):

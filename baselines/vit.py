@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vmbench.models.layers import DropPath
+
 __all__ = [
     "Attention",
     "Block",
@@ -46,21 +48,6 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
     if len(v) != 2:
         raise ValueError(f"expected an int or an (H, W) pair, got {v}")
     return v  # type: ignore[return-value]
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (identity at rate 0 or in eval mode)."""
-
-    def __init__(self, rate: float = 0.0):
-        super().__init__()
-        self.rate = float(rate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rate == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
 
 
 class Mlp(nn.Module):

@@ -33,7 +33,6 @@ def main() -> None:
     import mlflow
     import torch
 
-    from vmbench.config import ExperimentConfig
     from vmbench.engine import fit
     from vmbench.search_space import parse_spec
     from vmbench.sweep import run_sweep

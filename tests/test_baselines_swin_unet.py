@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 import baselines.swin_unet  # noqa: F401  (registers "swin-unet")
 from baselines.swin_unet import (

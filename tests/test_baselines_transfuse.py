@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 import baselines.transfuse  # noqa: F401  (registers "transfuse-s")

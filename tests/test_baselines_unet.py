@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 import baselines.att_unet  # noqa: F401  (registers "att-unet")
 import baselines.unet  # noqa: F401  (registers "unet", "unet-classic")

@@ -29,7 +29,7 @@ from typing import Any
 
 import vmbench
 from vmbench import tracking as T
-from vmbench.config import ConfigError, ExperimentConfig
+from vmbench.config import ExperimentConfig
 from vmbench.search_space import SpaceParam, Study, SweepSpec, decode_sample, optuna_distributions
 
 log = logging.getLogger("vmbench.sweep")
@@ -714,4 +714,4 @@ def run_sweep(
             ray.shutdown()
 
 
-__all__ = ["PreflightError", "SweepContext", "StudyOutcome", "run_sweep", "search_trial", "final_run", "ConfigError"]
+__all__ = ["PreflightError", "StudyOutcome", "SweepContext", "final_run", "run_sweep", "search_trial"]
