@@ -167,12 +167,12 @@ TINY = {
     "fixed": {
         "data": {"img_size": 32, "options": {"n": 30}},
         "train": {"batch_size": 8},
-        "model": {"overrides": {"dims": [8, 16, 32, 64]}},
+        "model": {"overrides": {"d_state": 4}},
     },
-    # d_state 0 cannot be built: those trials fail and the sweep must go on.
+    # Stage widths that do not double cannot be built: those trials fail and the sweep must go on.
     "space": {
         "optim.lr": {"type": "loguniform", "low": 3e-4, "high": 3e-3},
-        "model.overrides.d_state": {"type": "choice", "values": [4, 0]},
+        "model.overrides.dims": {"type": "choice", "values": [[8, 16, 32, 64], [8, 16, 32, 60]]},
     },
     "final": {"seeds": [1, 2]},
     "sampler": {"name": "random", "seed": 3},
@@ -203,7 +203,7 @@ def test_small_sweep_logs_parent_children_and_finals(isolated_env):
     runs_dir = isolated_env / "runs"
     # Fake GPUs on a CPU machine: fractional placement is Ray's, the trials still run on the CPU.
     outcomes = run_sweep(spec, runs_dir=runs_dir, num_cpus=2, num_gpus=1)
-    assert len(outcomes) == 1 and outcomes[0].best["model.overrides.d_state"] == 4
+    assert len(outcomes) == 1 and outcomes[0].best["model.overrides.dims"] == [8, 16, 32, 64]
     uri = f"sqlite:///{runs_dir / 'mlflow.db'}"
     df = runs_frame(uri, "tiny")
     parent = df[df["tags.vmbench.kind"] == "sweep"]
@@ -212,9 +212,10 @@ def test_small_sweep_logs_parent_children_and_finals(isolated_env):
     assert len(parent) == 1 and len(search) == 4 and len(final) == 2
     assert (df.loc[df["tags.vmbench.kind"] == "trial", "tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
     assert "RUNNING" not in set(df["status"])
-    failed = search[search["params.model.overrides.d_state"] == "0"]
-    assert len(failed) >= 1 and set(failed["status"]) == {"FAILED"}  # recorded, not lost
-    assert set(search.loc[search["params.model.overrides.d_state"] == "4", "status"]) == {"FINISHED"}
+    bad = search["params.model.overrides.dims"] == "[8, 16, 32, 60]"
+    assert bad.sum() >= 1 and set(search.loc[bad, "status"]) == {"FAILED"}  # recorded, not lost
+    assert set(search.loc[~bad, "status"]) == {"FINISHED"} and (~bad).sum() >= 1
+    assert search.loc[bad, "tags.vmbench.error"].str.contains("ValueError").all()
     assert set(search["tags.vmbench.gpu_ids"]) <= {"0"}  # placed on the (fake) GPU
     assert set(final["status"]) == {"FINISHED"} and sorted(final["tags.vmbench.seed"]) == ["1", "2"]
     for column in ("metrics.test_dsc", "metrics.test_miou", "metrics.n_params", "metrics.gmacs", "metrics.latency_ms",
@@ -244,7 +245,9 @@ def test_missing_data_fails_fast(isolated_env):
     from vmbench.data import DataError
     from vmbench.sweep import run_sweep
 
-    spec = parse_spec(dict(TINY, dataset="isic2018", data_root=str(isolated_env / "nowhere")), source="tiny.yaml")
+    fixed = dict(TINY["fixed"], data={"img_size": 32})
+    spec = parse_spec(dict(TINY, dataset="isic2018", data_root=str(isolated_env / "nowhere"), fixed=fixed,
+                           resources={"cpu": 1, "gpu": 0}), source="tiny.yaml")
     with pytest.raises(DataError, match="nowhere"):
         run_sweep(spec, runs_dir=isolated_env / "runs", num_cpus=1, num_gpus=0)
 
@@ -253,7 +256,8 @@ def test_missing_data_fails_fast(isolated_env):
 def test_killed_driver_then_resume_logs_each_trial_once(isolated_env):
     space = dict(TINY, name="crash", budget=dict(TINY["budget"], max_epochs=3, trials=4),
                  space={"optim.lr": TINY["space"]["optim.lr"]}, resources={"cpu": 1, "gpu": 0})
-    space["fixed"] = dict(TINY["fixed"], data={"img_size": 32, "options": {"n": 60}})
+    space["fixed"] = dict(TINY["fixed"], data={"img_size": 32, "options": {"n": 60}},
+                          model={"overrides": {"dims": [8, 16, 32, 64], "d_state": 4}})
     path = isolated_env / "crash.yaml"
     path.write_text(yaml.safe_dump(space))
     runs = isolated_env / "runs"

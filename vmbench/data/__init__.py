@@ -92,4 +92,23 @@ def build_dataset(
         augment = split == "train"
     if root is None:
         root = info.default_root
+    _check_options(name, info.builder, kwargs)
     return info.builder(root, split, protocol, size, bool(augment), int(seed), **kwargs)
+
+
+def _check_options(name: str, builder, options: dict) -> None:
+    """Unknown builder options (config key data.options) are one clear error, not a TypeError."""
+    import inspect
+
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        # Builders that forward **kwargs: check against what they forward to.
+        forwarded = inspect.signature(build_isic if "isic" in name else build_synapse).parameters
+        params = {**forwarded, **{k: v for k, v in params.items() if v.kind is not inspect.Parameter.VAR_KEYWORD}}
+    positional = ("root", "split", "protocol", "img_size", "augment", "seed")
+    accepted = sorted(k for k, p in params.items() if k not in positional and p.kind is not inspect.Parameter.VAR_KEYWORD)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DataError(
+            f"data.options: {unknown[0]!r} is not an option of dataset {name!r} (accepted: {', '.join(accepted) or 'none'})"
+        )
