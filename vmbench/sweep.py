@@ -643,7 +643,7 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: float | None, 
         kwargs["address"] = address
     else:
         # "local": always a fresh instance here, never an unrelated cluster that `ray start` left
-        # recorded in /tmp/ray/ray_current_cluster.
+        # recorded as the current cluster (ray_current_cluster in its temp folder).
         kwargs.update(address="local", include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus,
                       runtime_env={"env_vars": env})
     ray.init(**kwargs)
