@@ -771,7 +771,7 @@ def load_swin_pretrained(
       are skipped and reported instead of failing.
     """
     net = _as_sys(model)
-    obj = path if isinstance(path, Mapping) else _read_checkpoint(path, map_location)
+    obj = _read_checkpoint(path, map_location)  # a mapping is returned as it is
     if not isinstance(obj, Mapping):
         raise CheckpointFormatError(f"checkpoint {_describe(path)} holds a {type(obj).__name__}, not a dict")
     own = net.state_dict()
@@ -832,7 +832,7 @@ def load_swin_unet_checkpoint(
     (keys ``swin_unet.*``) or its ``.swin_unet`` (the prefix is then removed too). Returns
     ``load_state_dict``'s result.
     """
-    obj = path if isinstance(path, Mapping) else _read_checkpoint(path, map_location)
+    obj = _read_checkpoint(path, map_location)  # a mapping is returned as it is
     state = obj
     if isinstance(obj, Mapping) and not _is_state_dict(obj):
         state = next((obj[k] for k in ("model", "state_dict") if k in obj and _is_state_dict(obj[k])), None)

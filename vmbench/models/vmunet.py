@@ -754,7 +754,7 @@ def _extract_state_dict(obj: Any, path: Any, entries: tuple[str, ...]) -> Mappin
 
 
 def _load_state(path: str | PathLike[str] | Mapping[str, Any], map_location: Any, entries: tuple[str, ...]):
-    obj = path if isinstance(path, Mapping) else _read_checkpoint(path, map_location)
+    obj = _read_checkpoint(path, map_location)  # a mapping is returned as it is
     return _extract_state_dict(obj, path, entries)
 
 
