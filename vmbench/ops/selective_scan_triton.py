@@ -13,30 +13,34 @@ Design (``shared/spec/selective_scan.md`` sections 4.2 and 5):
   (BLOCK_T, N) tile and broadcast over the channels. The channel-block axis is the fast grid axis,
   so programs running together read the same group's B/C rows (L2 hits).
 * **Forward, per chunk**: a time-major (BLOCK_T, N, BLOCK_D) tile of decays exp(dt*A) and inputs
-  dt*u*B is scanned along time with ``tl.associative_scan`` (combine (a1, x1), (a2, x2) ->
-  (a1*a2, a2*x1 + x2)); time is the slowest tile axis, so each thread scans its steps sequentially
-  in registers. The state carried in from the previous chunk is added as cumprod(a)*h. Only decays
-  <= 1 are multiplied (no cumsum/closed form), which is unconditionally stable (spec 3.2).
-  y = sum_n h*C is reduced on chip; D*u and the silu(z) gate are applied before the one store. No
-  (batch, dim, L, N) tensor exists anywhere: per program one (BLOCK_T, N, BLOCK_D) tile at a time.
+  dt*u*B; time is the slowest tile axis, so each thread holds the chunk's steps in registers and
+  h_t = a_t*h_{t-1} + x_t runs as a plain recurrence unrolled over them, starting from the state
+  carried in from the previous chunk. (``tl.associative_scan`` computes the same in principle but
+  lowered to many warp shuffles, about 10 per element for the reverse direction on sm_90 with
+  Triton 3.6: see ``vmbench.ops.selective_scan_triton_aot``.) Only decays <= 1 are multiplied (no
+  cumsum/closed form), which is unconditionally stable (spec 3.2). y = sum_n h*C is reduced on
+  chip; D*u and the silu(z) gate are applied before the one store. No (batch, dim, L, N) tensor
+  exists anywhere: per program one (BLOCK_T, N, BLOCK_D) tile at a time.
 * **Checkpoints**: when a gradient is needed the forward also stores the state entering every chunk,
-  (batch, dim, ceil(L/BLOCK_T), N) fp32, N/BLOCK_T of u's size (1x at N = BLOCK_T = 16).
+  (batch, dim, ceil(L/BLOCK_T), N) fp32, N/BLOCK_T of u's size (2x at N = 16, BLOCK_T = 8).
 * **Backward**, chunks in reverse order, per chunk: recompute the chunk's states from its checkpoint
-  (the forward's scan again), then the adjoint g_t = C_t*dy_t + a_{t+1}*g_{t+1} with a reverse
-  ``tl.associative_scan`` (same combine; Triton applies it as combine(accumulated, current) in both
-  directions), carrying g of the chunk's first step to the next (earlier) chunk. a_{t+1} is
-  recomputed from delta loaded one step ahead, so the backward evaluates two exps per element and
-  needs no shifted copy of a tile. The decay gradient g_t*a_t*h_{t-1} uses a_t*h_{t-1} =
-  h_t - dt_t*u_t*B_t, as mamba-ssm's CUDA backward does. du, ddelta (through softplus) and dz are
-  stored per chunk; dA, dD, d(delta_bias) and constant-layout dB/dC are summed in registers over
-  the whole sequence and added with one fp32 ``tl.atomic_add`` per program (the programs of the
-  other batch elements add to the same addresses). Time-varying dB/dC are summed over the
-  program's channels on chip and added with ``tl.atomic_add`` into fp32 (batch, G, N, L) buffers:
-  each address receives one add per channel block of its group (12 at VM-UNet's stage 1 with
-  BLOCK_D = 16). Atomics make the summation order of dA/dB/dC/dD/d(delta_bias) nondeterministic.
+  (the forward's recurrence again), then the adjoint g_t = C_t*dy_t + a_{t+1}*g_{t+1} backwards
+  over the chunk's steps, from the adjoint carried in from the later chunk. a_{t+1} is the
+  recomputed decay one row down, or for the last row the later chunk's first decay (carried like
+  the adjoint), so the backward evaluates one exp per element, as mamba-ssm's CUDA backward does.
+  The decay gradient g_t*a_t*h_{t-1} uses a_t*h_{t-1} = h_t - dt_t*u_t*B_t, as mamba-ssm does.
+  du, ddelta (through softplus) and dz are stored per chunk; dA, dD, d(delta_bias) and
+  constant-layout dB/dC are summed in registers over the whole sequence and added with one fp32
+  ``tl.atomic_add`` per program (the programs of the other batch elements add to the same
+  addresses). Time-varying dB/dC are summed over the program's channels on chip and added with
+  ``tl.atomic_add`` into fp32 (batch, G, N, L) buffers: each address receives one add per channel
+  block of its group (12 at VM-UNet's stage 1 with BLOCK_D = 16). The adds are relaxed (no memory
+  fence: the sums are read only after the kernel); their order makes dA/dB/dC/dD/d(delta_bias)
+  nondeterministic in the last bits.
 
-Tile sizes are heuristics (see :class:`ScanConfig`), overridable with ``VMBENCH_TRITON_SCAN_CONFIG``
-(e.g. ``block_t=32,fwd_block_d=16,bwd_block_d=8,fwd_warps=4,bwd_warps=8``); not yet timed on a GPU.
+Tile sizes (see :class:`ScanConfig`) were chosen from static machine-code counts, not yet timed on
+a GPU; overridable with ``VMBENCH_TRITON_SCAN_CONFIG`` (e.g.
+``block_t=16,fwd_block_d=16,bwd_block_d=16,fwd_warps=4,bwd_warps=8``).
 
 The kernels are created when this module is imported, in Triton's compiled mode or, if
 ``TRITON_INTERPRET=1`` was set before ``triton`` was first imported, in its interpreter (CPU
@@ -60,7 +64,6 @@ __all__ = [
     "INTERPRET",
     "Launch",
     "ScanConfig",
-    "compile_for_target",
     "scan_config",
     "selective_scan_triton",
 ]
@@ -100,11 +103,29 @@ LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * log2(e)): exp2 is 
 
 
 @triton.jit
-def _first_order_combine(a_prev, x_prev, a_cur, x_cur):
-    # Compose two affine steps h -> a*h + x: first the accumulated one (earlier in scan order),
-    # then the current one. For a reverse scan "accumulated" means "later in time", which is exactly
-    # the adjoint recurrence g_t = x_t + a_t * g_{t+1}.
-    return a_prev * a_cur, a_cur * x_prev + x_cur
+def _pick(tile, at):
+    """Row ``at`` (a (BLOCK_T, 1, 1) mask true at one step) of a time-major tile, as (BLOCK_N, BLOCK_D).
+
+    Time lies in each thread's registers and the unrolled step index is a constant, so the compiler
+    folds the select to a register choice and the -0.0 terms of the sum to nothing (x + -0.0 == x).
+    """
+    return tl.sum(tl.where(at, tile, -0.0), axis=0)
+
+
+@triton.jit
+def _states_forward(decay, x, h, steps, BLOCK_T: tl.constexpr):
+    """h_t = decay_t * h_{t-1} + x_t over one chunk from the entering state h: (states, last state).
+
+    A sequential recurrence unrolled over the chunk's steps, in registers. Triton's
+    ``tl.associative_scan`` computed the same values with many warp shuffles (about 10 per element
+    for the reverse direction on sm_90 with Triton 3.6), which dominated the backward.
+    """
+    states = x
+    for j in tl.static_range(BLOCK_T):
+        at = steps == j
+        h = _pick(decay, at) * h + _pick(x, at)
+        states = tl.where(at, h[None, :, :], states)
+    return states, h
 
 
 @triton.jit
@@ -212,12 +233,9 @@ def _scan_fwd_kernel(
 
         decay = tl.exp2(dt[:, None, :] * A2[None, :, :])  # exp(dt*A) via the exp2 unit
         x = (dt * u)[:, None, :] * Bt
-        decay_prod, states = tl.associative_scan((decay, x), axis=0, combine_fn=_first_order_combine)
-        states = states + decay_prod * h[None, :, :]  # carry in the previous chunk's state
-
+        # Steps past L have decay 1 and input 0, so h leaves the chunk as the last valid state.
+        states, h = _states_forward(decay, x, h, steps[:, None, None], BLOCK_T)
         y = tl.sum(states * Ct, axis=1)
-        # Next carry: the last row (steps past L carried the last valid state through).
-        h = tl.sum(tl.where(steps[:, None, None] == BLOCK_T - 1, states, 0.0), axis=0)
         if HAS_D:
             y = y + D[None, :] * u
         if HAS_Z:
@@ -287,6 +305,10 @@ def _scan_bwd_kernel(
     dD_acc = tl.zeros((BLOCK_D,), tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), tl.float32)
     g_next = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)  # adjoint at the first step of the later chunk
+    # Decay at the first step of the later chunk: a_{t+1} of this chunk's last step. Before the
+    # last chunk it multiplies a zero adjoint, so its value there does not matter.
+    decay_after = tl.full((BLOCK_N, BLOCK_D), 1.0, tl.float32)
+    at_step = steps[:, None, None]
 
     for i in range(n_chunks):
         c = n_chunks - 1 - i
@@ -303,8 +325,7 @@ def _scan_bwd_kernel(
         decay = tl.exp2(dt[:, None, :] * A2[None, :, :])
         dtu = dt * u
         x = dtu[:, None, :] * Bt
-        decay_prod, states = tl.associative_scan((decay, x), axis=0, combine_fn=_first_order_combine)
-        states = states + decay_prod * h0[None, :, :]
+        states, _ = _states_forward(decay, x, h0, at_step, BLOCK_T)
 
         dy = tl.load(dout_rows[None, :] + t[:, None], mask=mask, other=0.0).to(tl.float32)
         if HAS_Z:
@@ -322,17 +343,20 @@ def _scan_bwd_kernel(
             dD_acc += tl.sum(dy * u, axis=0)
             du = dy * D[None, :]
 
-        # Decay of the *next* step, a_{t+1}, recomputed from delta one step ahead (it may lie in the
-        # following chunk; past L it multiplies a zero adjoint).
-        _, dt_next = _load_step_sizes(delta_rows, t + 1, (t + 1 < L)[:, None], bias, HAS_BIAS, SOFTPLUS)
-        decay_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])
-        # Adjoint of the states: g_t = C_t * dy_t + a_{t+1} * g_{t+1}, a reverse scan, plus the
-        # adjoint carried from the later chunk, propagated by the product of the decays.
-        decay_next_prod, adj = tl.associative_scan(
-            (decay_next, dy[:, None, :] * Ct), axis=0, combine_fn=_first_order_combine, reverse=True
-        )
-        adj = adj + decay_next_prod * g_next[None, :, :]
-        g_next = tl.sum(tl.where(steps[:, None, None] == 0, adj, 0.0), axis=0)
+        # Adjoint of the states, g_t = C_t*dy_t + a_{t+1}*g_{t+1}, backwards over the chunk's steps
+        # from the adjoint carried in from the later chunk. a_{t+1} is the recomputed decay one row
+        # down, or the later chunk's first decay for the last row: one exp per element in all.
+        dyC = dy[:, None, :] * Ct
+        adj = dyC
+        g = g_next
+        decay_ahead = decay_after
+        for k in tl.static_range(BLOCK_T):
+            at = at_step == BLOCK_T - 1 - k
+            g = _pick(dyC, at) + decay_ahead * g
+            adj = tl.where(at, g[None, :, :], adj)
+            decay_ahead = _pick(decay, at)
+        g_next = g
+        decay_after = decay_ahead
 
         # x_t = dt_t*u_t*B_t  ->  d(dt*u) and dB.
         d_dtu = tl.sum(adj * Bt, axis=1)
@@ -354,23 +378,23 @@ def _scan_bwd_kernel(
             dB_acc += tl.sum(adj * dtu[:, None, :], axis=0)
         else:
             part = tl.sum(adj * dtu[:, None, :], axis=2)  # (BLOCK_T, BLOCK_N): this block's channels
-            tl.atomic_add(dB_rows[None, :] + t[:, None], part, mask=t_ok[:, None] & n_ok[None, :])
+            tl.atomic_add(dB_rows[None, :] + t[:, None], part, mask=t_ok[:, None] & n_ok[None, :], sem="relaxed")
         if C_CONST:
             dC_acc += tl.sum(states * dy[:, None, :], axis=0)
         else:
             part = tl.sum(states * dy[:, None, :], axis=2)
-            tl.atomic_add(dC_rows[None, :] + t[:, None], part, mask=t_ok[:, None] & n_ok[None, :])
+            tl.atomic_add(dC_rows[None, :] + t[:, None], part, mask=t_ok[:, None] & n_ok[None, :], sem="relaxed")
 
     # Parameters are shared by all batch elements: one atomic add per program.
-    tl.atomic_add(dA_ptr + state_idx, dA_acc, mask=n_ok[:, None])
+    tl.atomic_add(dA_ptr + state_idx, dA_acc, mask=n_ok[:, None], sem="relaxed")
     if B_CONST:
-        tl.atomic_add(dB_ptr + state_idx, dB_acc, mask=n_ok[:, None])
+        tl.atomic_add(dB_ptr + state_idx, dB_acc, mask=n_ok[:, None], sem="relaxed")
     if C_CONST:
-        tl.atomic_add(dC_ptr + state_idx, dC_acc, mask=n_ok[:, None])
+        tl.atomic_add(dC_ptr + state_idx, dC_acc, mask=n_ok[:, None], sem="relaxed")
     if HAS_D:
-        tl.atomic_add(dD_ptr + d, dD_acc)
+        tl.atomic_add(dD_ptr + d, dD_acc, sem="relaxed")
     if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + d, dbias_acc)
+        tl.atomic_add(dbias_ptr + d, dbias_acc, sem="relaxed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,19 +403,20 @@ def _scan_bwd_kernel(
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Tile sizes: heuristic defaults, not timed on a GPU (none was available when written).
+    """Tile sizes. Defaults chosen from static sm_90 machine code (Triton 3.6 and 3.9, VM-UNet's
+    stage-1 call; ``benchmarks/triton_sass.py``), not yet timed on a GPU.
 
-    Chosen from ptxas output for sm_90 at N = 16 (registers, instructions and shuffles per element;
-    ``benchmarks/gpu_check.sh`` times alternatives): the forward with (T, D) = (16, 16) and 4 warps
-    uses ~154 registers and ~28 instructions per (t, n, d) element; the backward ~254 registers,
-    ~80 instructions, mostly the cross-lane sums over channels (dB, dC) and states (du, ddelta).
+    Forward (8, 16) x 2 warps: 156 registers, ~15 main-loop instructions per (t, n, d) element.
+    Backward (8, 16) x 4 warps: ~160 registers, ~53 per element, ~10 of them warp shuffles (the sums
+    over channels for dB/dC and over states for du/ddelta); no spills in fp32 or bf16. Larger tiles
+    lower the count a little but spill or drop occupancy (255 registers, 8 warps per SM).
     """
 
-    block_t: int = 16  # time steps per chunk and per checkpoint (checkpoints: N / block_t of u's size)
+    block_t: int = 8  # time steps per chunk and per checkpoint (checkpoints: N / block_t of u's size)
     fwd_block_d: int = 16  # channels per forward program, upper bound (the actual value divides the group)
     bwd_block_d: int = 16  # same for the backward; dB/dC get one atomic add per block of a group
     max_tile: int = 4096  # upper bound on BLOCK_T * BLOCK_N * BLOCK_D (registers per 3-D tile)
-    fwd_warps: int = 4
+    fwd_warps: int = 2
     bwd_warps: int = 4
 
 
@@ -627,63 +652,3 @@ def selective_scan_triton(
         # No graph: skip the checkpoints.
         out, last, _, _ = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, False)
     return (out, last) if return_last_state else out
-
-
-# ---------------------------------------------------------------------------------------------
-# Ahead-of-time compilation (no GPU needed)
-
-_TL_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def compile_for_target(
-    arch: int = 90,
-    dtype: torch.dtype = torch.float32,
-    n_state: int = 16,
-    length: int = 4096,
-    channel_divisor: int = 192,
-    b_const: bool = False,
-    c_const: bool = False,
-    has_d: bool = True,
-    has_z: bool = False,
-    has_bias: bool = True,
-    softplus: bool = True,
-    config: ScanConfig | None = None,
-) -> dict:
-    """Compile both kernels for CUDA ``sm_<arch>`` without a GPU (Triton's bundled ptxas).
-
-    Defaults are VM-UNet's stage-1 call. Returns ``{"fwd": kernel, "bwd": kernel}`` (Triton
-    ``CompiledKernel``s; ``kernel.asm`` holds "ttgir", "ptx", "cubin"). A check that the compiled
-    path lowers (the interpreter does not exercise the compiler) and a way to inspect register use
-    of a tile configuration: ``cuobjdump -res-usage`` on the cubin.
-    """
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    if INTERPRET:
-        raise RuntimeError("compile_for_target needs Triton's compiled mode (TRITON_INTERPRET unset)")
-    launch = scan_config(channel_divisor, length, n_state, channel_divisor, config)
-    io = "*" + _TL_TYPES[dtype]  # u, delta, B, C, z, out and their gradients
-    # Pointers in the inputs' dtype; the rest (A, D, delta_bias, states, fp32 accumulators) are fp32.
-    io_names = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr"}
-    io_names.add("dz_ptr")
-    flags = dict(B_CONST=b_const, C_CONST=c_const, HAS_D=has_d, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus)
-
-    def build(fn, constexprs, warps):
-        def arg_type(name: str) -> str:
-            if name in constexprs:
-                return "constexpr"
-            if name.endswith("_ptr"):
-                return io if name in io_names else "*fp32"
-            return "i32"
-
-        signature = {name: arg_type(name) for name in fn.arg_names}
-        source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-        return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
-
-    tiles = dict(BLOCK_N=launch.block_n, BLOCK_T=launch.block_t)
-    fwd = dict(flags, **tiles, BLOCK_D=launch.fwd_block_d, STORE_CKPT=True, STORE_LAST=False)
-    bwd = dict(flags, **tiles, BLOCK_D=launch.bwd_block_d)
-    return {
-        "fwd": build(_scan_fwd_kernel, fwd, launch.fwd_warps),
-        "bwd": build(_scan_bwd_kernel, bwd, launch.bwd_warps),
-    }
