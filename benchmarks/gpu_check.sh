@@ -100,15 +100,17 @@ if "$PY" -c "import selective_scan_cuda" >/dev/null 2>&1; then
 fi
 
 sweep() {
-    # A few tile configurations (defaults: block_t=16, fwd/bwd_block_d=16, 4 warps each).
+    # Tile configurations ranked by static machine-code counts (benchmarks/triton_sass.py): the
+    # defaults (block_t=8, fwd 16 channels x 2 warps, bwd 16 x 4), the fewest instructions per
+    # element at 255 registers (one warp), and three between.
     local cfg failed=0
     for cfg in \
-        "block_t=16,fwd_block_d=16,bwd_block_d=16" \
-        "block_t=16,fwd_block_d=32,bwd_block_d=8" \
-        "block_t=8,fwd_block_d=32,bwd_block_d=16" \
-        "block_t=32,fwd_block_d=8,bwd_block_d=8,bwd_warps=8" \
-        "block_t=16,fwd_block_d=16,bwd_block_d=16,fwd_warps=8,bwd_warps=8"; do
-        echo "-- VMBENCH_TRITON_SCAN_CONFIG=$cfg"
+        "" \
+        "fwd_warps=1,bwd_block_d=8,bwd_warps=1" \
+        "bwd_block_d=8,bwd_warps=2" \
+        "block_t=16,fwd_warps=4,bwd_warps=8" \
+        "block_t=16,bwd_block_d=8"; do
+        echo "-- VMBENCH_TRITON_SCAN_CONFIG=${cfg:-(defaults)}"
         VMBENCH_TRITON_SCAN_CONFIG="$cfg" vmbench bench scan --device cuda --backend triton \
             --batch-size 32 --shapes 768:4096 6144:64 --repeats 3 --no-mambapy || failed=$((failed + 1))
     done

@@ -507,3 +507,31 @@ def test_cuda_vmunet_stage1_bf16_and_automatic_choice():
         assert_matches(grads[name], ref_grads[name], 2e-2, f"gradient of {name}")
     if dispatch._cuda_kernel()[0] is None:
         assert resolve_backend(None, "cuda", torch.float32) == "triton"
+
+
+def test_memory_estimate_stand_in_saves_what_the_triton_backend_saves(chunk):
+    # benchmarks/vmunet_memory.py counts VM-UNet's saved activations with a stand-in for the scan;
+    # its figure is only right while the stand-in keeps what SelectiveScanTriton keeps.
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "vmunet_memory.py")
+    spec = importlib.util.spec_from_file_location("vmunet_memory", path)
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    chunk(block_t=8)
+    inputs = {k: v.float().to(DEVICE).requires_grad_() for k, v in make_inputs(length=21).items() if k != "z"}
+
+    def saved_by(call):
+        shapes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append((tuple(t.shape), t.dtype)) or t, lambda t: t):
+            call()
+        return sorted(shapes, key=str)
+
+    real = saved_by(lambda: selective_scan(**inputs, delta_softplus=True, backend="triton"))
+    stand_in = saved_by(
+        lambda: memory._TritonScanStandIn.apply(
+            *(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")), 8
+        )
+    )
+    assert real == stand_in
+    assert ((2, 8, 3, 5), torch.float32) in real  # the checkpoints: ceil(21 / 8) chunks
