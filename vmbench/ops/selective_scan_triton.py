@@ -162,6 +162,25 @@ def _load_step_sizes(delta_rows, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS
 
 
 @triton.jit
+def _channel_values(ptr, d, BLOCK_D: tl.constexpr, PRESENT: tl.constexpr):
+    """A (dim,) parameter (D, delta_bias) for the block's channels in fp32; zeros if absent."""
+    values = tl.zeros((BLOCK_D,), tl.float32)
+    if PRESENT:
+        values = tl.load(ptr + d).to(tl.float32)
+    return values
+
+
+@triton.jit
+def _constant_bc(ptr, d, n, n_ok, s_channel, s_state, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CONST: tl.constexpr):
+    """B or C in the constant (dim, N) layout as a (BLOCK_N, BLOCK_D) tile; zeros (unused) otherwise."""
+    tile = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    if CONST:
+        tile = tl.load(ptr + d[None, :] * s_channel + n[:, None] * s_state, mask=n_ok[:, None], other=0.0)
+        tile = tile.to(tl.float32)
+    return tile
+
+
+@triton.jit
 def _load_bc(rows, t, s_l, n_ok, t_ok, const_tile, CONST: tl.constexpr):
     """B or C for one chunk, shaped to broadcast against (BLOCK_T, BLOCK_N, BLOCK_D)."""
     if CONST:
@@ -196,12 +215,8 @@ def _scan_fwd_kernel(
     state_idx = d[None, :] * N + n[:, None]  # (BLOCK_N, BLOCK_D) into (dim, N) parameters
 
     A2 = tl.load(A_ptr + state_idx, mask=n_ok[:, None], other=0.0).to(tl.float32) * LOG2E
-    bias = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d).to(tl.float32)
-    D = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_D:
-        D = tl.load(D_ptr + d).to(tl.float32)
+    bias = _channel_values(bias_ptr, d, BLOCK_D, HAS_BIAS)
+    D = _channel_values(D_ptr, d, BLOCK_D, HAS_D)
 
     u_rows = u_ptr + b * s_ub + d * s_ud
     delta_rows = delta_ptr + b * s_db + d * s_dd
@@ -212,12 +227,8 @@ def _scan_fwd_kernel(
     # For the constant layout (dim, N), s_Bg / s_Cg is the channel stride.
     B_rows = B_ptr + b * s_Bb + (d0 // B_PER_GROUP) * s_Bg + n * s_Bn
     C_rows = C_ptr + b * s_Cb + (d0 // C_PER_GROUP) * s_Cg + n * s_Cn
-    B_tile = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    C_tile = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    if B_CONST:
-        B_tile = tl.load(B_ptr + d[None, :] * s_Bg + n[:, None] * s_Bn, mask=n_ok[:, None], other=0.0).to(tl.float32)
-    if C_CONST:
-        C_tile = tl.load(C_ptr + d[None, :] * s_Cg + n[:, None] * s_Cn, mask=n_ok[:, None], other=0.0).to(tl.float32)
+    B_tile = _constant_bc(B_ptr, d, n, n_ok, s_Bg, s_Bn, BLOCK_N, BLOCK_D, B_CONST)
+    C_tile = _constant_bc(C_ptr, d, n, n_ok, s_Cg, s_Cn, BLOCK_N, BLOCK_D, C_CONST)
 
     h = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)  # state entering the current chunk
     for c in range(n_chunks):
@@ -271,12 +282,8 @@ def _scan_bwd_kernel(
 
     A = tl.load(A_ptr + state_idx, mask=n_ok[:, None], other=0.0).to(tl.float32)
     A2 = A * LOG2E
-    bias = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d).to(tl.float32)
-    D = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_D:
-        D = tl.load(D_ptr + d).to(tl.float32)
+    bias = _channel_values(bias_ptr, d, BLOCK_D, HAS_BIAS)
+    D = _channel_values(D_ptr, d, BLOCK_D, HAS_D)
 
     u_rows = u_ptr + b * s_ub + d * s_ud
     delta_rows = delta_ptr + b * s_db + d * s_dd
@@ -288,12 +295,8 @@ def _scan_bwd_kernel(
     C_group = d0 // C_PER_GROUP
     B_rows = B_ptr + b * s_Bb + B_group * s_Bg + n * s_Bn
     C_rows = C_ptr + b * s_Cb + C_group * s_Cg + n * s_Cn
-    B_tile = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    C_tile = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    if B_CONST:
-        B_tile = tl.load(B_ptr + d[None, :] * s_Bg + n[:, None] * s_Bn, mask=n_ok[:, None], other=0.0).to(tl.float32)
-    if C_CONST:
-        C_tile = tl.load(C_ptr + d[None, :] * s_Cg + n[:, None] * s_Cn, mask=n_ok[:, None], other=0.0).to(tl.float32)
+    B_tile = _constant_bc(B_ptr, d, n, n_ok, s_Bg, s_Bn, BLOCK_N, BLOCK_D, B_CONST)
+    C_tile = _constant_bc(C_ptr, d, n, n_ok, s_Cg, s_Cn, BLOCK_N, BLOCK_D, C_CONST)
     # fp32 (batch, G, N, L) accumulators for time-varying dB/dC (contiguous in N and L).
     dB_rows = dB_ptr + b * s_dBb + B_group * s_dBg + n * L
     dC_rows = dC_ptr + b * s_dCb + C_group * s_dCg + n * L
