@@ -16,8 +16,8 @@ Design (``shared/spec/selective_scan.md`` sections 4.2 and 5):
   dt*u*B; time is the slowest tile axis, so each thread holds the chunk's steps in registers and
   h_t = a_t*h_{t-1} + x_t runs as a plain recurrence unrolled over them, starting from the state
   carried in from the previous chunk. (``tl.associative_scan`` computes the same in principle but
-  lowered to many warp shuffles, about 10 per element for the reverse direction on sm_90 with
-  Triton 3.6: see ``vmbench.ops.selective_scan_triton_aot``.) Only decays <= 1 are multiplied (no
+  lowered to many warp shuffles: see ``vmbench.ops.selective_scan_triton_aot`` and
+  ``benchmarks/triton_sass.py``.) Only decays <= 1 are multiplied (no
   cumsum/closed form), which is unconditionally stable (spec 3.2). y = sum_n h*C is reduced on
   chip; D*u and the silu(z) gate are applied before the one store. No (batch, dim, L, N) tensor
   exists anywhere: per program one (BLOCK_T, N, BLOCK_D) tile at a time.
@@ -98,8 +98,8 @@ LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * log2(e)): exp2 is 
 # Tiles are time-major: (BLOCK_T, BLOCK_N, BLOCK_D) for the per-state quantities, (BLOCK_T,
 # BLOCK_D) for per-channel rows (u, dt, y, ...), (BLOCK_T, BLOCK_N) for B and C. Triton spreads the
 # fastest (last) axis over lanes, so time, the slowest axis, stays in each thread's registers and
-# the scans along it run sequentially in-thread with few cross-thread steps. Putting time last
-# instead compiled (sm_90, ptxas) to ~3x the instructions per element, mostly warp shuffles.
+# the recurrences along it run in-thread. Putting time last instead compiled (sm_90, ptxas) to ~3x
+# the instructions per element, mostly warp shuffles.
 
 
 @triton.jit
@@ -116,9 +116,9 @@ def _pick(tile, at):
 def _states_forward(decay, x, h, steps, BLOCK_T: tl.constexpr):
     """h_t = decay_t * h_{t-1} + x_t over one chunk from the entering state h: (states, last state).
 
-    A sequential recurrence unrolled over the chunk's steps, in registers. Triton's
-    ``tl.associative_scan`` computed the same values with many warp shuffles (about 10 per element
-    for the reverse direction on sm_90 with Triton 3.6), which dominated the backward.
+    A sequential recurrence unrolled over the chunk's steps, in registers. The first version used
+    ``tl.associative_scan``; on sm_90 with Triton 3.6 its reverse direction alone compiled to ~20
+    warp shuffles per element, the largest cost of the backward.
     """
     states = x
     for j in tl.static_range(BLOCK_T):
