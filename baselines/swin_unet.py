@@ -48,7 +48,7 @@ import torch
 import torch.utils.checkpoint as torch_checkpoint
 from torch import nn
 
-from vmbench.checkpoints import CheckpointFormatError, describe, read_checkpoint
+from vmbench.checkpoints import CheckpointFormatError, describe, is_state_dict, read_checkpoint
 from vmbench.models.layers import DropPath, trunc_normal_
 from vmbench.registry import PublishedResult, register_model
 
@@ -681,8 +681,7 @@ _describe = describe
 _read_checkpoint = read_checkpoint
 
 
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+_is_state_dict = is_state_dict
 
 
 def _as_sys(model: nn.Module) -> SwinTransformerSys:

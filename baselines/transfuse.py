@@ -56,7 +56,7 @@ from torch import nn
 
 from baselines.resnet import RESNET34_LAYERS, ResNet
 from baselines.vit import DeiTEncoder, resize_pos_embed
-from vmbench.checkpoints import CheckpointFormatError, describe, read_checkpoint
+from vmbench.checkpoints import CheckpointFormatError, describe, is_state_dict, read_checkpoint
 from vmbench.registry import PublishedResult, register_model
 
 log = logging.getLogger(__name__)
@@ -526,8 +526,7 @@ _describe = describe
 _read_checkpoint = read_checkpoint
 
 
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+_is_state_dict = is_state_dict
 
 
 def _state_dict_from(obj: Any, path: Any, entries: tuple[str, ...]) -> dict[str, torch.Tensor]:
