@@ -556,6 +556,15 @@ def _submodule(model: nn.Module, attr: str, kind: type) -> nn.Module:
     raise TypeError(f"expected a TransFuseS or its .{attr} ({kind.__name__}), got {type(model).__name__}")
 
 
+def _take(key: str, tensor: torch.Tensor, own: Mapping[str, torch.Tensor], updates: dict, report: LoadReport) -> None:
+    """Queue ``tensor`` for ``key`` if the shapes agree, else list the mismatch."""
+    if tuple(tensor.shape) != tuple(own[key].shape):
+        report.shape_mismatches.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[key].shape)}")
+        return
+    updates[key] = tensor
+    report.loaded.append(key)
+
+
 def _finish(
     module: nn.Module, report: LoadReport, updates: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], strict: bool
 ) -> LoadReport:
@@ -593,11 +602,8 @@ def load_pretrained_resnet34(
             report.skipped.append(key)
         elif key not in own:
             report.unexpected.append(key)
-        elif tuple(tensor.shape) != tuple(own[key].shape):
-            report.shape_mismatches.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[key].shape)}")
         else:
-            updates[key] = tensor
-            report.loaded.append(key)
+            _take(key, tensor, own, updates, report)
     return _finish(resnet, report, updates, own, strict)
 
 
@@ -678,11 +684,7 @@ def load_pretrained_deit_small(
                     f"{gh}x{gw} grid, bilinear, align_corners=True)"
                 )
             tensor = resized
-        if tuple(tensor.shape) != tuple(own[key].shape):
-            report.shape_mismatches.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[key].shape)}")
-            continue
-        updates[key] = tensor
-        report.loaded.append(key)
+        _take(key, tensor, own, updates, report)
     return _finish(vit, report, updates, own, strict)
 
 
@@ -721,11 +723,7 @@ def load_transfuse_checkpoint(
                     f"{model.grid_size[0]}x{model.grid_size[1]} grid, bilinear, align_corners=True)"
                 )
                 tensor = resized
-        if tuple(tensor.shape) != tuple(own[key].shape):
-            report.shape_mismatches.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[key].shape)}")
-            continue
-        updates[key] = tensor
-        report.loaded.append(key)
+        _take(key, tensor, own, updates, report)
     return _finish(model, report, updates, own, strict)
 
 
