@@ -535,3 +535,23 @@ def test_memory_estimate_stand_in_saves_what_the_triton_backend_saves(chunk):
     )
     assert real == stand_in
     assert ((2, 8, 3, 5), torch.float32) in real  # the checkpoints: ceil(21 / 8) chunks
+
+
+def test_deterministic_mode_is_refused_by_the_backward_with_the_fix(chunk):
+    # Atomic adds make some gradients vary in their last bits; PyTorch's own such kernels raise
+    # (or warn) under torch.use_deterministic_algorithms, and so does this backend.
+    chunk(block_t=8)
+    inputs = {k: v.float().to(DEVICE).requires_grad_() for k, v in make_inputs(length=9).items()}
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.use_deterministic_algorithms(True)
+        out = selective_scan(**inputs, delta_softplus=True, backend="triton")  # the forward is deterministic
+        with pytest.raises(RuntimeError, match=r"atomic adds.*backend='torch'"):
+            out.sum().backward()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        out = selective_scan(**inputs, delta_softplus=True, backend="triton")
+        with pytest.warns(UserWarning, match="atomic adds"):
+            out.sum().backward()
+        assert inputs["B"].grad is not None
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
