@@ -17,10 +17,12 @@ Design (``shared/spec/selective_scan.md`` sections 4.2 and 5):
   h_t = a_t*h_{t-1} + x_t runs as a plain recurrence unrolled over them, starting from the state
   carried in from the previous chunk. (``tl.associative_scan`` computes the same in principle but
   lowered to many warp shuffles: see ``vmbench.ops.selective_scan_triton_aot`` and
-  ``benchmarks/triton_sass.py``.) Only decays <= 1 are multiplied (no
-  cumsum/closed form), which is unconditionally stable (spec 3.2). y = sum_n h*C is reduced on
-  chip; D*u and the silu(z) gate are applied before the one store. No (batch, dim, L, N) tensor
-  exists anywhere: per program one (BLOCK_T, N, BLOCK_D) tile at a time.
+  ``benchmarks/triton_sass.py``.) Only decays <= 1 are multiplied (no cumsum/closed form), which
+  is unconditionally stable (spec 3.2). y = sum_n h*C is reduced on chip; D*u and the silu(z)
+  gate are applied before the one store. No (batch, dim, L, N) tensor exists anywhere: per program
+  one (BLOCK_T, N, BLOCK_D) tile at a time.
+* **Determinism**: the backward's atomic adds (below) follow ``torch.use_deterministic_algorithms``:
+  an error (a warning with ``warn_only``) that names the torch backend.
 * **Checkpoints**: when a gradient is needed the forward also stores the state entering every chunk,
   (batch, dim, ceil(L/BLOCK_T), N) fp32, N/BLOCK_T of u's size (2x at N = 16, BLOCK_T = 8).
 * **Backward**, chunks in reverse order, per chunk: recompute the chunk's states from its checkpoint
