@@ -297,16 +297,19 @@ def test_gradients_only_for_some_inputs(chunk):
 
 _AOT_SCRIPT = """
 import torch
+from vmbench.ops.selective_scan_triton import ScanConfig
 from vmbench.ops.selective_scan_triton_aot import compile_for_target, sass_profile
 variants = [
     dict(),  # VM-UNet stage 1: fp32, grouped B/C, D, delta_bias, softplus
     dict(dtype=torch.bfloat16),
     dict(dtype=torch.bfloat16, has_z=True, b_const=True, n_state=5, length=33, channel_divisor=3),
     dict(dtype=torch.float16, c_const=True, has_d=False, has_bias=False, softplus=False, length=7),
+    dict(config=ScanConfig(dot_sums=1)),  # the channel sums as a tl.dot
 ]
 for i, kw in enumerate(variants):
     kernels = compile_for_target(**kw)
     launch = kernels.pop("launch")
+    assert launch.dot_sums == ("config" in kw), kw
     for name, kernel in kernels.items():
         assert len(kernel.asm["cubin"]) > 0, (kw, name)
         if i < 2:  # the default tiles at VM-UNet's stage-1 call
@@ -333,7 +336,7 @@ def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     done = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "compiled 8" in done.stdout
+    assert "compiled 10" in done.stdout
     profiles = [line.split() for line in done.stdout.splitlines() if line.startswith(("fwd", "bwd"))]
     assert len(profiles) == 4
     for name, dtype, registers, spill_bytes, per_element, shuffles, exps in profiles:
@@ -494,6 +497,18 @@ def test_cuda_vmunet_shapes_match_fp64(channels, length):
 
 @pytest.mark.cuda
 @needs_cuda
+def test_cuda_channel_sums_as_a_dot_match_fp64(chunk):
+    chunk(dot_sums=1)  # the option the GPU check times against the default
+    inputs = vmunet_inputs(1536, 1024)
+    ref_out, _, ref_grads = run(inputs, "torch", device="cuda", delta_softplus=True)
+    out, _, grads = run({k: v.float() for k, v in inputs.items()}, "triton", device="cuda", delta_softplus=True)
+    assert_matches(out, ref_out, 1e-4, "out")
+    for name in grads:
+        assert_matches(grads[name], ref_grads[name], 5e-4 if name == "A" else 1e-4, f"gradient of {name}")
+
+
+@pytest.mark.cuda
+@needs_cuda
 def test_cuda_vmunet_stage1_bf16_and_automatic_choice():
     inputs = vmunet_inputs(768, 4096)
     rounded = {k: (v.to(torch.bfloat16).double() if k in ("u", "delta", "B", "C") else v) for k, v in inputs.items()}
@@ -555,3 +570,12 @@ def test_deterministic_mode_is_refused_by_the_backward_with_the_fix(chunk):
         assert inputs["B"].grad is not None
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+@pytest.mark.parametrize("bc", ["grouped", "single"])
+def test_channel_sums_as_a_dot_match_the_reference(chunk, bc):
+    # dot_sums=1: the backward's dB/dC sums over a program's channels run as a batched tl.dot
+    # (needs 16 states and 16 channels per program, so VM-UNet-like sizes here).
+    chunk(block_t=8, bwd_block_d=16, dot_sums=1)
+    assert scan_triton.scan_config(32, 21, 16, 16).dot_sums
+    check_against_reference(make_inputs(batch=2, groups=2, per_group=16, n_state=16, length=21, bc=bc), delta_softplus=True)

@@ -132,6 +132,25 @@ def _states_forward(decay, x, h, steps, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
+def _sum_over_channels(tile, rows, DOT: tl.constexpr):
+    """sum_d tile[t, n, d] * rows[t, d] as (BLOCK_T, BLOCK_N).
+
+    With DOT, a batched fp32 (ieee) ``tl.dot`` against (rows | 0): Triton stages the operands
+    through shared memory and sums the channels in-thread with FMAs, instead of a butterfly of warp
+    shuffles per value (on sm_90 the shuffle unit issues a quarter of the FP32 rate). The zero
+    column only pads the dot's width to two.
+    """
+    if DOT:
+        total, _ = tl.split(tl.dot(tile, tl.join(rows, tl.zeros_like(rows)), input_precision="ieee"))
+        # + -0.0 is exact and compiles to nothing; it gives Triton 3.6's interpreter a contiguous
+        # array, whose atomic_add misplaces the values of tl.split's strided views (fixed by 3.9).
+        total = total + -0.0
+    else:
+        total = tl.sum(tile * rows[:, None, :], axis=2)
+    return total
+
+
+@triton.jit
 def _softplus(x):
     # torch / mamba-ssm softplus: log1p(exp(x)) for x <= 20, x above. log1p via Kahan's trick
     # (log(1+e) * e / ((1+e) - 1)) keeps full relative precision for very negative x, where
@@ -273,6 +292,7 @@ def _scan_bwd_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
     B_CONST: tl.constexpr, C_CONST: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    DOT_SUMS: tl.constexpr,
 ):  # fmt: skip
     pid_d = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
@@ -383,12 +403,12 @@ def _scan_bwd_kernel(
         if B_CONST:
             dB_acc += tl.sum(adj * dtu[:, None, :], axis=0)
         else:
-            part = tl.sum(adj * dtu[:, None, :], axis=2)  # (BLOCK_T, BLOCK_N): this block's channels
+            part = _sum_over_channels(adj, dtu, DOT_SUMS)  # (BLOCK_T, BLOCK_N): this block's channels
             tl.atomic_add(dB_rows[None, :] + t[:, None], part, mask=t_ok[:, None] & n_ok[None, :], sem="relaxed")
         if C_CONST:
             dC_acc += tl.sum(states * dy[:, None, :], axis=0)
         else:
-            part = tl.sum(states * dy[:, None, :], axis=2)
+            part = _sum_over_channels(states, dy, DOT_SUMS)
             tl.atomic_add(dC_rows[None, :] + t[:, None], part, mask=t_ok[:, None] & n_ok[None, :], sem="relaxed")
 
     # Parameters are shared by all batch elements: one atomic add per program.
@@ -416,6 +436,8 @@ class ScanConfig:
     Backward (8, 16) x 4 warps: ~160 registers, ~53 per element, ~10 of them warp shuffles (the sums
     over channels for dB/dC and over states for du/ddelta); no spills in fp32 or bf16. Larger tiles
     lower the count a little but spill or drop occupancy (255 registers, 8 warps per SM).
+    ``dot_sums=1`` does the backward's dB/dC channel sums as a tl.dot: ~46 instructions and ~2.4
+    shuffles per element but twice the shared-memory traffic; off until a GPU has timed both.
     """
 
     block_t: int = 8  # time steps per chunk and per checkpoint (checkpoints: N / block_t of u's size)
@@ -424,9 +446,11 @@ class ScanConfig:
     max_tile: int = 4096  # upper bound on BLOCK_T * BLOCK_N * BLOCK_D (registers per 3-D tile)
     fwd_warps: int = 2
     bwd_warps: int = 4
+    dot_sums: int = 0  # 1: the backward sums dB/dC over channels with a tl.dot (see _sum_over_channels)
 
 
 DEFAULT_CONFIG = ScanConfig()
+_SWITCHES = ("dot_sums",)  # 0 or 1
 
 
 def _config_from_env() -> ScanConfig:
@@ -437,10 +461,12 @@ def _config_from_env() -> ScanConfig:
     for item in text.split(","):
         key, _, value = item.partition("=")
         key, value = key.strip(), value.strip()
-        if key not in ScanConfig.__dataclass_fields__ or not value.isdigit() or int(value) < 1:
+        smallest = 0 if key in _SWITCHES else 1
+        if key not in ScanConfig.__dataclass_fields__ or not value.isdigit() or int(value) < smallest:
             raise ValueError(
-                f"{CONFIG_ENV_VAR}={text!r}: expected comma-separated key=positive-integer pairs with keys "
-                f"{', '.join(ScanConfig.__dataclass_fields__)}"
+                f"{CONFIG_ENV_VAR}={text!r}: expected comma-separated key=value pairs, positive integers for "
+                f"{', '.join(k for k in ScanConfig.__dataclass_fields__ if k not in _SWITCHES)} and 0/1 for "
+                f"{', '.join(_SWITCHES)}"
             )
         values[key] = int(value)
     return replace(DEFAULT_CONFIG, **values)
@@ -461,6 +487,7 @@ class Launch:
     n_chunks: int
     fwd_warps: int
     bwd_warps: int
+    dot_sums: bool = False
 
 
 def scan_config(dim: int, length: int, n_state: int, channel_divisor: int, config: ScanConfig | None = None) -> Launch:
@@ -479,14 +506,17 @@ def scan_config(dim: int, length: int, n_state: int, channel_divisor: int, confi
     def block_d(limit: int) -> int:
         return max(1, min(divisor_pow2, _pow2_at_most(limit), by_tile))
 
+    bwd_d = block_d(cfg.bwd_block_d)
     return Launch(
         block_d(cfg.fwd_block_d),
-        block_d(cfg.bwd_block_d),
+        bwd_d,
         block_n,
         block_t,
         math.ceil(length / block_t),
         cfg.fwd_warps,
         cfg.bwd_warps,
+        # tl.dot wants at least 16 rows and 16 reduced entries (states x channels) per step.
+        dot_sums=bool(cfg.dot_sums) and block_n >= 16 and bwd_d >= 16,
     )
 
 
@@ -639,6 +669,7 @@ class SelectiveScanTriton(torch.autograd.Function):
             BLOCK_D=cfg.bwd_block_d, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t,
             B_CONST=Bl.const, C_CONST=Cl.const,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
+            DOT_SUMS=cfg.dot_sums,
             num_warps=cfg.bwd_warps,
         )  # fmt: skip
         return (

@@ -77,7 +77,7 @@ def compile_for_target(
 
     tiles = dict(BLOCK_N=launch.block_n, BLOCK_T=launch.block_t)
     fwd = dict(flags, **tiles, BLOCK_D=launch.fwd_block_d, STORE_CKPT=True, STORE_LAST=False)
-    bwd = dict(flags, **tiles, BLOCK_D=launch.bwd_block_d)
+    bwd = dict(flags, **tiles, BLOCK_D=launch.bwd_block_d, DOT_SUMS=launch.dot_sums)
     return {
         "fwd": build(kernels._scan_fwd_kernel, fwd, launch.fwd_warps),
         "bwd": build(kernels._scan_bwd_kernel, bwd, launch.bwd_warps),
