@@ -572,6 +572,16 @@ def test_deterministic_mode_is_refused_by_the_backward_with_the_fix(chunk):
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
+def _triton_before(major: int, minor: int) -> bool:
+    import triton
+
+    return tuple(int(p) for p in triton.__version__.split(".")[:2]) < (major, minor)
+
+
+@pytest.mark.skipif(
+    SKIP_REASON is None and INTERPRET and _triton_before(3, 9),
+    reason="Triton 3.6's interpreter misplaces atomic_add values taken from tl.split's strided views (3.9's does not)",
+)
 @pytest.mark.parametrize("bc", ["grouped", "single"])
 def test_channel_sums_as_a_dot_match_the_reference(chunk, bc):
     # dot_sums=1: the backward's dB/dC sums over a program's channels run as a batched tl.dot

@@ -142,9 +142,6 @@ def _sum_over_channels(tile, rows, DOT: tl.constexpr):
     """
     if DOT:
         total, _ = tl.split(tl.dot(tile, tl.join(rows, tl.zeros_like(rows)), input_precision="ieee"))
-        # + -0.0 is exact and compiles to nothing; it gives Triton 3.6's interpreter a contiguous
-        # array, whose atomic_add misplaces the values of tl.split's strided views (fixed by 3.9).
-        total = total + -0.0
     else:
         total = tl.sum(tile * rows[:, None, :], axis=2)
     return total
