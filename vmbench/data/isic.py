@@ -441,7 +441,8 @@ def build_isic(
         raise DataError(str(err)) from None
 
 
-_ISIC_KW = dict(
+# Registry metadata shared with the generated stand-in (vmbench.data.synthetic).
+ISIC_DATASET_INFO = dict(
     task="binary",
     num_classes=1,
     in_chans=3,
@@ -455,7 +456,7 @@ _ISIC_KW = dict(
     "isic2017",
     description="ISIC 2017 lesion segmentation (challenge archives or the VM-UNet prepared layout).",
     default_root="data/isic2017",
-    **_ISIC_KW,
+    **ISIC_DATASET_INFO,
 )
 def isic2017(root=None, split="train", protocol="holdout", img_size=(256, 256), augment=None, seed=0, **kwargs):
     return build_isic(root, split, protocol, img_size, augment, seed, year=2017, name="isic2017", **kwargs)
@@ -465,7 +466,7 @@ def isic2017(root=None, split="train", protocol="holdout", img_size=(256, 256), 
     "isic2018",
     description="ISIC 2018 Task 1 lesion segmentation (challenge archives or the VM-UNet prepared layout).",
     default_root="data/isic2018",
-    **_ISIC_KW,
+    **ISIC_DATASET_INFO,
 )
 def isic2018(root=None, split="train", protocol="holdout", img_size=(256, 256), augment=None, seed=0, **kwargs):
     return build_isic(root, split, protocol, img_size, augment, seed, year=2018, name="isic2018", **kwargs)

@@ -135,23 +135,30 @@ def _read_list(path: Path) -> list[str]:
     return names
 
 
+def _listed_names(root: Path, folder: Path, list_file: str, suffix: str, item: str, items: str) -> tuple[list[str], Path]:
+    """Names from ``lists/<list_file>`` (each must exist in ``folder`` with ``suffix``), else every
+    ``*<suffix>`` file in ``folder``; with the place they came from."""
+    lists = find_synapse_lists(root)
+    if lists is not None and (lists / list_file).is_file():
+        source = lists / list_file
+        names = _read_list(source)
+        missing = [n for n in names if not (folder / f"{n}{suffix}").is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} {item}(s) listed in {source} are missing from {folder}: {few(missing)}")
+    else:
+        source = folder
+        names = sorted(p.name[: -len(suffix)] for p in folder.glob(f"*{suffix}"))
+    if not names:
+        raise DataError(f"no {items} in {source}")
+    return names, source
+
+
 def _train_slices(root: Path) -> dict[str, list[tuple[int, Path]]]:
     """case id -> [(slice index, npz path)] sorted by index, from train.txt or a folder scan."""
     folder = root / "train_npz"
     if not folder.is_dir():
         raise DataError(f"missing folder {folder} (Synapse training slices, TransUNet layout)")
-    lists = find_synapse_lists(root)
-    if lists is not None and (lists / "train.txt").is_file():
-        names = _read_list(lists / "train.txt")
-        source = lists / "train.txt"
-        missing = [n for n in names if not (folder / f"{n}.npz").is_file()]
-        if missing:
-            raise DataError(f"{len(missing)} slice(s) listed in {source} are missing from {folder}: {few(missing)}")
-    else:
-        names = sorted(p.name[: -len(".npz")] for p in folder.glob("*.npz"))
-        source = folder
-    if not names:
-        raise DataError(f"no training slices in {source}")
+    names, source = _listed_names(root, folder, "train.txt", ".npz", "slice", "training slices")
     cases: dict[str, list[tuple[int, Path]]] = {}
     for n in names:
         m = _SLICE.match(n)
@@ -167,18 +174,7 @@ def _test_volumes(root: Path) -> dict[str, Path]:
     folder = root / "test_vol_h5"
     if not folder.is_dir():
         raise DataError(f"missing folder {folder} (Synapse test volumes, TransUNet layout)")
-    lists = find_synapse_lists(root)
-    if lists is not None and (lists / "test_vol.txt").is_file():
-        names = _read_list(lists / "test_vol.txt")
-        source = lists / "test_vol.txt"
-        missing = [n for n in names if not (folder / f"{n}.npy.h5").is_file()]
-        if missing:
-            raise DataError(f"{len(missing)} volume(s) listed in {source} are missing from {folder}: {few(missing)}")
-    else:
-        names = sorted(p.name[: -len(".npy.h5")] for p in folder.glob("*.npy.h5"))
-        source = folder
-    if not names:
-        raise DataError(f"no test volumes in {source}")
+    names, _ = _listed_names(root, folder, "test_vol.txt", ".npy.h5", "volume", "test volumes")
     return {n: folder / f"{n}.npy.h5" for n in names}
 
 
@@ -417,14 +413,20 @@ def build_synapse(
     return SynapseSliceDataset(slices, augment=augment, seed=seed, cases=chosen, **common)
 
 
-@register_dataset(
-    "synapse",
+# Registry metadata shared with the generated stand-in (vmbench.data.synthetic).
+SYNAPSE_DATASET_INFO = dict(
     task="multiclass",
     num_classes=NUM_CLASSES,
     in_chans=1,
     img_size=(224, 224),
     evaluation="volume",
     class_names=CLASS_NAMES_B,
+)
+
+
+@register_dataset(
+    "synapse",
+    **SYNAPSE_DATASET_INFO,
     description=(
         "Synapse multi-organ CT (BTCV), TransUNet preprocessed layout; 8 organs + background. "
         "Per-organ names assume mapping (B) of the spec (1 aorta ... 8 stomach), which is not "

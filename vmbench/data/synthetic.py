@@ -38,13 +38,12 @@ import numpy as np
 
 from vmbench.data.common import atomic_dir, cache_dir
 from vmbench.data.errors import DataError
-from vmbench.data.isic import CHALLENGE_FOLDERS, build_isic
+from vmbench.data.isic import CHALLENGE_FOLDERS, ISIC_DATASET_INFO, build_isic
 from vmbench.data.synapse import (
-    CLASS_NAMES_B,
     HOLDOUT_VAL_CASES,
-    NUM_CLASSES,
     PAPER_TEST_CASES,
     PAPER_TRAIN_CASES,
+    SYNAPSE_DATASET_INFO,
     build_synapse,
     prepare_synapse,
 )
@@ -475,12 +474,7 @@ def synthetic_synapse_root(
 
 @register_dataset(
     "synthetic-isic",
-    task="binary",
-    num_classes=1,
-    in_chans=3,
-    img_size=(256, 256),
-    evaluation="pooled2d",
-    class_names=("lesion",),
+    **ISIC_DATASET_INFO,
     description=(
         "Generated dermoscopy-like lesions in the ISIC2018 challenge layout (root=None generates "
         "into the vmbench cache); same loader, splits and protocols as isic2018."
@@ -507,12 +501,7 @@ def synthetic_isic(
 
 @register_dataset(
     "synthetic-synapse",
-    task="multiclass",
-    num_classes=NUM_CLASSES,
-    in_chans=1,
-    img_size=(224, 224),
-    evaluation="volume",
-    class_names=CLASS_NAMES_B,
+    **SYNAPSE_DATASET_INFO,
     description=(
         "Generated abdominal-CT-like volumes with the official Synapse case ids, prepared into the "
         "TransUNet layout (root=None generates into the vmbench cache); organ ids follow mapping (B) "
