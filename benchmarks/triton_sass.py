@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -48,15 +47,11 @@ def main(argv=None) -> int:
     print("-" * len(header))
     for text in args.configs:
         os.environ[kernels.CONFIG_ENV_VAR] = text
-        config = replace(kernels._config_from_env())
-        built = compile_for_target(arch=args.arch, dtype=dtype, config=config)
-        launch = built["launch"]
+        built = compile_for_target(arch=args.arch, dtype=dtype, config=kernels._config_from_env())
         for name in ("fwd", "bwd"):
-            block_d, warps = (launch.fwd_block_d, launch.fwd_warps) if name == "fwd" else (launch.bwd_block_d, launch.bwd_warps)
-            p = sass_profile(built[name], launch.block_t, launch.block_n, block_d, warps)
-            tile = f"{launch.block_t}x{launch.block_n}x{block_d}/{warps}"
+            p = sass_profile(built, name)
             print(
-                f"{text or '(defaults)':<44} {name:<4} {tile:<16} {p.registers:>4} {p.spill_bytes:>5} "
+                f"{text or '(defaults)':<44} {name:<4} {p.tile:<16} {p.registers:>4} {p.spill_bytes:>5} "
                 f"{p.instructions_per_element:>6.1f} {p.shuffles_per_element:>5.2f} "
                 f"{p.special_functions_per_element:>5.2f} {p.shared_memory_ops_per_element:>5.2f}"
             )

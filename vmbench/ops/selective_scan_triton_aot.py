@@ -90,6 +90,7 @@ class SassProfile:
     """Static facts about one compiled kernel; ``*_per_element`` count its main loop's instructions
     per (step, state, channel) element a thread handles in one iteration."""
 
+    tile: str  # "BLOCK_T x BLOCK_N x BLOCK_D / warps"
     registers: int
     spill_bytes: int  # per-thread stack frame: local-memory spills (0 is what we want)
     loop_instructions: int
@@ -108,12 +109,15 @@ def _cuobjdump() -> str:
     return path
 
 
-def sass_profile(kernel, block_t: int, block_n: int, block_d: int, warps: int) -> SassProfile:
-    """Registers, spills and the main loop's instruction mix of a kernel from :func:`compile_for_target`.
+def sass_profile(built: dict, which: str) -> SassProfile:
+    """Registers, spills and the main loop's instruction mix of ``built[which]`` ("fwd" or "bwd"),
+    ``built`` being what :func:`compile_for_target` returned.
 
     The main loop is the longest backward branch in the SASS (the loop over chunks); elements per
-    thread = block_t * block_n * block_d / (32 * warps).
+    thread = block_t * block_n * block_d / (32 * warps) with that kernel's tiles.
     """
+    kernel, launch = built[which], built["launch"]
+    block_d, warps = (launch.fwd_block_d, launch.fwd_warps) if which == "fwd" else (launch.bwd_block_d, launch.bwd_warps)
     tool = _cuobjdump()
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
@@ -134,8 +138,9 @@ def sass_profile(kernel, block_t: int, block_n: int, block_d: int, warps: int) -
             loop = (int(target.group(1), 16), address)
     body = [text for address, text in instructions if loop[0] <= address <= loop[1]]
     opcodes = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for text in body)
-    elements = block_t * block_n * block_d / (32 * warps)
+    elements = launch.block_t * launch.block_n * block_d / (32 * warps)
     return SassProfile(
+        tile=f"{launch.block_t}x{launch.block_n}x{block_d}/{warps}",
         registers=registers,
         spill_bytes=spill,
         loop_instructions=len(body),
