@@ -12,7 +12,8 @@
 #   scan-triton  vmbench bench scan --device cuda --batch-size 32 (Triton, and mamba-ssm's kernel
 #                if it imports; no mambapy here): fwd and fwd+bwd time, GB/s, % of peak, x floor
 #   model        vmbench bench model --device cuda --bf16 both --sizes 256 --batch-size 32 (Triton)
-#   [time left]  sweep: Triton tile configurations at stage 1 (VMBENCH_TRITON_SCAN_CONFIG)
+#   [time left]  tune: vmbench bench tune at stage 1, batch 32: the candidate Triton tile configurations
+#                (VMBENCH_TRITON_SCAN_CONFIG), each checked against the torch backend, then timed
 #   [time left]  scan-torch, model-torch: the same for the pure-PyTorch backend (the fallback)
 #   [time left]  tests-all: the whole Triton test file compiled on CUDA (every feature/layout)
 #
@@ -99,32 +100,12 @@ if "$PY" -c "import selective_scan_cuda" >/dev/null 2>&1; then
     SCAN_BACKENDS+=(--backend cuda)
 fi
 
-sweep() {
-    # Tile configurations ranked by static machine-code counts (benchmarks/triton_sass.py): the
-    # defaults (block_t=8, fwd 16 channels x 2 warps, bwd 16 x 4), the fewest instructions per
-    # element at 255 registers (one warp), two between, and the backward's channel sums as a
-    # tl.dot (fewer shuffles, more shared-memory traffic; off by default until timed).
-    local cfg failed=0
-    for cfg in \
-        "" \
-        "fwd_warps=1,bwd_block_d=8,bwd_warps=1" \
-        "bwd_block_d=8,bwd_warps=2" \
-        "block_t=16,fwd_warps=4,bwd_warps=8" \
-        "dot_sums=1" \
-        "dot_sums=1,bwd_block_d=32"; do
-        echo "-- VMBENCH_TRITON_SCAN_CONFIG=${cfg:-(defaults)}"
-        VMBENCH_TRITON_SCAN_CONFIG="$cfg" vmbench bench scan --device cuda --backend triton \
-            --batch-size 32 --shapes 768:4096 --repeats 3 --no-mambapy || failed=$((failed + 1))
-    done
-    return "$failed"
-}
-
-export -f vmbench env_report sweep
+export -f vmbench env_report
 step env 30 5 env_report
 step tests 90 30 "$PY" -m pytest -q -rs -p no:cacheprovider -m cuda tests/test_selective_scan_triton.py
 step scan-triton 75 30 vmbench bench scan --device cuda --batch-size 32 --repeats 5 --no-mambapy "${SCAN_BACKENDS[@]}"
 step model 80 40 vmbench bench model --device cuda --bf16 both --sizes 256 --batch-size 32 --backend triton
-step sweep 100 40 sweep
+step tune 110 40 vmbench bench tune --device cuda --batch-size 32 --shapes 768:4096 --repeats 3
 step scan-torch 60 30 vmbench bench scan --device cuda --batch-size 32 --repeats 2 --backend torch --no-mambapy
 step model-torch 90 45 vmbench bench model --device cuda --bf16 off --sizes 256 --batch-size 32 --steps 2 --backend torch
 step tests-all 120 60 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_selective_scan_triton.py

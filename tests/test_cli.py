@@ -23,6 +23,14 @@ def test_unavailable_backend_is_one_clear_line(capsys):
     assert err.startswith("vmbench: error: selective-scan backend 'cuda'") and "\n" not in err
 
 
+def test_tune_without_a_gpu_or_the_interpreter_is_one_clear_line(capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(["bench", "tune", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vmbench: error: selective-scan backend 'triton'") and "CUDA device" in err
+    assert "\n" not in err
+
+
 def test_bad_shape_argument(capsys):
     try:
         main(["bench", "scan", "--shapes", "96x64"])

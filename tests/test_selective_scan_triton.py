@@ -422,6 +422,76 @@ def test_tile_sizes_respect_groups_and_length():
     assert scan_triton.scan_config(64, 100, 64, 64, cfg).fwd_block_d == 4  # large N: fewer channels
 
 
+def test_tune_checks_and_times_each_candidate(monkeypatch):
+    # `vmbench bench tune` for real (interpreter on CPU, compiled on CUDA), at one tiny shape: every
+    # candidate is checked against the torch backend and timed; the recommendation is the fastest.
+    from vmbench import bench
+
+    monkeypatch.setenv(scan_triton.CONFIG_ENV_VAR, "block_t=2")  # the caller's setting comes back afterwards
+    lines = []
+    summary = bench.bench_tune(
+        ["dot_sums=1", " "], shapes=((32, 40),), device=DEVICE, repeats=1, isolate=False, printer=lines.append
+    )
+    assert os.environ[scan_triton.CONFIG_ENV_VAR] == "block_t=2"
+    configs = [e["config"] for e in summary["candidates"]]
+    assert configs == ["", "dot_sums=1"]  # the defaults always run, first; blanks dropped
+    for entry in summary["candidates"]:
+        assert entry["correct"] and entry["max_rel_err"] < 1e-5
+        assert entry["rows"][0]["shape"] == (32, 40)
+    fastest = min(summary["candidates"], key=lambda e: e["fwd_bwd_s"])["config"]
+    assert summary["best_fwd_bwd"] == fastest
+    assert any(line.startswith("fastest for training") for line in lines)
+
+
+def _fake_tune(results):
+    """run_tune_case stand-in: made-up (fwd_s, fwd_bwd_s, error) per config, or an exception."""
+
+    def run(case):
+        outcome = results[case.config]
+        if isinstance(outcome, Exception):
+            raise outcome
+        fwd, fwd_bwd, error = outcome
+        row = dict(impl="triton", shape=case.shapes[0], batch=case.batch, fwd_s=fwd, fwd_bwd_s=fwd_bwd,
+                   fwd_peak_bytes=0, fwd_bwd_peak_bytes=0, max_rel_err=error)  # fmt: skip
+        return {"config": case.config, "rows": [row]}
+
+    return run
+
+
+def test_tune_excludes_wrong_and_failing_candidates(monkeypatch):
+    from vmbench import bench
+
+    monkeypatch.setattr(bench, "run_tune_case", _fake_tune({
+        "": (1e-3, 4e-3, 1e-7),
+        "block_t=16": (0.1e-3, 0.5e-3, 0.3),  # fastest but wrong: never recommended
+        "bwd_warps=8": RuntimeError("out of resources"),
+        "bwd_block_d=8": (2e-3, 2e-3, 1e-7),  # twice the defaults' training speed, slower forward
+    }))  # fmt: skip
+    lines = []
+    summary = bench.bench_tune(
+        ["block_t=16", "bwd_warps=8", "bwd_block_d=8"], shapes=((768, 4096),), device="cuda", isolate=False,
+        printer=lines.append,
+    )  # fmt: skip
+    assert summary["failed"] == ["bwd_warps=8"]
+    assert summary["best_fwd_bwd"] == "bwd_block_d=8" and summary["best_fwd"] == ""
+    text = "\n".join(lines)
+    assert "WRONG: excluded" in text and "failed: RuntimeError: out of resources" in text
+    assert f"{scan_triton.CONFIG_ENV_VAR}='bwd_block_d=8', 2.00x the defaults' speed" in text
+    assert "fastest for inference (fwd): the defaults" in text
+
+    monkeypatch.setattr(bench, "run_tune_case", _fake_tune({"": (1e-3, 4e-3, 0.5), "block_t=16": (1e-3, 4e-3, 0.5)}))
+    with pytest.raises(RuntimeError, match="no Triton tile configuration both ran and matched"):
+        bench.bench_tune(["block_t=16"], shapes=((768, 4096),), device="cuda", isolate=False, printer=lines.append)
+
+
+def test_tune_refuses_a_malformed_candidate_before_timing_anything(monkeypatch):
+    from vmbench import bench
+
+    monkeypatch.setattr(bench, "run_tune_case", _fake_tune({}))  # KeyError if anything ran
+    with pytest.raises(ValueError, match="VMBENCH_TRITON_SCAN_CONFIG='warps=4'"):
+        bench.bench_tune(["dot_sums=1", "warps=4"], device=DEVICE, isolate=False, printer=lambda line: None)
+
+
 def test_cuda_scan_table_arithmetic_with_synthetic_timings(monkeypatch):
     # Exercises the CUDA branch of `vmbench bench scan` on CPU with made-up timings (no GPU figure):
     # bytes per spec 5.3, GB/s, % of peak and multiple of the floor.

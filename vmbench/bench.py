@@ -1,4 +1,4 @@
-"""Benchmarks: ``vmbench bench scan`` and ``vmbench bench model``.
+"""Benchmarks: ``vmbench bench scan``, ``vmbench bench model`` and ``vmbench bench tune``.
 
 Every figure is measured in this run, side by side, and targets are printed as ratios; nothing is
 compared with stored numbers. Each case runs in a fresh process so that peak memory (peak RSS on
@@ -13,6 +13,7 @@ multiple of the floor (bytes / peak: the spec's 0.43 ms / 0.72 ms at stage 1 for
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import multiprocessing
 import os
@@ -460,3 +461,165 @@ def bench_model(
     if failures:
         raise RuntimeError(f"{len(failures)} model case(s) failed: {', '.join(failures)} (see the rows above)")
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton tile tuning
+
+
+@dataclass
+class TuneCase:
+    config: str  # VMBENCH_TRITON_SCAN_CONFIG text; "" = the defaults
+    shapes: tuple[tuple[int, int], ...]
+    batch: int
+    device: str
+    repeats: int
+
+
+def _max_relative_error(got, ref) -> float:
+    """Largest absolute difference over the reference's largest magnitude."""
+    scale = ref.abs().max().item()
+    return (got.double() - ref.double()).abs().max().item() / max(scale, 1e-30)
+
+
+def _check_against_torch(case: ScanCase) -> float:
+    """Largest relative error of the Triton output and every input gradient against the torch backend,
+    at batch 1 of the case's inputs (a bad tile configuration shows at any batch size)."""
+    import torch
+
+    one = ScanCase("triton", case.channels, case.length, 1, case.d_state, case.groups, case.device)
+    inputs = _scan_inputs(one)
+    g = torch.Generator().manual_seed(1)
+    weights = torch.randn(1, case.channels, case.length, generator=g).to(case.device)
+    results = []
+    for backend in ("triton", "torch"):
+        for t in inputs:
+            t.grad = None
+        out = _scan_fn(backend)(*inputs)
+        (out * weights).sum().backward()
+        results.append([out.detach()] + [t.grad.clone() for t in inputs])
+    return max(_max_relative_error(got, ref) for got, ref in zip(*results))
+
+
+@contextlib.contextmanager
+def _triton_scan_config(text: str):
+    from vmbench.ops.selective_scan_triton import CONFIG_ENV_VAR
+
+    previous = os.environ.get(CONFIG_ENV_VAR)
+    os.environ[CONFIG_ENV_VAR] = text
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(CONFIG_ENV_VAR, None)
+        else:
+            os.environ[CONFIG_ENV_VAR] = previous
+
+
+def run_tune_case(case: TuneCase) -> dict[str, Any]:
+    """Check one tile configuration against the torch backend, then time it at every shape."""
+    rows = []
+    with _triton_scan_config(case.config):
+        for channels, length in case.shapes:
+            scan_case = ScanCase("triton", channels, length, case.batch, device=case.device, repeats=case.repeats)
+            error = _check_against_torch(scan_case)
+            rows.append({**run_scan_case(scan_case), "max_rel_err": error})
+    return {"config": case.config, "rows": rows}
+
+
+TUNE_TOLERANCE = 1e-3  # of the largest magnitude; fp32 sums in another order differ by ~1e-6
+
+
+def bench_tune(
+    configs: list[str] | None = None,
+    shapes: tuple[tuple[int, int], ...] = STAGE_SHAPES,
+    batch: int | None = None,
+    device: str = "cuda",
+    repeats: int = 3,
+    isolate: bool = True,
+    printer: Callable[[str], None] = print,
+    tolerance: float = TUNE_TOLERANCE,
+) -> dict[str, Any]:
+    """Time Triton tile configurations (``VMBENCH_TRITON_SCAN_CONFIG`` texts) on this device.
+
+    Each candidate runs in a fresh process: first checked against the torch backend (output and all
+    gradients, batch 1), then timed fwd and fwd+bwd at every shape. The fastest candidates for
+    training (summed fwd+bwd) and inference (summed fwd) are printed as settings to export; the
+    defaults are always among the candidates, as the baseline.
+    """
+    from vmbench.ops import resolve_backend
+
+    resolve_backend("triton", device)  # a clear error if Triton cannot run here (e.g. CPU without the interpreter)
+    from vmbench.ops.selective_scan_triton import CONFIG_ENV_VAR, TUNING_CANDIDATES, parse_config
+
+    candidates = [""] + [c.strip() for c in (TUNING_CANDIDATES if configs is None else configs) if c.strip()]
+    candidates = list(dict.fromkeys(candidates))  # the defaults first, no repeats
+    for text in candidates:
+        parse_config(text)  # a typo fails here, naming the text, before anything is timed
+    cuda = device.startswith("cuda")
+    batch = batch or (32 if cuda else 1)
+    runner = _in_fresh_process if isolate else (lambda fn, *a: fn(*a))
+    printer(
+        f"Triton scan tiles ({CONFIG_ENV_VAR}), {device}, batch {batch}, N=16, G=4, best of {repeats}; each "
+        f"candidate checked against the torch backend first (output and gradients, batch 1, tolerance {tolerance:g})"
+    )
+    if not cuda:
+        printer("(Triton's interpreter on the CPU: these times check the tool, they say nothing about a GPU)")
+    unit, scale = ("ms", 1e3) if cuda else ("s", 1.0)
+    labels = [f"{c}x{length}" for c, length in shapes]
+    width = max(12, *(len(label) for label in labels))
+    printer(
+        f"{'config':<40} "
+        + " ".join(f"{label:>{width}}" for label in labels)
+        + f" {'fwd ' + unit:>10} {'fwd+bwd ' + unit:>11} {'vs defaults':>11} {'max err':>8}"
+    )
+    printer(f"{'':<40} " + " ".join(f"{'fwd+bwd ' + unit:>{width}}" for _ in labels))
+    measured, failed = [], []
+    for text in candidates:
+        name = text or "(defaults)"
+        try:
+            result = runner(run_tune_case, TuneCase(text, tuple(shapes), batch, device, repeats))
+        except Exception as err:  # one candidate failing (compile error, out of memory) must not end the run
+            printer(f"{name:<40} failed: {type(err).__name__}: {str(err)[:200]}")
+            failed.append(name)
+            continue
+        rows = result["rows"]
+        error = max(r["max_rel_err"] for r in rows)
+        entry = {
+            "config": text,
+            "rows": rows,
+            "fwd_s": sum(r["fwd_s"] for r in rows),
+            "fwd_bwd_s": sum(r["fwd_bwd_s"] for r in rows),
+            "max_rel_err": error,
+            "correct": error <= tolerance,
+        }
+        measured.append(entry)
+        baseline = measured[0] if measured[0]["config"] == "" else None
+        ratio = f"{baseline['fwd_bwd_s'] / entry['fwd_bwd_s']:>10.2f}x" if baseline else f"{'-':>11}"
+        printer(
+            f"{name:<40} "
+            + " ".join(f"{r['fwd_bwd_s'] * scale:>{width}.3f}" for r in rows)
+            + f" {entry['fwd_s'] * scale:>10.3f} {entry['fwd_bwd_s'] * scale:>11.3f} {ratio} {error:>8.1e}"
+            + ("" if entry["correct"] else "  WRONG: excluded")
+        )
+    correct = [e for e in measured if e["correct"]]
+    if not correct:
+        raise RuntimeError(
+            f"no Triton tile configuration both ran and matched the torch backend within {tolerance:g} "
+            f"({len(failed)} failed, {len(measured)} wrong; see the rows above)"
+        )
+    summary = {"candidates": measured, "failed": failed}
+    for key, what in (("fwd_bwd_s", "training (fwd+bwd)"), ("fwd_s", "inference (fwd)")):
+        best = min(correct, key=lambda e: e[key])
+        summary["best_" + key.removesuffix("_s")] = best["config"]
+        defaults = next((e for e in correct if e["config"] == ""), None)
+        if best["config"] == "":
+            printer(f"fastest for {what}: the defaults ({CONFIG_ENV_VAR} unset)")
+        else:
+            gain = f", {defaults[key] / best[key]:.2f}x the defaults' speed" if defaults else ""
+            printer(f"fastest for {what}: {CONFIG_ENV_VAR}='{best['config']}'{gain}")
+    printer(
+        f"(set {CONFIG_ENV_VAR} in the environment of the training processes; on a Ray cluster, in the "
+        "workers' environment or runtime_env env_vars)"
+    )
+    return summary

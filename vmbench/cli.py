@@ -59,6 +59,19 @@ def cmd_bench_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_tune(args: argparse.Namespace) -> int:
+    from vmbench.bench import STAGE_SHAPES, bench_tune
+
+    bench_tune(
+        configs=args.config,
+        shapes=tuple(args.shapes) if args.shapes else STAGE_SHAPES,
+        batch=args.batch_size,
+        device=args.device,
+        repeats=args.repeats,
+    )
+    return 0
+
+
 def cmd_bench_model(args: argparse.Namespace) -> int:
     from vmbench.bench import bench_model
 
@@ -292,6 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: a device-to-device copy measured in the same run)"
     )
     p.set_defaults(func=cmd_bench_scan)
+
+    p = bench.add_parser(
+        "tune", help="time Triton scan tile configurations on this GPU and print the fastest setting"
+    )
+    p.add_argument("--device", default="cuda", help="cuda[:N] (default cuda; cpu only under TRITON_INTERPRET=1)")
+    p.add_argument(
+        "--config", action="append", help="a VMBENCH_TRITON_SCAN_CONFIG text to try, e.g. "
+        "'block_t=16,bwd_warps=8' (repeatable; default: vmbench's candidate list); the defaults always run"
+    )
+    p.add_argument("--shapes", type=_shape, nargs="+", help="CHANNELS:LENGTH pairs (default: VM-UNet's 4 stages)")
+    p.add_argument("--batch-size", type=int, help="default 32 on CUDA (VM-UNet's training batch), 1 on CPU")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per case; the best is reported")
+    p.set_defaults(func=cmd_bench_tune)
 
     p = bench.add_parser("model", parents=[common], help="training images/s and peak memory of a model")
     p.add_argument("--model", default="vmunet")

@@ -42,7 +42,8 @@ Design (``shared/spec/selective_scan.md`` sections 4.2 and 5):
 
 Tile sizes (see :class:`ScanConfig`) were chosen from static machine-code counts, not yet timed on
 a GPU; overridable with ``VMBENCH_TRITON_SCAN_CONFIG`` (e.g.
-``block_t=16,fwd_block_d=16,bwd_block_d=16,fwd_warps=4,bwd_warps=8``).
+``block_t=16,fwd_block_d=16,bwd_block_d=16,fwd_warps=4,bwd_warps=8``); ``vmbench bench tune`` checks
+and times the :data:`TUNING_CANDIDATES` on the GPU at hand.
 
 The kernels are created when this module is imported, in Triton's compiled mode or, if
 ``TRITON_INTERPRET=1`` was set before ``triton`` was first imported, in its interpreter (CPU
@@ -67,6 +68,8 @@ __all__ = [
     "INTERPRET",
     "Launch",
     "ScanConfig",
+    "TUNING_CANDIDATES",
+    "parse_config",
     "scan_config",
     "selective_scan_triton",
 ]
@@ -450,8 +453,9 @@ DEFAULT_CONFIG = ScanConfig()
 _SWITCHES = ("dot_sums",)  # 0 or 1
 
 
-def _config_from_env() -> ScanConfig:
-    text = os.environ.get(CONFIG_ENV_VAR, "").strip()
+def parse_config(text: str) -> ScanConfig:
+    """A :class:`ScanConfig` from ``key=value`` pairs separated by commas (empty: the defaults)."""
+    text = text.strip()
     if not text:
         return DEFAULT_CONFIG
     values = {}
@@ -467,6 +471,24 @@ def _config_from_env() -> ScanConfig:
             )
         values[key] = int(value)
     return replace(DEFAULT_CONFIG, **values)
+
+
+def _config_from_env() -> ScanConfig:
+    return parse_config(os.environ.get(CONFIG_ENV_VAR, ""))
+
+
+# What `vmbench bench tune` times when given no candidates, ranked by static machine-code counts
+# (benchmarks/triton_sass.py): the defaults; the fewest instructions per element at 255 registers
+# (one warp); two between; longer chunks with more warps; the backward's channel sums as a tl.dot
+# (fewer shuffles, more shared-memory traffic), also with twice the channels per program.
+TUNING_CANDIDATES: tuple[str, ...] = (
+    "",
+    "fwd_warps=1,bwd_block_d=8,bwd_warps=1",
+    "bwd_block_d=8,bwd_warps=2",
+    "block_t=16,fwd_warps=4,bwd_warps=8",
+    "dot_sums=1",
+    "dot_sums=1,bwd_block_d=32",
+)
 
 
 def _pow2_at_most(n: int) -> int:
