@@ -212,3 +212,30 @@ def test_bad_shapes_name_the_argument(change, match):
     change(inputs)
     with pytest.raises(ValueError, match=match):
         selective_scan(**inputs, backend="torch")
+
+
+def test_mamba_kernel_backward_follows_deterministic_mode():
+    # mamba-ssm's backward adds dB/dC up with atomicAdd (selective_scan_bwd_kernel.cuh); its kernel
+    # cannot run here, so a stand-in with the same signature (the reference scan) takes its place.
+    g = torch.Generator().manual_seed(0)
+    u, delta = torch.randn(1, 4, 6, generator=g), torch.randn(1, 4, 6, generator=g)
+    A, B, C = -torch.rand(4, 3, generator=g), torch.randn(1, 2, 3, 6, generator=g), torch.randn(1, 2, 3, 6, generator=g)
+    u.requires_grad_()
+    args = (u, delta, A, B, C, None, None, None, True)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.use_deterministic_algorithms(True)
+        out, last = dispatch._mamba_scan(selective_scan_ref, *args, True)  # forward: deterministic, allowed
+        assert torch.equal(out, selective_scan_ref(*args))
+        with pytest.raises(RuntimeError, match=r"mamba-ssm.*atomic adds.*backend='torch'"):
+            out.sum().backward()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="mamba-ssm"):
+            dispatch._mamba_scan(selective_scan_ref, *args, False).sum().backward()
+        expected = torch.autograd.grad(selective_scan_ref(*args).sum(), u)[0]
+        torch.testing.assert_close(u.grad, expected, rtol=0, atol=0)  # the wrapper passes gradients through
+        torch.use_deterministic_algorithms(False)
+        u.grad = None
+        dispatch._mamba_scan(selective_scan_ref, *args, False).sum().backward()  # no alert when not asked
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

@@ -36,6 +36,7 @@ import os
 
 import torch
 
+from vmbench.ops.determinism import AlertInBackward
 from vmbench.ops.selective_scan_ref import selective_scan_ref
 from vmbench.ops.selective_scan_torch import selective_scan_torch
 
@@ -218,6 +219,20 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
         raise ValueError(f"selective_scan: z shape {tuple(z.shape)} != u shape {tuple(u.shape)}")
 
 
+MAMBA_NONDETERMINISTIC = "mamba-ssm's selective-scan backward (the 'cuda' backend) adds dB and dC up with atomic adds"
+
+
+def _mamba_scan(fn, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    """mamba-ssm's ``selective_scan_fn``, its backward following torch.use_deterministic_algorithms
+    as the Triton backend's does (the alert runs just before mamba-ssm's backward)."""
+    result = fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    out = result[0] if return_last_state else result
+    if not out.requires_grad:
+        return result
+    out = AlertInBackward.apply(out, MAMBA_NONDETERMINISTIC)
+    return (out, result[1]) if return_last_state else out
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -244,7 +259,7 @@ def selective_scan(
         return module.selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if name == "cuda":
         fn, _ = _cuda_kernel()
-        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        return _mamba_scan(fn, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if name == "torch":
         return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

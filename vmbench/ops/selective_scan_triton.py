@@ -56,12 +56,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import warnings
 from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
+
+from vmbench.ops.determinism import alert_not_deterministic
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -624,19 +625,9 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_st
     return out, (last if return_last_state else None), (ckpt if store_ckpt else None), cfg
 
 
-def _alert_not_deterministic() -> None:
-    """Follow torch.use_deterministic_algorithms as PyTorch's own atomic-add kernels do."""
-    if not torch.are_deterministic_algorithms_enabled():
-        return
-    message = (
-        "the Triton selective scan's backward adds dA, dB, dC, dD and d(delta_bias) up with atomic adds, so "
-        "their last bits vary between runs, and torch.use_deterministic_algorithms(True) is set: use "
-        "backend='torch' (or VMBENCH_SCAN_BACKEND=torch) for bitwise-reproducible gradients"
-    )
-    if torch.is_deterministic_algorithms_warn_only_enabled():
-        warnings.warn(message, stacklevel=3)
-    else:
-        raise RuntimeError(message)
+NONDETERMINISTIC = (
+    "the Triton selective scan's backward adds dA, dB, dC, dD and d(delta_bias) up with atomic adds"
+)
 
 
 class SelectiveScanTriton(torch.autograd.Function):
@@ -653,7 +644,7 @@ class SelectiveScanTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *unused_last_state_grad):  # the last state's gradient is ignored, as in mamba-ssm
-        _alert_not_deterministic()
+        alert_not_deterministic(NONDETERMINISTIC)
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
         with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
             return SelectiveScanTriton._backward(ctx, dout, u, delta, A, B, C, D, z, delta_bias, ckpt)
