@@ -33,6 +33,13 @@ def isic(isic_src, tmp_path) -> Path:
     return root
 
 
+def test_isic2018_on_a_2017_folder_is_an_error_not_2017_data(tmp_path):
+    synth_isic(tmp_path / "isic", n=6, seed=0, size_range=(40, 50), year=2017)
+    with pytest.raises(DataError, match=r"holds the ISIC2017 challenge folders, not ISIC2018's \(ISIC2018_Task1-2_Tr"):
+        build_dataset("isic2018", root=tmp_path / "isic", split="train")
+    assert len(build_dataset("isic2017", root=tmp_path / "isic", split="train")) > 0
+
+
 @pytest.fixture(scope="module")
 def synapse_src(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("syn")

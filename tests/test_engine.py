@@ -130,6 +130,15 @@ def test_cli_train_evaluate_predict_images(isic_root, tmp_path, capsys):
         mask = np.asarray(Image.open(tmp_path / "pred" / f"{image.stem}_mask.png"))
         assert mask.shape == np.asarray(Image.open(image)).shape[:2]  # original size
         assert set(np.unique(mask)) <= {0, 255}
+    # Two inputs with one output name: refused before anything is written.
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    Image.open(images[0]).save(twin / f"{images[0].stem}.png")
+    assert main(["predict", "--checkpoint", str(out / "checkpoints" / "best.pt"), str(images[0]), str(twin),
+                 "--out", str(tmp_path / "pred2")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"would both be written to {tmp_path / 'pred2' / images[0].stem}_mask.png" in err
+    assert not (tmp_path / "pred2").exists()
 
 
 def test_cli_predict_nifti_keeps_affine(tmp_path, capsys):
@@ -154,6 +163,14 @@ def test_cli_predict_nifti_keeps_affine(tmp_path, capsys):
     assert pred.shape == source.shape
     np.testing.assert_allclose(pred.affine, source.affine)
     assert set(np.unique(np.asarray(pred.dataobj))) <= set(range(9))
+    # (X, Y, Z, 1), as some converters write: read as the 3-D volume, as `data prepare` reads it.
+    four_d = tmp_path / "four_d.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj)[..., None], source.affine), str(four_d))
+    assert main(["predict", "--checkpoint", str(out / "checkpoints" / "best.pt"), str(four_d), "--out",
+                 str(tmp_path / "pred")]) == 0  # fmt: skip
+    four_d_pred = nib.load(str(tmp_path / "pred" / "four_d_pred.nii.gz"))
+    assert four_d_pred.shape == source.shape
+    np.testing.assert_array_equal(np.asarray(four_d_pred.dataobj), np.asarray(pred.dataobj))
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -196,3 +213,51 @@ def test_vmunet_learns_synthetic_isic(tmp_path, monkeypatch):
     )
     result = fit(cfg)
     assert result.test["dsc"] >= 0.80, result.test
+
+
+class _ClassFromIntensity(torch.nn.Module):
+    """Predicts the class written into the image (one-hot logits), so the prediction is known."""
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x[:, 0].round().long(), 9).permute(0, 3, 1, 2).float() * 10
+
+
+def test_synapse_validation_dice_follows_the_test_rules():
+    # Organ 1 found exactly; organ 2 predicted but absent from the ground truth; organs 3-8 absent
+    # from both. P3 (spec protocols 5.3): class 1 -> 1, class 2 -> 1 (prediction non-empty, GT
+    # empty), classes 3-8 -> 0: mean 2/8. Strict (5.4): class 2 -> 0, 3-8 left out: mean 1/2.
+    from vmbench.engine import evaluate_volumes
+
+    label = np.zeros((3, 16, 16), dtype=np.int64)
+    label[:, 2:6, 2:6] = 1
+    image = label.astype(np.float32)
+    image[1, 10:14, 10:14] = 2
+
+    class OneCase:
+        name, is_volume = "synapse", True
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return {"image": image, "label": label, "id": "case0001", "spacing": (1.0, 1.0, 1.0)}
+
+    model = _ClassFromIntensity()
+    for with_hd95 in (False, True):  # validation, test
+        summary = evaluate_volumes(model, OneCase(), torch.device("cpu"), (16, 16), with_hd95=with_hd95).summary
+        assert summary["dsc"] == pytest.approx(2 / 8)
+        assert summary["dsc_strict"] == pytest.approx(1 / 2)
+        assert ("hd95" in summary) == with_hd95
+
+
+def test_selection_metric_must_be_one_the_run_reports():
+    from vmbench.engine import selectable_metrics
+
+    assert "val_loss" not in selectable_metrics("volume", has_val=True)  # slices are predicted, not scored by loss
+    volume = ExperimentConfig.from_dict({"data": {"name": "synapse"}, "train": {"select_metric": "val_loss"}})
+    with pytest.raises(ValueError, match=r"train.select_metric is 'val_loss'.*val_dsc, val_dsc_strict"):
+        selection_rule(volume, val_is_test=False, has_val=True, evaluation="volume")
+    typo = ExperimentConfig.from_dict({"train": {"select_metric": "val_dice"}})
+    with pytest.raises(ValueError, match="val_per_image_dice"):
+        selection_rule(typo, val_is_test=False, has_val=True)
+    assert selection_rule(typo.with_overrides({"train.select_metric": "val_miou"}), False, True) == ("val_miou", "max")

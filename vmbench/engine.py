@@ -97,7 +97,22 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % 2**31
 
 
-def selection_rule(cfg: ExperimentConfig, val_is_test: bool, has_val: bool) -> tuple[str, str]:
+# What validation reports, logged as val_<name>: a selection (or search) metric must be one of these
+# or train_loss. Volumes skip HD95 during training (minutes per pass) and have no loss (slices are
+# predicted one by one at the test's resolution).
+IMAGE_VAL_METRICS = ("loss", "dsc", "miou", "acc", "sen", "spe", "per_image_dice", "per_image_iou")
+VOLUME_VAL_METRICS = ("dsc", "dsc_strict")
+
+
+def selectable_metrics(evaluation: str, has_val: bool) -> tuple[str, ...]:
+    """The metric names a run reports, by the dataset's evaluation kind ("volume" or a 2-D kind)."""
+    names = VOLUME_VAL_METRICS if evaluation == "volume" else IMAGE_VAL_METRICS
+    return ("train_loss",) + (tuple(f"val_{n}" for n in names) if has_val else ())
+
+
+def selection_rule(
+    cfg: ExperimentConfig, val_is_test: bool, has_val: bool, evaluation: str = "pooled2d"
+) -> tuple[str, str]:
     """(metric, mode) that chooses best.pt; 'auto' follows the protocol (see TrainConfig)."""
     metric, mode = cfg.train.select_metric, cfg.train.select_mode
     if metric == "auto":
@@ -110,6 +125,12 @@ def selection_rule(cfg: ExperimentConfig, val_is_test: bool, has_val: bool) -> t
         raise ValueError(
             f"train.select_metric is {metric!r} but dataset {cfg.data.name!r} has no validation split "
             f"under protocol {cfg.data.protocol!r}"
+        )
+    choices = selectable_metrics(evaluation, has_val)
+    if metric not in choices:
+        raise ValueError(
+            f"train.select_metric is {metric!r}, which a run on {cfg.data.name!r} does not report; "
+            f"choose one of {', '.join(choices)}"
         )
     if mode == "auto":
         mode = "min" if metric.endswith("loss") or "hd95" in metric else "max"
@@ -334,46 +355,41 @@ def evaluate_volumes(model, dataset, device, img_size, with_hd95: bool = True, p
     for index in _progress(range(len(dataset)), len(dataset), "eval", progress):
         item = dataset[index]
         prediction = predict_volume(model, item["image"], img_size, device)
-        if with_hd95:
-            paper = metrics_mod.synapse_case_metrics(prediction, item["label"], info.num_classes, mode="paper", case_id=item["id"])
-            strict = metrics_mod.synapse_case_metrics(
-                prediction, item["label"], info.num_classes, mode="strict", spacing=item.get("spacing"), case_id=item["id"]
-            )
-            paper_cases.append(paper)
-            strict_cases.append(strict)
-            for k, cls in enumerate(paper.classes):
-                rows.append(
-                    {
-                        "id": item["id"],
-                        "class": int(cls),
-                        "organ": class_names[cls] if cls < len(class_names) else f"class {cls}",
-                        "dice": float(paper.dice[k]),
-                        "hd95": float(paper.hd95[k]),
-                        "dice_strict": float(strict.dice[k]),
-                        "hd95_strict": float(strict.hd95[k]),
-                    }
-                )
-        else:
-            for cls in range(1, info.num_classes):
-                p, g = prediction == cls, item["label"] == cls
-                dice = metrics_mod.binary_dc(p, g) if p.any() else 0.0
-                rows.append({"id": item["id"], "class": cls, "dice": float(dice)})
+        # Validation (with_hd95=False) scores Dice by the same P3 rules as the test, without HD95.
+        paper = metrics_mod.synapse_case_metrics(
+            prediction, item["label"], info.num_classes, mode="paper", case_id=item["id"], with_hd95=with_hd95
+        )
+        strict = metrics_mod.synapse_case_metrics(
+            prediction, item["label"], info.num_classes, mode="strict", spacing=item.get("spacing"),
+            case_id=item["id"], with_hd95=with_hd95,
+        )  # fmt: skip
+        paper_cases.append(paper)
+        strict_cases.append(strict)
+        for k, cls in enumerate(paper.classes):
+            row = {
+                "id": item["id"],
+                "class": int(cls),
+                "organ": class_names[cls] if cls < len(class_names) else f"class {cls}",
+                "dice": float(paper.dice[k]),
+                "hd95": float(paper.hd95[k]),
+                "dice_strict": float(strict.dice[k]),
+                "hd95_strict": float(strict.hd95[k]),
+            }
+            rows.append(row if with_hd95 else {key: v for key, v in row.items() if not key.startswith("hd95")})
+    s_paper = metrics_mod.summarize_synapse(paper_cases)
+    s_strict = metrics_mod.summarize_synapse(strict_cases)
+    summary = {"dsc": float(s_paper.mean_dice)}
     if with_hd95:
-        s_paper = metrics_mod.summarize_synapse(paper_cases)
-        s_strict = metrics_mod.summarize_synapse(strict_cases)
-        summary = {"dsc": float(s_paper.mean_dice), "hd95": float(s_paper.mean_hd95)}
-        # Per organ under the dataset's own class names (the keys of the published rows).
-        for k, cls in enumerate(s_paper.classes):
-            organ = class_names[cls] if cls < len(class_names) else f"class{cls}"
-            summary[f"dsc_{organ}"] = float(s_paper.dice_per_class[k])
+        summary["hd95"] = float(s_paper.mean_hd95)
+    # Per organ under the dataset's own class names (the keys of the published rows).
+    for k, cls in enumerate(s_paper.classes):
+        organ = class_names[cls] if cls < len(class_names) else f"class{cls}"
+        summary[f"dsc_{organ}"] = float(s_paper.dice_per_class[k])
+        if with_hd95:
             summary[f"hd95_{organ}"] = float(s_paper.hd95_per_class[k])
-        summary["dsc_strict"] = float(s_strict.mean_dice)
+    summary["dsc_strict"] = float(s_strict.mean_dice)
+    if with_hd95:
         summary["hd95_strict"] = float(s_strict.mean_hd95)
-    else:
-        per_class = {}
-        for r in rows:
-            per_class.setdefault(r["class"], []).append(r["dice"])
-        summary = {"dsc": float(np.mean([np.mean(v) for v in per_class.values()]))}
     summary["n_cases"] = len(dataset)
     return EvalResult(rows, summary)
 
@@ -492,7 +508,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callable[[EpochResult], Any]]
     test_set = build_dataset(cfg.data.name, split="test", **data_kwargs)
     preprocess = preprocess_record(test_set, info.evaluation)
     val_is_test = bool(getattr(val_set, "val_is_test", False))
-    metric, mode = selection_rule(cfg, val_is_test, val_set is not None)
+    metric, mode = selection_rule(cfg, val_is_test, val_set is not None, info.evaluation)
     if val_is_test:
         log.warning("protocol 'paper': the validation split is the test split, so selection on %s is optimistic", metric)
 

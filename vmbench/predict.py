@@ -96,16 +96,10 @@ def predict_image(model, path: Path, preprocess: dict, img_size, device, thresho
 def predict_nifti(model, path: Path, out_path: Path, img_size, device) -> tuple[tuple[int, ...], float]:
     import nibabel as nib
 
-    from vmbench.data.synapse import hu_to_unit
+    from vmbench.data.synapse import hu_to_unit, load_nifti
     from vmbench.engine import predict_volume
 
-    try:
-        img = nib.load(str(path))
-        hu = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise DataError(f"{path}: cannot read NIfTI volume ({type(err).__name__}: {err})") from None
-    if hu.ndim != 3:
-        raise DataError(f"{path}: expected a 3D volume, got shape {hu.shape}")
+    img, hu = load_nifti(path)  # the reader `vmbench data prepare synapse` uses
     volume = hu_to_unit(hu).transpose(2, 1, 0)  # nibabel (x, y, z) -> (z, y, x), as prepare_synapse
     labels = predict_volume(model, volume, img_size, device).transpose(2, 1, 0).astype(np.uint8)
     header = img.header.copy()
@@ -144,16 +138,26 @@ def predict_paths(checkpoint, inputs, out_dir, device="auto", threshold: float =
     if any(k == "volume" for k in kinds.values()) and preprocess.get("kind") != "volume":
         raise DataError(f"{checkpoint}: this model was trained on 2D images ({cfg.data.name}); give images")
     out_dir = Path(out_dir)
+    out_paths = {p: out_dir / f"{_stem(p)}{'_mask.png' if k == 'image' else '_pred.nii.gz'}" for p, k in kinds.items()}
+    by_output: dict[Path, list[Path]] = {}
+    for path, out_path in out_paths.items():
+        by_output.setdefault(out_path, []).append(path)
+    clashes = {out: paths for out, paths in by_output.items() if len(paths) > 1}
+    if clashes:  # one prediction would overwrite another
+        out, paths = next(iter(clashes.items()))
+        raise DataError(
+            f"{' and '.join(map(str, paths))} would both be written to {out}: rename one, or predict them "
+            "into different --out folders"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for path, kind in kinds.items():
+        out_path = out_paths[path]
         if kind == "image":
             mask = predict_image(model, path, preprocess, img_size, device, threshold, info.task)
-            out_path = out_dir / f"{_stem(path)}_mask.png"
             _write_atomic(out_path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
             results.append(Prediction(path, out_path, kind, mask.shape, float((mask > 0).mean())))
         else:
-            out_path = out_dir / f"{_stem(path)}_pred.nii.gz"
             shape, fraction = predict_nifti(model, path, out_path, img_size, device)
             results.append(Prediction(path, out_path, kind, shape, fraction))
     return results

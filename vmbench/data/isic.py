@@ -117,8 +117,16 @@ def detect_isic_layout(root: Path, year: int | None = None) -> tuple[str, int | 
         for y, folders in CHALLENGE_FOLDERS.items()
         if any((root / f).is_dir() for pair in folders.values() for f in pair)
     ]
+    if years and year is not None and year not in years:
+        # Never read another year's images under this year's name and normalisation constants.
+        found = ", ".join(f"ISIC{y}" for y in years)
+        train_image, train_mask = CHALLENGE_FOLDERS[year]["train"] if year in CHALLENGE_FOLDERS else ("?", "?")
+        raise DataError(
+            f"{root} holds the {found} challenge folders, not ISIC{year}'s ({train_image}/, {train_mask}/): "
+            f"point the data root at ISIC{year} data, or use the {found.lower()} dataset (year {years[0]})"
+        )
     if years:
-        return "challenge", (year if year in years else years[0])
+        return "challenge", (year if year is not None else years[0])
     if any((root / s / "images").is_dir() or (root / s / "masks").is_dir() for s in ("train", "val")):
         return "prepared", None
     expected = "; ".join(

@@ -491,7 +491,8 @@ def _scan_raw(raw_dir: Path) -> tuple[dict[str, Path], dict[str, Path], Path, Pa
     )
 
 
-def _load_nifti(path: Path):
+def load_nifti(path: Path):
+    """(nibabel image, its 3-D array); an (X, Y, Z, 1) volume loses its last axis."""
     import nibabel as nib
 
     try:
@@ -581,8 +582,8 @@ def prepare_synapse(
         (tmp / "test_vol_h5").mkdir()
         for case in wanted:
             ipath, lpath = imgs[case], labs[case]
-            img, hu = _load_nifti(ipath)
-            lab, label = _load_nifti(lpath)
+            img, hu = load_nifti(ipath)
+            lab, label = load_nifti(lpath)
             if hu.shape != label.shape:
                 raise DataError(f"{ipath.name} has shape {hu.shape} but {lpath.name} has shape {label.shape} ({case})")
             if not np.allclose(img.affine, lab.affine, atol=1e-3):
