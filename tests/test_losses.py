@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -248,7 +249,27 @@ def test_structure_loss_matches_reference():
     union = (w * (p + mask)).sum((2, 3))
     wiou = 1 - (inter + 1) / (union - inter + 1)
     expected = (wbce + wiou).mean()
-    assert StructureLoss()(logits, mask).item() == pytest.approx(expected.item(), abs=1e-9)
+    assert StructureLoss(weighted_bce=True)(logits, mask).item() == pytest.approx(expected.item(), abs=1e-9)
+    # The default is what PraNet's / TransFuse's code computes: its BCE term is the plain mean.
+    assert StructureLoss()(logits, mask).item() == pytest.approx((bce.mean() + wiou).mean().item(), abs=1e-9)
+
+
+def test_structure_loss_default_equals_the_official_expression():
+    # The official line, run here as the oracle: `reduce='none'` is the legacy flag (truthy).
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(3, 1, 40, 36, generator=g, dtype=torch.float64) * 3
+    mask = (torch.rand(3, 1, 40, 36, generator=g) > 0.6).double()
+    weit = 1 + 5 * torch.abs(F.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the legacy-argument deprecation warning
+        wbce = F.binary_cross_entropy_with_logits(pred, mask, reduce="none")
+    wbce = (weit * wbce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
+    prob = torch.sigmoid(pred)
+    inter = ((prob * mask) * weit).sum(dim=(2, 3))
+    union = ((prob + mask) * weit).sum(dim=(2, 3))
+    official = (wbce + 1 - (inter + 1) / (union - inter + 1)).mean()
+    assert StructureLoss()(pred, mask).item() == pytest.approx(official.item(), abs=1e-12)
+    assert StructureLoss(weighted_bce=True)(pred, mask).item() != pytest.approx(official.item(), abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

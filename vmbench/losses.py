@@ -259,18 +259,26 @@ class StructureLoss(nn.Module):
     """PraNet's structure loss, which TransFuse trains every head with (binary, logits).
 
     Pixel weights ``w = 1 + 5 |avgpool_31(t) - t|`` (31x31 mean with zero padding counted,
-    stride 1) emphasise boundaries; per sample and channel the loss is the weighted mean
-    BCE-with-logits ``sum(w bce) / sum(w)`` plus a weighted soft IoU
-    ``1 - (sum(w p t) + 1) / (sum(w (p + t)) - sum(w p t) + 1)``; the result is their mean.
-    ``logits`` and ``target`` are ``(B, C, H, W)`` of the same shape.
+    stride 1) emphasise boundaries; per sample and channel the loss is a BCE-with-logits term
+    plus a weighted soft IoU ``1 - (sum(w p t) + 1) / (sum(w (p + t)) - sum(w p t) + 1)``; the
+    result is their mean. ``logits`` and ``target`` are ``(B, C, H, W)`` of the same shape.
+
+    The BCE term is what PraNet's and TransFuse's code computes: they call
+    ``binary_cross_entropy_with_logits(pred, mask, reduce='none')``, and ``reduce`` is PyTorch's
+    legacy boolean flag, so the truthy string gives the mean over the whole batch and the pixel
+    weights applied to that scalar cancel: a plain mean BCE. ``weighted_bce=True`` gives the
+    boundary-weighted mean ``sum(w bce) / sum(w)`` per sample that the papers describe.
     """
 
-    def __init__(self, kernel_size: int = 31, edge_weight: float = 5.0):
+    def __init__(self, kernel_size: int = 31, edge_weight: float = 5.0, weighted_bce: bool = False):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
+        if not isinstance(weighted_bce, bool):
+            raise ValueError(f"weighted_bce must be true or false, got {weighted_bce!r}")
         self.kernel_size = int(kernel_size)
         self.edge_weight = _check_weight("edge_weight", edge_weight)
+        self.weighted_bce = weighted_bce
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.dim() != 4:
@@ -285,7 +293,7 @@ class StructureLoss(nn.Module):
         local_mean = F.avg_pool2d(t, kernel_size=k, stride=1, padding=k // 2)
         w = 1.0 + self.edge_weight * (local_mean - t).abs()
         bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-        wbce = (w * bce).sum((2, 3)) / w.sum((2, 3))
+        wbce = (w * bce).sum((2, 3)) / w.sum((2, 3)) if self.weighted_bce else bce.mean()
         p = torch.sigmoid(x)
         inter = (w * p * t).sum((2, 3))
         union = (w * (p + t)).sum((2, 3))
