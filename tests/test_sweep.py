@@ -155,6 +155,158 @@ def test_asha_stopped_trials_are_pruned_not_complete():
     assert trials[0].intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.2)}
 
 
+
+def test_asha_stopped_trial_keeps_the_result_ray_passes_only_to_on_trial_complete():
+    import warnings
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from vmbench.search_space import optuna_distributions
+    from vmbench.sweep import _searcher_class
+
+    spec = parse_spec(GOOD)
+    searcher = _searcher_class()(
+        space=optuna_distributions(spec.space), metric="val_dsc", mode="max", max_epochs=6,
+        sampler=optuna.samplers.TPESampler(seed=0),
+    )
+    for trial_id in ("stopped", "finished"):
+        searcher.suggest(trial_id)
+    # ASHA stops at the grace period: Ray sends epoch 2's result to on_trial_complete only.
+    searcher.on_trial_result("stopped", {"val_dsc": 0.1, "epoch": 1})
+    searcher.on_trial_complete("stopped", {"val_dsc": 0.9, "epoch": 2})
+    # A trial whose last result already reached on_trial_result: no second report of that step.
+    searcher.on_trial_result("finished", {"val_dsc": 0.3, "epoch": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        searcher.on_trial_complete("finished", {"val_dsc": 0.3, "epoch": 1})
+    stopped, finished = searcher._ot_study.get_trials(deepcopy=False)
+    assert stopped.state == finished.state == TrialState.PRUNED
+    assert stopped.intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.9)}
+    assert stopped.value == pytest.approx(0.9)  # Optuna's last intermediate value, not epoch 1's
+    assert finished.intermediate_values == {1: pytest.approx(0.3)}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("metric", "val_dice"), r"bad\.yaml: metric: 'val_dice' is not reported .*synthetic-isic.*choose one of "
+                                 r"train_loss, val_loss, val_dsc"),
+        (("dataset", "synapse"), None),  # holdout Synapse: val_dsc exists
+        ({"dataset": "synapse", "metric": "val_miou"}, r"metric: 'val_miou' is not reported .*synapse.*"
+                                                       r"choose one of train_loss, val_dsc, val_dsc_strict$"),
+        ({"dataset": "synapse", "protocol": "paper", "metric": "val_dsc"}, r"metric: 'val_dsc' needs a validation split"),
+        ({"protocol": "paper", "metric": "val_loss"}, None),  # ISIC's paper protocol validates on test
+        ({"metric": "train_loss"}, None),
+    ],
+)
+def test_metric_must_be_one_the_runs_report(tmp_path, change, message):
+    spec = with_change(*change) if isinstance(change, tuple) else {**GOOD, **change}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    if message is None:
+        load_spec(path)
+    else:
+        with pytest.raises(ConfigError, match=message):
+            load_spec(path)
+
+
+def test_misspelled_metric_fails_the_dry_run(tmp_path, capsys):
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(dict(GOOD, metric="val_dice")))
+    assert main(["sweep", "--space", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "typo.yaml: metric: 'val_dice'" in err and "val_dsc" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "param, message",
+    [
+        ({"type": "int", "low": 2, "high": 32, "step": 2, "log": True}, r"space\.train\.batch_size\.step: .*log"),
+        ({"type": "int", "low": 2, "high": 32, "log": "false"}, r"space\.train\.batch_size\.log: expected true or false, got 'false'"),
+        ({"type": "uniform", "low": 0.1, "high": 0.5, "log": 1}, r"space\.train\.batch_size\.log: expected true or false"),
+        ({"type": "loguniform", "low": 0.1, "high": 0.5, "log": False}, r"space\.train\.batch_size\.log: .*loguniform"),
+        ({"type": "uniform", "low": 0.1, "high": 0.5, "step": 0.1, "log": True}, r"space\.train\.batch_size\.step: .*log"),
+        ({"type": "loguniform", "low": 0.1, "high": 0.5, "step": 0.1}, r"space\.train\.batch_size\.step: .*log"),
+        ({"type": "uniform", "low": 0.1, "high": 0.5, "step": 0}, r"space\.train\.batch_size\.step: must be > 0"),
+        ({"type": "uniform", "low": 0.0, "high": 0.5, "step": 0.2}, r"space\.train\.batch_size\.step: .*multiple of 0\.2"),
+        ({"type": "int", "low": 2, "high": 9, "step": 2}, r"space\.train\.batch_size\.step: .*multiple of 2"),
+    ],
+)
+def test_log_and_step_are_checked_where_they_are_written(tmp_path, param, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(dict(GOOD, space={"train.batch_size": param})))
+    with pytest.raises(ConfigError, match=message):
+        load_spec(path)
+
+
+def test_float_step_and_log_reach_optuna_and_the_plan():
+    from vmbench.search_space import optuna_distributions
+
+    spec = parse_spec(dict(GOOD, space={
+        "loss.dice_weight": {"type": "uniform", "low": 0.5, "high": 2.0, "step": 0.25},
+        "optim.lr": {"type": "uniform", "low": 1e-4, "high": 1e-2, "log": True},
+        "train.batch_size": {"type": "int", "low": 8, "high": 32, "step": 8, "log": False},
+    }))
+    dists = optuna_distributions(spec.space)
+    assert dists["loss.dice_weight"].step == pytest.approx(0.25) and not dists["loss.dice_weight"].log
+    assert dists["optim.lr"].log and dists["optim.lr"].step is None
+    assert dists["train.batch_size"].step == 8 and not dists["train.batch_size"].log
+    plan = spec.plan()
+    assert "search loss.dice_weight: uniform [0.5, 2] step 0.25\n" in plan
+    assert "search optim.lr: uniform [0.0001, 0.01] (log)\n" in plan
+    assert "search train.batch_size: int [8, 32] step 8" in plan
+    # A fixed recipe value must lie on the step grid to be a valid first trial.
+    with pytest.raises(ConfigError, match=r"loss\.dice_weight: the fixed value 0\.6 is outside"):
+        parse_spec(dict(GOOD, space={"loss.dice_weight": {"type": "uniform", "low": 0.5, "high": 2.0, "step": 0.25}},
+                        fixed={"loss": {"dice_weight": 0.6}}))
+
+
+@pytest.mark.parametrize("name", ["x'y", "../../x", "a b", ""])
+def test_sweep_name_from_the_command_line_is_checked(name, capsys):
+    space = str(ROOT / "search_spaces" / "quickstart.yaml")
+    assert main(["sweep", "--space", space, "--name", name, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vmbench: error: --name: expected a name of letters") and len(err.splitlines()) == 1
+
+
+def test_sweep_name_from_the_command_line_replaces_the_file_name(capsys):
+    space = str(ROOT / "search_spaces" / "quickstart.yaml")
+    assert main(["sweep", "--space", space, "--name", "other-1.b", "--dry-run"]) == 0
+    assert "sweep 'other-1.b' from" in capsys.readouterr().out
+
+
+def test_runs_left_running_are_closed_when_tune_itself_raises(isolated_env, monkeypatch):
+    from mlflow import MlflowClient
+    from ray import tune
+    from ray.tune.error import TuneError
+
+    from vmbench import tracking as T
+    from vmbench.sweep import TAG_STUDY, SweepContext, run_study
+
+    spec = parse_spec(GOOD, source="t.yaml")
+    study = spec.studies[0]
+    uri = f"sqlite:///{isolated_env / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("t")
+    ctx = SweepContext(
+        sweep=spec.name, study=study.key, experiment_id=experiment_id, parent_run_id="p", tracking_uri=uri,
+        base=study.base.to_dict(), space=study.space, metric=spec.metric, mode=spec.mode, max_epochs=2, cpu=1, gpu=0,
+        runs_dir=str(isolated_env), space_hash="h",
+    )
+    tags = {T.TAG_SWEEP: spec.name, TAG_STUDY: study.key, T.TAG_TRIAL_ID: "abc"}
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+
+    def fit(self):  # what Tune does on a driver-side error, e.g. a result without the metric
+        raise TuneError("Trial returned a result which did not include the specified metric(s)")
+
+    monkeypatch.setattr(tune.Tuner, "fit", fit)
+    with pytest.raises(TuneError):
+        run_study(spec, study, ctx, str(isolated_env / "ray"), resume=False)
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["vmbench.outcome"] == "failed"
+
+
 # ------------------------------------------------------------------------------------ real sweeps
 
 TINY = {

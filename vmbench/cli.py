@@ -226,11 +226,12 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from vmbench.search_space import load_spec
+    from vmbench.search_space import check_name, load_spec
 
     spec = load_spec(args.space)
-    if args.name:
-        spec.name = args.name
+    if args.name is not None:
+        # The same rule as the file's name field: it becomes folder names and MLflow filters.
+        spec.name = check_name(args.name, "--name")
     if args.dry_run:
         print(spec.plan())
         return 0

@@ -21,6 +21,7 @@ resources per trial, fixed settings, the space and the final stage::
       loss.dice_weight: {type: uniform, low: 0.5, high: 2.0}
       train.batch_size: {type: choice, values: [8, 16]}
       model.overrides.drop_path_rate: {type: uniform, low: 0.0, high: 0.3}
+      # uniform and int also take step (a grid from low; not with a log scale) and log: true | false
     per_model:                            # optional additions for one model
       vmunet: {fixed: {...}, space: {...}}
     final: {seeds: [1, 2], epochs: null}  # retrain the best config per seed; epochs default max_epochs
@@ -33,6 +34,7 @@ what was expected (:class:`vmbench.config.ConfigError`).
 from __future__ import annotations
 
 import copy
+import decimal
 import hashlib
 import json
 import re
@@ -59,16 +61,15 @@ class SpaceParam:
     low: float | None = None
     high: float | None = None
     values: tuple[Any, ...] = ()
-    step: int | None = None
+    step: float | None = None  # ints: always set (default 1); floats: None = continuous
     log: bool = False
 
     def describe(self) -> str:
         if self.type == "choice":
             return f"choice {list(self.values)}"
-        scale = "log " if self.log or self.type == "loguniform" else ""
-        return f"{self.type} [{self.low:g}, {self.high:g}]" + (f" step {self.step}" if self.step else "") + (
-            f" ({scale.strip()})" if scale and self.type == "int" else ""
-        )
+        text = f"{self.type} [{self.low:g}, {self.high:g}]" + (f" step {self.step:g}" if self.step else "")
+        # loguniform says so in its name; a log flag on uniform or int must show.
+        return text + (" (log)" if self.log and self.type != "loguniform" else "")
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,29 @@ def _integer(value: Any, source: str, key: str, minimum: int) -> int:
     return value
 
 
+def _flag(value: Any, source: str, key: str) -> bool:
+    # bool("false") is True: only YAML's true/false may switch a flag.
+    if not isinstance(value, bool):
+        raise _err(source, key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _on_grid(low: float, step: float, value: float) -> bool:
+    """Whether value is low + k * step; decimal arithmetic so 0.1-style steps divide exactly."""
+    offset = decimal.Decimal(str(value)) - decimal.Decimal(str(low))
+    return offset % decimal.Decimal(str(step)) == 0
+
+
+def check_name(value: Any, where: str) -> str:
+    """A sweep or experiment name (``where``: "FILE: name" or "--name").
+
+    Names end up in folder names and MLflow filter strings: keep them plain.
+    """
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        raise ConfigError(f"{where}: expected a name of letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+
+
 def _mapping(value: Any, source: str, key: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -249,14 +273,32 @@ def _parse_space(values: Any, source: str, where: str) -> list[SpaceParam]:
             high = _integer(spec["high"], source, f"{name}.high", -(2**62))
             step = _integer(spec.get("step", 1), source, f"{name}.step", 1)
         else:
-            low, high, step = _number(spec["low"], source, f"{name}.low"), _number(spec["high"], source, f"{name}.high"), None
+            low, high = _number(spec["low"], source, f"{name}.low"), _number(spec["high"], source, f"{name}.high")
+            step = _number(spec["step"], source, f"{name}.step") if "step" in spec else None
+            if step is not None and step <= 0:
+                raise _err(source, f"{name}.step", f"must be > 0, got {step:g}")
         if not low < high:
             raise _err(source, name, f"empty range: low ({low:g}) must be < high ({high:g})")
-        log = bool(spec.get("log", False)) or kind == "loguniform"
+        log = _flag(spec.get("log", kind == "loguniform"), source, f"{name}.log")
+        if kind == "loguniform" and not log:
+            raise _err(source, f"{name}.log", "a loguniform range is always log scale: use type uniform for a linear one")
         if log and low <= 0:
             raise _err(source, f"{name}.low", f"a log-scale range needs low > 0, got {low:g}")
+        _check_step(kind, low, high, step, log, source, name)
         params.append(SpaceParam(key, kind, low=low, high=high, step=step, log=log))
     return params
+
+
+def _check_step(kind: str, low: float, high: float, step: float | None, log: bool, source: str, name: str) -> None:
+    """What Optuna would otherwise reject (or quietly change) only when the first trial is sampled."""
+    if step is None or (kind == "int" and step == 1):
+        return
+    if log:
+        raise _err(source, f"{name}.step", f"step {step:g} cannot be combined with a log scale (Optuna samples "
+                                           "log-scale ranges without steps): drop step or the log scale")
+    if not _on_grid(low, step, high):
+        # Optuna would lower high to the last multiple with only a warning: say it here.
+        raise _err(source, f"{name}.step", f"high - low ({high:g} - {low:g}) is not a multiple of {step:g}")
 
 
 def _check_space_against(base: ExperimentConfig, space: list[SpaceParam], source: str, where: str) -> None:
@@ -371,9 +413,7 @@ def parse_spec(raw: Any, source: str = "sweep", default_name: str = "sweep", che
     name = raw.get("name", default_name)
     experiment = raw.get("experiment", "vmbench")
     for key, value in (("name", name), ("experiment", experiment)):
-        # Names end up in folder names and MLflow filter strings: keep them plain.
-        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-            raise _err(source, key, f"expected a name of letters, digits, '.', '_' or '-', got {value!r}")
+        check_name(value, f"{source}: {key}")
     data_root = raw.get("data_root")
     if data_root is not None and not isinstance(data_root, str):
         raise _err(source, "data_root", f"expected a folder path, got {data_root!r}")
@@ -405,12 +445,7 @@ def _build_study(spec: SweepSpec, model: str, dataset: str) -> Study:
     if spec.data_root is not None:
         overrides["data.root"] = spec.data_root
     base = ExperimentConfig().with_overrides(overrides, source=f"{source} (fixed)")
-    if spec.metric.startswith("val_") and spec.protocol == "paper":
-        import vmbench
-
-        if vmbench.dataset_info(dataset).evaluation == "volume":
-            raise _err(source, "metric", f"{spec.metric!r} needs a validation split, but {dataset} under the paper "
-                                         "protocol has none (use train_loss, as VM-UNet's Synapse recipe)")
+    _check_metric(spec, dataset)
     space = [p for p in spec.space if p.key not in {q.key for q in extra["space"]}] + list(extra["space"])
     _check_space_against(base, space, source, "space.")
     start_point = {}
@@ -423,11 +458,31 @@ def _build_study(spec: SweepSpec, model: str, dataset: str) -> Study:
     return Study(model, dataset, base, space, start_point)
 
 
+def _check_metric(spec: SweepSpec, dataset: str) -> None:
+    """The metric must be one the trials report: Tune only finds out after the first epoch, and aborts."""
+    import vmbench
+    from vmbench.engine import selectable_metrics
+
+    evaluation = vmbench.dataset_info(dataset).evaluation
+    # Holdout always has a validation split; under the paper protocol ISIC validates on its test
+    # split and Synapse has none.
+    has_val = spec.protocol != "paper" or evaluation != "volume"
+    if spec.metric.startswith("val_") and not has_val:
+        raise _err(spec.source, "metric", f"{spec.metric!r} needs a validation split, but {dataset} under the paper "
+                                          "protocol has none (use train_loss, as VM-UNet's Synapse recipe)")
+    choices = selectable_metrics(evaluation, has_val)
+    if spec.metric not in choices:
+        raise _err(spec.source, "metric", f"{spec.metric!r} is not reported by trials on {dataset} "
+                                          f"(protocol {spec.protocol}); choose one of {', '.join(choices)}")
+
+
 def _inside(param: SpaceParam, value: Any) -> bool:
     if param.type == "choice":
         return value in param.values
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
+    if param.step is not None and not _on_grid(param.low, param.step, value):
+        return False  # Optuna would not accept it as the first trial's value
     return param.low <= value <= param.high
 
 
@@ -451,9 +506,9 @@ def optuna_distributions(space: list[SpaceParam]) -> dict[str, Any]:
                 options = [json.dumps(v) for v in options]
             out[p.key] = d.CategoricalDistribution(options)
         elif p.type == "int":
-            out[p.key] = d.IntDistribution(int(p.low), int(p.high), step=p.step or 1, log=p.log)
+            out[p.key] = d.IntDistribution(int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
         else:
-            out[p.key] = d.FloatDistribution(p.low, p.high, log=p.log)
+            out[p.key] = d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
     return out
 
 
@@ -471,6 +526,6 @@ def decode_sample(space: list[SpaceParam], sample: dict[str, Any]) -> dict[str, 
 
 
 __all__ = [
-    "Budget", "FinalStage", "Resources", "SamplerSpec", "SpaceParam", "Study", "SweepSpec", "decode_sample",
-    "load_spec", "optuna_distributions", "parse_spec",
+    "Budget", "FinalStage", "Resources", "SamplerSpec", "SpaceParam", "Study", "SweepSpec", "check_name",
+    "decode_sample", "load_spec", "optuna_distributions", "parse_spec",
 ]

@@ -334,11 +334,20 @@ def _searcher_class():
             super().__init__(*args, **kwargs)
             self._max_epochs = max_epochs
 
+        @staticmethod
+        def _step(result: dict) -> int:
+            # Intermediate values go against the epoch, which survives retries.
+            return int(result.get("epoch", result.get("training_iteration", 0)))
+
+        def _reported_steps(self, trial_id: str) -> set[int]:
+            number = self._ot_trials[trial_id].number
+            trial = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number)
+            return set(trial.intermediate_values)
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            # Report intermediate values against the epoch, which survives retries.
             if trial_id in self._completed_trials or self.metric not in result:
                 return
-            self._ot_trials[trial_id].report(result[self.metric], int(result.get("epoch", result.get("training_iteration", 0))))
+            self._ot_trials[trial_id].report(result[self.metric], self._step(result))
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -349,6 +358,15 @@ def _searcher_class():
                 state = TrialState.FAIL
             elif result is None or epoch < self._max_epochs or result.get(self.metric) is None:
                 state = TrialState.PRUNED
+            if (
+                state == TrialState.PRUNED
+                and (result or {}).get(self.metric) is not None
+                and self._step(result) not in self._reported_steps(trial_id)  # Optuna warns on a repeat
+            ):
+                # Ray gives the result that made ASHA stop the trial to on_trial_complete only
+                # (never to on_trial_result): report it, or Optuna ranks the pruned trial by an
+                # older epoch, or as worst when it had reported nothing before.
+                self._ot_trials[trial_id].report(result[self.metric], self._step(result))
             if state is None:
                 return super().on_trial_complete(trial_id, result, error)
             self._ot_study.tell(self._ot_trials[trial_id], state=state)
@@ -413,8 +431,11 @@ def _reconciler_class():
     return RunReconciler
 
 
-def close_orphans(ctx: SweepContext, trial_states: dict[str, str]) -> int:
-    """After a study: any child run still RUNNING belongs to a trial that is over; close it."""
+def close_orphans(ctx: SweepContext, trial_states: dict[str, str], error: BaseException | None = None) -> int:
+    """After a study: any child run still RUNNING belongs to a trial that is over; close it.
+
+    With ``error`` (Tune itself raised), every such run is FAILED with that error.
+    """
     client = _client(ctx.tracking_uri)
     runs = client.search_runs(
         [ctx.experiment_id],
@@ -424,8 +445,10 @@ def close_orphans(ctx: SweepContext, trial_states: dict[str, str]) -> int:
     )
     for run in runs:
         state = trial_states.get(run.data.tags.get(T.TAG_TRIAL_ID, ""), "")
-        status = "FAILED" if state == "ERROR" else "FINISHED"
+        status = "FAILED" if state == "ERROR" or error is not None else "FINISHED"
         client.set_tag(run.info.run_id, TAG_OUTCOME, FAILED if status == "FAILED" else PRUNED)
+        if error is not None:
+            client.set_tag(run.info.run_id, TAG_ERROR, f"the sweep stopped: {_one_line(error)}")
         client.set_terminated(run.info.run_id, status=status)
     return len(runs)
 
@@ -581,7 +604,12 @@ def run_study(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: st
                 verbose=1,
             ),
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except Exception as err:
+        # Tune aborted the study (e.g. a driver-side TuneError): its trials will not close their runs.
+        close_orphans(ctx, {}, error=err)
+        raise
     states = {}
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id")
