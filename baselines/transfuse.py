@@ -57,6 +57,7 @@ from torch import nn
 from baselines.resnet import RESNET34_LAYERS, ResNet
 from baselines.vit import DeiTEncoder, resize_pos_embed
 from vmbench.checkpoints import CheckpointFormatError, describe, is_state_dict, read_checkpoint
+from vmbench.losses import StructureLoss
 from vmbench.registry import PublishedResult, register_model
 
 log = logging.getLogger(__name__)
@@ -439,21 +440,12 @@ class TransFuseS(nn.Module):
 
 
 def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PraNet's structure loss on logits: boundary-weighted BCE + weighted IoU, mean over the batch.
+    """PraNet's structure loss on logits as the official code computes it (mean BCE + boundary-
+    weighted IoU; see :class:`vmbench.losses.StructureLoss`, which this is)."""
+    return _STRUCTURE_LOSS(logits, mask)
 
-    Weights ``1 + 5 |avgpool31(mask) - mask|`` (31x31 window, stride 1, padding 15); per image
-    and channel the weighted BCE-with-logits is normalised by the weight sum and the weighted
-    IoU term is ``1 - (inter + 1) / (union - inter + 1)`` on the sigmoid.
-    """
-    mask = mask.to(logits.dtype)
-    weight = 1 + 5 * torch.abs(F.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
-    bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
-    wbce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
-    prob = torch.sigmoid(logits)
-    inter = (prob * mask * weight).sum(dim=(2, 3))
-    union = ((prob + mask) * weight).sum(dim=(2, 3))
-    wiou = 1 - (inter + 1) / (union - inter + 1)
-    return (wbce + wiou).mean()
+
+_STRUCTURE_LOSS = StructureLoss()
 
 
 def deep_supervision_loss(
@@ -735,10 +727,13 @@ _PUBLISHED = (
     PublishedResult(
         dataset="isic2017",
         # P2: per-image mean over the official 600-image test set at 192x256 (protocols.md §5.2);
-        # keyed *_per_image so it is never mixed with the pooled (P1) columns.
+        # keyed *_per_image so it is never mixed with the pooled (P1) columns, and labelled with its
+        # own protocol (a key of vmbench.leaderboard.PROTOCOLS) so that it gets its own leaderboard
+        # table instead of sitting in the P1 "paper" one: the three protocols are incompatible (§4).
         metrics={"iou_per_image": 79.5, "dice_per_image": 87.2, "acc_per_image": 94.4},
         source="TransFuse paper (MICCAI 2021), TransFuse-S, official ISIC2017 split (2000/150/600), 192x256, "
         "protocol P2 (per-image mean Jaccard/Dice/Acc); unverified",
+        protocol="paper-p2",
     ),
     PublishedResult(
         dataset="isic2017",
@@ -765,7 +760,7 @@ _RECIPE: dict[str, Any] = {
     "ema": False,
     "drop_rate": 0.2,
     "input_size": NATIVE_SIZE,
-    "loss": "structure_loss (PraNet): boundary-weighted BCE-with-logits + weighted IoU, per head",
+    "loss": "structure_loss (PraNet) as its code computes it: mean BCE-with-logits + boundary-weighted IoU, per head",
     "loss_weights": dict(DEEP_SUPERVISION_WEIGHTS),  # 0.5 map_2 + 0.3 map_1 + 0.2 map_x
     "inference_output": "map_2",
     "normalization": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},

@@ -8,12 +8,63 @@ MLflow server on the head (``http://HEAD:5000`` unless ``--tracking-uri`` or
 ``MLFLOW_TRACKING_URI`` says otherwise); every trial learns that URI through Ray's runtime
 environment. Trials checkpoint to ``--storage-path`` (default: ``$VMBENCH_STORAGE_PATH``), which
 must be shared by all nodes (S3 or NFS) when the cluster has more than one node.
+
+A relative ``--space`` is looked up in the working directory first, then in the vmbench checkout:
+``ray submit`` runs this script in the home folder, not in the repository it mounts
+(``/home/ray/vmbench`` in config.yaml, ``/opt/vmbench`` in local.yaml).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+
+# Arguments naming files of the repository (looked up in the checkout too); the other path
+# arguments (--runs-dir, --storage-path) are outputs, made absolute against the working directory.
+REPO_PATH_FLAGS = ("--space",)
+
+
+def repo_roots() -> list[Path]:
+    """The vmbench checkouts (folders holding cluster/sweep.py): this script's, the installed package's.
+
+    ``ray submit`` copies this file alone to ``~/sweep.py`` on the head, so its own location names
+    no checkout there; the cluster files install the mounted checkout in editable mode, and the
+    package folder of an editable install sits in the repository root.
+    """
+    candidates = [Path(__file__).resolve().parents[1]]
+    try:
+        import vmbench
+
+        candidates.append(Path(vmbench.__file__).resolve().parents[1])
+    except ImportError:  # not installed here: only this script's own checkout can hold the files
+        pass
+    roots: list[Path] = []
+    for root in candidates:
+        if (root / "cluster" / "sweep.py").is_file() and root not in roots:
+            roots.append(root)
+    return roots
+
+
+def resolve_repo_path(flag: str, value: str, cwd: Path | None = None, roots: list[Path] | None = None) -> str:
+    """``value`` as an absolute path: as given, else in the working directory, else in a checkout.
+
+    Raises FileNotFoundError with one line that names every location tried (an absolute path is
+    returned as it is; ``vmbench sweep`` reports it if missing).
+    """
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    cwd = Path.cwd() if cwd is None else cwd
+    roots = repo_roots() if roots is None else roots
+    for candidate in (cwd / path, *(root / path for root in roots)):
+        if candidate.exists():
+            return str(candidate)
+    here = f"{flag} {value}: not found at {cwd / path} (working directory)"
+    if not roots:
+        raise FileNotFoundError(f"{here}, and no vmbench checkout is installed (pip install -e, as the cluster files do)")
+    checkout = " or ".join(str(root / path) for root in roots)
+    raise FileNotFoundError(f"{here} or {checkout} (vmbench checkout)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         if flag in args:
             i = args.index(flag) + 1
             if i < len(args) and "://" not in args[i]:
-                args[i] = os.path.abspath(args[i])
+                if flag in REPO_PATH_FLAGS:
+                    try:
+                        args[i] = resolve_repo_path(flag, args[i])
+                    except FileNotFoundError as err:
+                        print(f"cluster/sweep.py: {err}", file=sys.stderr)
+                        return 2
+                else:
+                    args[i] = os.path.abspath(args[i])
     if "--runs-dir" not in args:
         args += ["--runs-dir", os.path.abspath("vmbench-runs")]
     os.chdir(os.path.expanduser("~"))

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +38,53 @@ def test_aws_config_keeps_trials_off_the_head_and_mlflow_guarded():
     server = " ".join(config["head_setup_commands"])
     assert "mlflow server" in server and "--allowed-hosts" in server
     assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"][1:])
+
+
+def _sweep_script():
+    spec = importlib.util.spec_from_file_location("cluster_sweep", ROOT / "cluster" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_relative_space_resolves_from_another_working_directory(tmp_path, monkeypatch):
+    script = _sweep_script()
+    monkeypatch.chdir(tmp_path)  # as under `ray submit`: the home folder, not the checkout
+    assert ROOT in script.repo_roots()
+    assert script.resolve_repo_path("--space", "search_spaces/vmunet.yaml") == str(ROOT / "search_spaces" / "vmunet.yaml")
+    # The working directory comes first.
+    own = tmp_path / "search_spaces" / "vmunet.yaml"
+    own.parent.mkdir()
+    own.write_text("model: vmunet\n")
+    assert script.resolve_repo_path("--space", "search_spaces/vmunet.yaml") == str(own)
+    assert script.resolve_repo_path("--space", str(ROOT / "x.yaml")) == str(ROOT / "x.yaml")  # absolute: as given
+    # Neither: one line naming both places.
+    with pytest.raises(FileNotFoundError) as err:
+        script.resolve_repo_path("--space", "search_spaces/nope.yaml")
+    message = str(err.value)
+    assert "\n" not in message and "--space search_spaces/nope.yaml" in message
+    assert str(tmp_path / "search_spaces" / "nope.yaml") in message and str(ROOT / "search_spaces" / "nope.yaml") in message
+    with pytest.raises(FileNotFoundError, match="no vmbench checkout"):
+        script.resolve_repo_path("--space", "search_spaces/nope.yaml", roots=[])
+
+
+def test_ray_submit_copy_of_the_script_finds_the_space_in_the_checkout(tmp_path):
+    # `ray submit` copies cluster/sweep.py alone to ~/sweep.py on the head and runs it there.
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "cluster" / "sweep.py", home / "sweep.py")
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    base = [sys.executable, "sweep.py", "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    done = subprocess.run([*base, "--space", "search_spaces/quickstart.yaml"], cwd=home, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"from {ROOT / 'search_spaces' / 'quickstart.yaml'}" in done.stdout
+    done = subprocess.run([*base, "--space", "search_spaces/nope.yaml"], cwd=home, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{home}/search_spaces/nope.yaml (working directory)" in done.stderr
+    assert f"{ROOT}/search_spaces/nope.yaml (vmbench checkout)" in done.stderr
 
 
 TINY = {

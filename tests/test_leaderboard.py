@@ -532,3 +532,74 @@ def test_print_for_sweep_prints_one_experiment_and_never_raises(store, tmp_path,
     out = StringIO()
     assert lb.print_for_sweep(None, "x", runs_dir=tmp_path / "runs", file=out) is False
     assert "no MLflow store" in out.getvalue() and not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Review fixes: ASHA-stopped trials, published rows of another protocol
+# --------------------------------------------------------------------------------------------
+
+
+def test_search_stage_leaves_out_asha_pruned_trials(tmp_path, capsys):
+    from vmbench.sweep import COMPLETED, PRUNED, TAG_OUTCOME
+
+    s = Store(tmp_path)
+    # Two trials that ran the full budget (val DSC 0.80, 0.82) and one ASHA stopped after a few
+    # epochs: FINISHED like the others, told apart only by its outcome tag.
+    for seed, dsc, outcome in ((0, 0.80, COMPLETED), (1, 0.82, COMPLETED), (2, 0.30, PRUNED)):
+        run_id = s.log("vmunet", "isic2018", "holdout", seed, {"val_dsc": dsc}, stage="search")
+        s.client.set_tag(run_id, TAG_OUTCOME, outcome)
+    board = lb.leaderboard(lb.load_runs(s.uri, stage="search"), stage="search", per_case_loader=False, with_published=False)
+    row = _row(board, "isic2018", "vmunet")
+    assert row["n"] == 2 and row["pruned"] == 1 and row["failed"] == 0 and row["running"] == 0
+    assert row["dsc_pct_mean"] == pytest.approx(81.0)  # not (80 + 82 + 30) / 3
+    (table,) = lb.split_tables(board)
+    assert any("1 search trials stopped early by ASHA" in n for n in table.notes)
+    assert run_cli(["--tracking-uri", s.uri, "--stage", "search", "--format", "text", "--no-published"]) == 0
+    out = capsys.readouterr().out
+    assert "Pruned" in out and "vmbench.outcome=pruned" in out and "81.00 ± 1.41" in out
+
+
+def test_all_pruned_search_is_one_message(tmp_path, capsys):
+    from vmbench.sweep import PRUNED, TAG_OUTCOME
+
+    s = Store(tmp_path)
+    run_id = s.log("vmunet", "isic2018", "holdout", 0, {"val_dsc": 0.3}, stage="search")
+    s.client.set_tag(run_id, TAG_OUTCOME, PRUNED)
+    assert run_cli(["--tracking-uri", s.uri, "--stage", "search"]) == 1
+    assert "1 ASHA-stopped trials left out" in capsys.readouterr().err
+
+
+def test_final_stage_ignores_the_outcome_tag_of_search_trials(board):
+    # The fixture's search trial has no outcome tag; final rows are unchanged by the pruned rule.
+    vm = _row(board, "isic2018", "vmunet")
+    assert vm["n"] == 3 and vm["pruned"] == 0
+
+
+def test_published_p2_row_is_not_in_the_p1_table(tmp_path, capsys):
+    import vmbench
+
+    s = Store(tmp_path)
+    s.log("unet", "isic2017", "paper", 0, _isic_metrics(0.84, 1800, 0.5))
+    board = lb.leaderboard(lb.load_runs(s.uri), per_case_loader=False)
+    tables = {(t.dataset, t.protocol): t for t in lb.split_tables(board)}
+    assert list(tables) == [("isic2017", "paper"), ("isic2017", "paper-p2")]
+    # P1 table: TransFuse's pooled 256x256 row only, never the P2 per-image number.
+    p1 = tables[("isic2017", "paper")].rows
+    tf = p1[p1["model"] == "transfuse-s"]
+    assert list(tf["protocol"]) == ["paper"] and tf["dsc_pct_mean"].tolist() == [pytest.approx(88.40)]
+    assert not (p1["kind"].eq("published") & p1["per_image_dice_pct_mean"].notna()).any()
+    # P2 has a table of its own, named by its protocol, with published rows only.
+    p2 = tables[("isic2017", "paper-p2")]
+    assert (p2.rows["kind"] == "published").all() and list(p2.rows["model"]) == ["transfuse-s"]
+    assert p2.rows["per_image_dice_pct_mean"].tolist() == [pytest.approx(87.2)]
+    assert "P2" in p2.title and "600-image" in p2.title and "published results only" in p2.title
+    assert any("not comparable" in n for n in p2.notes)
+    # A --protocol filter without paper-p2 leaves that table out; naming it keeps it.
+    assert run_cli(["--tracking-uri", s.uri, "--protocol", "paper", "--format", "md", "--no-wilcoxon"]) == 0
+    assert "paper-p2" not in capsys.readouterr().out
+    argv = ["--tracking-uri", s.uri, "--protocol", "paper,paper-p2", "--format", "md", "--no-wilcoxon"]
+    assert run_cli(argv) == 0
+    assert "protocol: paper-p2" in capsys.readouterr().out
+    # Every registry protocol label has a description for the table titles.
+    labels = {r.protocol for m in vmbench.list_models() for r in vmbench.model_info(m).published}
+    assert labels <= set(lb.PROTOCOLS)

@@ -86,3 +86,62 @@ def test_ui_binds_loopback_shows_runs_and_stops_on_ctrl_c(sweep_store, tmp_path)
     time.sleep(0.5)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/health", timeout=3)
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+
+
+@needs_ipv6
+def test_free_port_and_url_for_ipv6_hosts():
+    from vmbench import ui
+
+    port = ui.free_port("::1")  # was socket.gaierror: an AF_INET socket cannot bind '::1'
+    assert 0 < port < 65536
+    assert ui.local_url("::1", port) == f"http://[::1]:{port}"
+    assert ui.local_url("::", 5000) == "http://[::1]:5000"  # the wildcard's loopback, bracketed
+    assert ui.local_url("0.0.0.0", 5000) == "http://127.0.0.1:5000"
+    assert ui.local_url("localhost", 5000) == "http://localhost:5000"
+
+
+def test_unknown_host_is_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "vmbench.cli", "ui", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--host", "no-such-host.invalid"],
+        capture_output=True, text=True, timeout=120,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "--host no-such-host.invalid" in lines[0], done.stderr
+
+
+@needs_ipv6
+def test_ui_serves_on_ipv6_loopback(sweep_store):
+    uri, _ = sweep_store
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vmbench.cli", "ui", "--tracking-uri", uri, "--host", "::1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert " at http://[::1]:" in line, line
+        url = line.split(" at ")[1].split()[0]
+        # The browser's Host header is [::1]:PORT, which MLflow's middleware accepts.
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=5", timeout=10) as response:
+            assert response.status == 200 and b"ui-test" in response.read()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            assert process.wait(30) == 0
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)

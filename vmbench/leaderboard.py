@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from vmbench import tracking
+from vmbench.sweep import PRUNED, TAG_OUTCOME
 
 __all__ = [
     "MlflowPerCaseLoader",
@@ -103,7 +104,12 @@ PUBLISHED_ALIASES = {
 PROTOCOLS = {
     "holdout": "checkpoint selected on a validation split disjoint from test",
     "paper": "the papers' protocol (ISIC P1 pooled confusion matrix / Synapse P3), papers' selection rule",
+    "paper-p2": "TransFuse's ISIC protocol P2: per-image mean over the official 600-image ISIC2017 test set at 192x256",
 }
+# Protocols vmbench runs are tagged with (vmbench.data.common.PROTOCOLS). Published rows of these
+# join the measured tables of their dataset; a published row of any other protocol (P2) is not
+# comparable with them and gets a table of its own (protocols.md §4: the three are incompatible).
+RUN_PROTOCOLS = ("holdout", "paper")
 
 MEASURED, PUBLISHED = "measured", "published"
 _FAILED = ("FAILED", "KILLED")
@@ -579,6 +585,9 @@ def _normalise(runs: pd.DataFrame, stage: str | None) -> pd.DataFrame:
             "sweep": tag(tracking.TAG_SWEEP),
             "hardware": tag(tracking.TAG_HARDWARE),
             "val_is_test": tag(tracking.TAG_VAL_IS_TEST).astype("string").str.lower().eq("true").fillna(False),
+            # ASHA-stopped search trials: their val_* metrics come from fewer epochs than the
+            # others', so they are counted apart, never averaged (hpo_stack.md §2.5, §4).
+            "pruned": (tag(tracking.TAG_STAGE).eq("search") & tag(TAG_OUTCOME).eq(PRUNED)).fillna(False).astype(bool),
         },
         index=runs.index,
     )
@@ -605,11 +614,14 @@ def leaderboard(
     stage: str | None = "final",
     prefix: str | None = None,
     published_models: Sequence[str] | None = None,
+    published_protocols: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """One row per (dataset, protocol, model) of measured runs, plus published rows.
 
     ``runs``: :func:`load_runs` output (or ``mlflow.search_runs``'s, same columns). Only FINISHED
     runs enter the statistics; ``failed`` counts FAILED/KILLED and ``running`` the others.
+    Search trials that ASHA stopped early (FINISHED, ``vmbench.outcome = pruned``) are counted in
+    ``pruned`` and left out of the statistics, as the spec's ``training_iteration == max_t``.
 
     Per metric key ``k`` (``metric_column(k)`` = ``dsc_pct``, ``hd95_vox`` ...): ``_mean``,
     ``_std`` (sample, ddof=1), ``_ci_lo``/``_ci_hi`` (95 % t-interval over seeds; NaN with one
@@ -624,6 +636,8 @@ def leaderboard(
 
     Published rows (``kind == 'published'``, ``source`` set, ``protocol`` from the registry,
     normally 'paper') come from ``vmbench.model_info(m).published`` for the datasets measured.
+    ``published_protocols`` (the ``--protocol`` filter): published rows of a protocol outside
+    :data:`RUN_PROTOCOLS` (tables of their own) are kept only when it is listed.
     """
     stage_ = stage
     if prefix is None:
@@ -633,7 +647,8 @@ def leaderboard(
         return _empty_frame()
 
     metric_cols = {c[len("metrics.") + len(prefix) :]: c for c in runs.columns if c.startswith(f"metrics.{prefix}")}
-    finished_mask = norm["status"].eq(_FINISHED)
+    pruned_mask = norm["status"].eq(_FINISHED) & norm["pruned"]
+    finished_mask = norm["status"].eq(_FINISHED) & ~pruned_mask
     failed_mask = norm["status"].isin(_FAILED)
 
     # Status counts per group (all runs), vectorised.
@@ -641,9 +656,10 @@ def leaderboard(
         norm.assign(
             n=finished_mask.astype("int64"),
             failed=failed_mask.astype("int64"),
-            running=(~finished_mask & ~failed_mask).astype("int64"),
+            running=(~finished_mask & ~failed_mask & ~pruned_mask).astype("int64"),
+            pruned=pruned_mask.astype("int64"),
         )
-        .groupby(_KEYS, sort=True)[["n", "failed", "running"]]
+        .groupby(_KEYS, sort=True)[["n", "failed", "running", "pruned"]]
         .sum()
     )
 
@@ -731,9 +747,12 @@ def leaderboard(
 
     if with_published:
         pub = _published_rows(sorted(out["dataset"].unique()), keys, published_models)
+        if not pub.empty and published_protocols:
+            # A protocol filter asks for those tables only; the runs' own protocols stay as references.
+            pub = pub[pub["protocol"].isin([*RUN_PROTOCOLS, *published_protocols])]
         if not pub.empty:
             out = pd.concat([out, pub], ignore_index=True)
-    for col in ("n", "failed", "running", "seeds", "sweeps", "val_is_test_runs"):
+    for col in ("n", "failed", "running", "pruned", "seeds", "sweeps", "val_is_test_runs"):
         out[col] = out[col].astype("Int64")  # counts; missing (<NA>) on published rows
     out = _order(out)
     out.attrs.update(
@@ -750,7 +769,7 @@ def leaderboard(
 
 
 def _empty_frame() -> pd.DataFrame:
-    return pd.DataFrame(columns=[*_KEYS, "kind", "source", "n", "failed", "running"])
+    return pd.DataFrame(columns=[*_KEYS, "kind", "source", "n", "failed", "running", "pruned"])
 
 
 def _paired_tests(out: pd.DataFrame, fin: pd.DataFrame, reference: str, loader) -> None:
@@ -886,12 +905,18 @@ class Table:
 
 
 def split_tables(board: pd.DataFrame) -> list[Table]:
-    """One table per (dataset, protocol) of measured rows; the dataset's published rows follow."""
+    """One table per (dataset, protocol) of measured rows; the dataset's published rows follow.
+
+    Published rows of a protocol no vmbench run uses (not in :data:`RUN_PROTOCOLS`, e.g. TransFuse's
+    P2) get a table per (dataset, protocol) of their own instead, after the measured ones.
+    """
     tables: list[Table] = []
     if board.empty:
         return tables
     measured = board[board["kind"] == MEASURED]
     published = board[board["kind"] == PUBLISHED]
+    comparable = published["protocol"].isin(RUN_PROTOCOLS)
+    published, apart = published[comparable], published[~comparable]
     reference = _paired_reference(board)
     stage = board.attrs.get("stage", "final")
     prefix = board.attrs.get("prefix") or "test_"
@@ -909,7 +934,23 @@ def split_tables(board: pd.DataFrame) -> list[Table]:
         title = f"{dataset} | protocol: {protocol} ({PROTOCOLS.get(protocol, 'unknown protocol')}) | {what}"
         notes = _notes(group, pub, keys, reference, protocol)
         tables.append(Table(dataset, protocol, title, notes, rows, keys))
+    for (dataset, protocol), pub in apart.groupby(["dataset", "protocol"], sort=True):
+        tables.append(_published_table(dataset, protocol, pub.reset_index(drop=True), all_keys, board.attrs))
+    tables.sort(key=lambda t: (t.dataset, t.protocol))  # a published-only table next to its dataset's others
     return tables
+
+
+def _published_table(dataset: str, protocol: str, pub: pd.DataFrame, all_keys, attrs) -> Table:
+    """A table of published rows only, for a protocol that no measured table shares."""
+    evaluation = pub["evaluation"].iloc[0] if "evaluation" in pub.columns else "pooled2d"
+    keys = list(all_keys) if attrs.get("explicit_metrics") else default_metrics(evaluation, all_keys)
+    keys = [k for k in keys if f"{metric_column(k)}_mean" in pub.columns and pub[f"{metric_column(k)}_mean"].notna().any()]
+    title = f"{dataset} | protocol: {protocol} ({PROTOCOLS.get(protocol, 'unknown protocol')}) | published results only"
+    notes = [
+        f"Rows marked [published] are numbers reported in papers under protocol '{protocol}' (split, resolution "
+        "and metric differ): not comparable with the measured tables or with other protocols' published rows.",
+    ]
+    return Table(dataset, protocol, title, notes, pub, keys)
 
 
 def _paired_reference(board: pd.DataFrame) -> str | None:
@@ -939,6 +980,12 @@ def _notes(group: pd.DataFrame, pub: pd.DataFrame, keys, reference, protocol) ->
     running = int(group["running"].sum())
     if failed or running:
         notes.append(f"Excluded: {failed} failed/killed and {running} unfinished runs (column 'failed').")
+    pruned = int(group["pruned"].sum())
+    if pruned:
+        notes.append(
+            f"Excluded: {pruned} search trials stopped early by ASHA ({TAG_OUTCOME}={PRUNED}; column 'pruned'): "
+            "their metrics come from fewer epochs. Only trials that ran the full budget are averaged."
+        )
     mixed = group["hardware"].dropna()
     if mixed.str.contains(r" \| ", regex=True).any() or mixed.nunique() > 1:
         notes.append("Hardware differs between runs: latency and training time are not comparable across rows.")
@@ -993,6 +1040,8 @@ def display_frame(table: Table, reference: str | None, ci: str = "all", pm: str 
     out["Failed"] = [("–" if p else str(int(f))) for p, f in zip(is_pub, rows["failed"].fillna(0))]
     if (rows["running"].fillna(0) > 0).any():
         out["Running"] = [("–" if p else str(int(f))) for p, f in zip(is_pub, rows["running"].fillna(0))]
+    if "pruned" in rows.columns and (rows["pruned"].fillna(0) > 0).any():
+        out["Pruned"] = [("–" if p else str(int(f))) for p, f in zip(is_pub, rows["pruned"].fillna(0))]
     for key in table.metrics:
         c = metric_column(key)
         mean, std = rows[f"{c}_mean"], rows.get(f"{c}_std")
@@ -1247,7 +1296,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./vmbench-runs/mlflow.db)")
     p.add_argument("--experiment", action="append", help="MLflow experiment name or id (repeatable; default: all)")
     p.add_argument("--dataset", action="append", help="dataset tag (repeatable or comma-separated)")
-    p.add_argument("--protocol", action="append", help="protocol tag: holdout, paper (repeatable)")
+    p.add_argument("--protocol", action="append", help=(
+        "protocol tag: holdout, paper (repeatable); the published-only paper-p2 table (TransFuse P2) is shown "
+        "unless --protocol is given without paper-p2"))
     p.add_argument("--model", action="append", help="model tag (repeatable or comma-separated)")
     p.add_argument(
         "--stage", choices=["final", "search", "all"], default="final",
@@ -1307,12 +1358,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         runs, reference=reference, metrics=metrics, with_published=not args.no_published,
         per_case_loader=False if (args.no_wilcoxon or stage != "final") else None,
         stage=stage, published_models=_as_list(args.model) or None,
+        published_protocols=_as_list(args.protocol) or None,
     )
     measured = board[board["kind"] == MEASURED] if not board.empty else board
     if measured.empty or int(measured["n"].sum()) == 0:
         failed = int(measured["failed"].sum()) if not measured.empty else 0
         running = int(measured["running"].sum()) if not measured.empty else 0
+        pruned = int(measured["pruned"].sum()) if not measured.empty else 0
         extra = f" ({failed} failed/killed and {running} unfinished runs matched)" if failed or running else ""
+        if pruned:
+            extra += f" ({pruned} ASHA-stopped trials left out)"
         print(f"vmbench leaderboard: no finished vmbench runs found for {where}{extra}", file=sys.stderr)
         return 1
     if fmt == "terminal":

@@ -15,10 +15,30 @@ from pathlib import Path
 from vmbench import tracking
 
 
+# Wildcard hosts bind every interface; the URL printed (and polled) is the matching loopback.
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def _address(host: str) -> tuple[socket.AddressFamily, tuple]:
+    """Socket family and address of ``host``: an IPv4 or IPv6 address or a host name."""
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise ValueError(f"--host {host}: not an IP address or a known host name ({err.strerror})") from None
+    return family, sockaddr
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
+    family, sockaddr = _address(host)  # AF_INET6 for '::1': an AF_INET socket cannot bind it
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind(sockaddr)
         return sock.getsockname()[1]
+
+
+def local_url(host: str, port: int) -> str:
+    """``http://HOST:PORT`` for a client on this machine; IPv6 addresses in brackets (RFC 3986)."""
+    host = _LOOPBACK.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def server_command(tracking_uri: str, host: str, port: int, allowed_hosts: str | None, workers: int = 1) -> list[str]:
@@ -49,10 +69,11 @@ def start(tracking_uri: str | None = None, runs_dir: str | Path = tracking.DEFAU
           port: int | None = None, allowed_hosts: str | None = None) -> tuple[subprocess.Popen, str]:
     """Start the server in its own process group; returns (process, base URL) once healthy."""
     uri = tracking_uri or tracking.default_tracking_uri(runs_dir)
-    port = port or free_port(host if host != "0.0.0.0" else "127.0.0.1")
+    _address(host)  # an unknown host is one line here, not a server that never answers
+    port = port or free_port(_LOOPBACK.get(host, host))
     # The server's own chatter goes to stderr, so stdout carries only vmbench's URL line.
     process = subprocess.Popen(server_command(uri, host, port, allowed_hosts), stdout=2, start_new_session=True)
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    url = local_url(host, port)
     try:
         wait_healthy(url, process)
     except BaseException:
