@@ -13,7 +13,6 @@ multiple of the floor (bytes / peak: the spec's 0.43 ms / 0.72 ms at stage 1 for
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import math
 import multiprocessing
 import os
@@ -484,7 +483,7 @@ def _max_relative_error(got, ref) -> float:
 
 def _check_against_torch(case: ScanCase) -> float:
     """Largest relative error of the Triton output and every input gradient against the torch backend,
-    at batch 1 of the case's inputs (a bad tile configuration shows at any batch size)."""
+    on inputs of the case's shape at batch 1 (a bad tile configuration shows at any batch size)."""
     import torch
 
     one = ScanCase("triton", case.channels, case.length, 1, case.d_state, case.groups, case.device)
@@ -501,25 +500,13 @@ def _check_against_torch(case: ScanCase) -> float:
     return max(_max_relative_error(got, ref) for got, ref in zip(*results))
 
 
-@contextlib.contextmanager
-def _triton_scan_config(text: str):
-    from vmbench.ops.selective_scan_triton import CONFIG_ENV_VAR
-
-    previous = os.environ.get(CONFIG_ENV_VAR)
-    os.environ[CONFIG_ENV_VAR] = text
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(CONFIG_ENV_VAR, None)
-        else:
-            os.environ[CONFIG_ENV_VAR] = previous
-
-
 def run_tune_case(case: TuneCase) -> dict[str, Any]:
     """Check one tile configuration against the torch backend, then time it at every shape."""
+    from vmbench.environment import temporary_env
+    from vmbench.ops.selective_scan_triton import CONFIG_ENV_VAR
+
     rows = []
-    with _triton_scan_config(case.config):
+    with temporary_env(CONFIG_ENV_VAR, case.config):
         for channels, length in case.shapes:
             scan_case = ScanCase("triton", channels, length, case.batch, device=case.device, repeats=case.repeats)
             error = _check_against_torch(scan_case)
@@ -609,10 +596,10 @@ def bench_tune(
             f"({len(failed)} failed, {len(measured)} wrong; see the rows above)"
         )
     summary = {"candidates": measured, "failed": failed}
+    defaults = next((e for e in correct if e["config"] == ""), None)
     for key, what in (("fwd_bwd_s", "training (fwd+bwd)"), ("fwd_s", "inference (fwd)")):
         best = min(correct, key=lambda e: e[key])
         summary["best_" + key.removesuffix("_s")] = best["config"]
-        defaults = next((e for e in correct if e["config"] == ""), None)
         if best["config"] == "":
             printer(f"fastest for {what}: the defaults ({CONFIG_ENV_VAR} unset)")
         else:

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from vmbench import tracking
+from vmbench.environment import temporary_env
 from vmbench.sweep import PRUNED, TAG_OUTCOME
 
 __all__ = [
@@ -495,7 +496,7 @@ class MlflowPerCaseLoader:
         cached = self.cache_dir / run_id / tracking.PER_CASE_ARTIFACT
         try:
             if not cached.exists():
-                with _no_progress_bar():
+                with temporary_env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):  # no download bars
                     local = mlflow.artifacts.download_artifacts(
                         run_id=run_id,
                         artifact_path=tracking.PER_CASE_ARTIFACT,
@@ -509,22 +510,6 @@ class MlflowPerCaseLoader:
             frame = None
         self._frames[run_id] = frame
         return frame
-
-
-class _no_progress_bar:
-    """MLflow's download progress bar off for the duration (restoring the caller's setting)."""
-
-    KEY = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-
-    def __enter__(self):
-        self.old = os.environ.get(self.KEY)
-        os.environ[self.KEY] = "false"
-
-    def __exit__(self, *exc):
-        if self.old is None:
-            os.environ.pop(self.KEY, None)
-        else:
-            os.environ[self.KEY] = self.old
 
 
 def per_case_dsc(frame: pd.DataFrame) -> pd.Series:
