@@ -15,10 +15,12 @@ from typing import Any
 
 import torch
 
+from vmbench.errors import CheckpointError
+
 __all__ = ["CheckpointFormatError", "describe", "is_state_dict", "read_checkpoint"]
 
 
-class CheckpointFormatError(RuntimeError):
+class CheckpointFormatError(CheckpointError):
     """A checkpoint cannot be read safely or does not hold what was expected."""
 
 

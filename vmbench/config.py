@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmbench.errors import ConfigError
+from vmbench.protocols import HOLDOUT, RUN_PROTOCOLS
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -27,20 +30,16 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type; names the key and source."""
-
-
 @dataclass
 class DataConfig:
     name: str = "synthetic-isic"
     root: str | None = None  # None: the dataset's default (synthetic ones generate into a cache)
-    protocol: str = "holdout"  # "holdout" (val apart from test) or "paper" (the published protocol)
+    protocol: str = HOLDOUT  # see vmbench.protocols: holdout (val apart from test), paper (the published one)
     img_size: int | tuple[int, int] | None = None  # side or [height, width]; None: the dataset's own
     num_workers: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # extra builder arguments, e.g. normalize, n
 
-    _choices = {"protocol": ("holdout", "paper")}
+    _choices = {"protocol": RUN_PROTOCOLS}
 
 
 @dataclass

@@ -31,14 +31,12 @@ from vmbench.checkpoints import read_checkpoint
 from vmbench.config import ExperimentConfig
 from vmbench.data import build_dataset
 from vmbench.data.errors import DataError
+from vmbench.errors import TrainingDivergedError
+from vmbench.protocols import selectable_metrics
 
 log = logging.getLogger("vmbench.engine")
 
 CHECKPOINT_FORMAT = 1
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -95,19 +93,6 @@ def seed_everything(seed: int) -> None:
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % 2**31
-
-
-# What validation reports, logged as val_<name>: a selection (or search) metric must be one of these
-# or train_loss. Volumes skip HD95 during training (minutes per pass) and have no loss (slices are
-# predicted one by one at the test's resolution).
-IMAGE_VAL_METRICS = ("loss", "dsc", "miou", "acc", "sen", "spe", "per_image_dice", "per_image_iou")
-VOLUME_VAL_METRICS = ("dsc", "dsc_strict")
-
-
-def selectable_metrics(evaluation: str, has_val: bool) -> tuple[str, ...]:
-    """The metric names a run reports, by the dataset's evaluation kind ("volume" or a 2-D kind)."""
-    names = VOLUME_VAL_METRICS if evaluation == "volume" else IMAGE_VAL_METRICS
-    return ("train_loss",) + (tuple(f"val_{n}" for n in names) if has_val else ())
 
 
 def selection_rule(

@@ -41,7 +41,7 @@ import pandas as pd
 
 from vmbench import tracking
 from vmbench.environment import temporary_env
-from vmbench.sweep import PRUNED, TAG_OUTCOME
+from vmbench.tracking import PRUNED, TAG_OUTCOME
 
 __all__ = [
     "MlflowPerCaseLoader",

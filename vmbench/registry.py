@@ -18,6 +18,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from vmbench.errors import UnknownNameError
+from vmbench.protocols import RUN_PROTOCOLS, EvaluationKind, evaluation_kind
+
 __all__ = [
     "DATASETS",
     "MODELS",
@@ -25,6 +28,7 @@ __all__ = [
     "ModelInfo",
     "PublishedResult",
     "Registry",
+    "UnknownNameError",
     "create_model",
     "list_models",
     "model_info",
@@ -33,13 +37,6 @@ __all__ = [
     "list_datasets",
     "dataset_info",
 ]
-
-
-class UnknownNameError(KeyError):
-    """Raised for a name that is not registered; the message lists close matches."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -62,6 +59,9 @@ class ModelInfo:
     description: str = ""
     published: tuple[PublishedResult, ...] = ()
     recipe: dict[str, Any] = field(default_factory=dict)
+    # ``load_pretrained(model, path) -> report``: the family's loader of its published pretrained
+    # weights from a local file (timm's pretrained filter-function idea); None: no such weights.
+    load_pretrained: Callable[[Any, str], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,28 @@ class DatasetInfo:
     class_names: tuple[str, ...] = ()
     description: str = ""
     default_root: str | None = None
+    protocols: tuple[str, ...] = RUN_PROTOCOLS
+
+    @property
+    def kind(self) -> EvaluationKind:
+        """What validation and test report on this dataset (:mod:`vmbench.protocols`)."""
+        return evaluation_kind(self.evaluation)
+
+    @property
+    def foreground_classes(self) -> tuple[str, ...]:
+        """Class names that get per-class metrics (all but the background of a multi-class task)."""
+        return tuple(self.class_names[1:]) if self.kind.per_class else ()
+
+    def test_metrics(self) -> tuple[str, ...]:
+        """Every ``test_<key>`` a final run on this dataset logs (per-class keys included)."""
+        per_class = tuple(f"{m}_{c}" for m in ("dsc", "hd95") for c in self.foreground_classes)
+        return self.kind.test_metrics + per_class
+
+    def table_metrics(self) -> tuple[str, ...]:
+        """The leaderboard's default columns: headline metrics, per-class DSC, then strict variants."""
+        keys = [k for k in self.kind.table_metrics if not k.endswith("_strict")]
+        keys += [f"dsc_{c}" for c in self.foreground_classes]
+        return tuple(keys + [k for k in self.kind.table_metrics if k.endswith("_strict")])
 
 
 class Registry:
@@ -151,6 +173,7 @@ def register_model(
     description: str = "",
     published: tuple[PublishedResult, ...] = (),
     recipe: dict[str, Any] | None = None,
+    load_pretrained: Callable[[Any, str], Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering a model constructor ``f(num_classes, in_chans, **overrides)``."""
 
@@ -166,6 +189,7 @@ def register_model(
                 description=description,
                 published=tuple(published),
                 recipe=dict(recipe or {}),
+                load_pretrained=load_pretrained,
             ),
         )
         return factory
@@ -201,8 +225,11 @@ def register_dataset(
     class_names: tuple[str, ...] = (),
     description: str = "",
     default_root: str | None = None,
+    protocols: tuple[str, ...] = RUN_PROTOCOLS,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering a dataset builder ``f(root, split, protocol, img_size, augment, seed)``."""
+
+    evaluation_kind(evaluation)  # an unknown kind fails at registration, not at the first table
 
     def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
         DATASETS.add(
@@ -218,6 +245,7 @@ def register_dataset(
                 class_names=tuple(class_names),
                 description=description,
                 default_root=default_root,
+                protocols=tuple(protocols),
             ),
         )
         return builder

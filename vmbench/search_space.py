@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from vmbench.config import ConfigError, ExperimentConfig
+from vmbench.protocols import HOLDOUT, PAPER, VOLUME, check_protocol, default_select_mode, selectable_metrics
 
 TOP_LEVEL_KEYS = {
     "experiment", "name", "model", "models", "dataset", "datasets", "data_root", "protocol", "metric", "mode",
@@ -354,13 +355,11 @@ def parse_spec(raw: Any, source: str = "sweep", default_name: str = "sweep", che
                 except UnknownNameError as err:
                     raise _err(source, key, str(err)) from None
 
-    protocol = raw.get("protocol", "holdout")
-    if protocol not in ("holdout", "paper"):
-        raise _err(source, "protocol", f"expected holdout or paper, got {protocol!r}")
+    protocol = check_protocol(raw.get("protocol", HOLDOUT), f"{source}: protocol")
     metric = raw.get("metric", "val_dsc")
     if not isinstance(metric, str):
         raise _err(source, "metric", f"expected a metric name, got {metric!r}")
-    mode = raw.get("mode", "min" if metric.endswith("loss") or "hd95" in metric else "max")
+    mode = raw.get("mode", default_select_mode(metric))
     if mode not in ("min", "max"):
         raise _err(source, "mode", f"expected min or max, got {mode!r}")
 
@@ -461,12 +460,11 @@ def _build_study(spec: SweepSpec, model: str, dataset: str) -> Study:
 def _check_metric(spec: SweepSpec, dataset: str) -> None:
     """The metric must be one the trials report: Tune only finds out after the first epoch, and aborts."""
     import vmbench
-    from vmbench.engine import selectable_metrics
 
     evaluation = vmbench.dataset_info(dataset).evaluation
     # Holdout always has a validation split; under the paper protocol ISIC validates on its test
     # split and Synapse has none.
-    has_val = spec.protocol != "paper" or evaluation != "volume"
+    has_val = spec.protocol != PAPER or evaluation != VOLUME
     if spec.metric.startswith("val_") and not has_val:
         raise _err(spec.source, "metric", f"{spec.metric!r} needs a validation split, but {dataset} under the paper "
                                           "protocol has none (use train_loss, as VM-UNet's Synapse recipe)")

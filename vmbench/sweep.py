@@ -30,23 +30,24 @@ from typing import Any
 import vmbench
 from vmbench import tracking as T
 from vmbench.config import ExperimentConfig
+from vmbench.errors import PreflightError
 from vmbench.search_space import SpaceParam, Study, SweepSpec, decode_sample, optuna_distributions
 
 log = logging.getLogger("vmbench.sweep")
 
-PRUNED, COMPLETED, FAILED = "pruned", "completed", "failed"
-TAG_OUTCOME = "vmbench.outcome"
-TAG_ERROR = "vmbench.error"
-TAG_FINAL_KEY = "vmbench.final_key"
-TAG_GPU_IDS = "vmbench.gpu_ids"
-TAG_RAY_NODE = "vmbench.ray_node_id"
-TAG_STUDY = "vmbench.study"
-TAG_RESUMED_EPOCH = "vmbench.resumed_from_epoch"
-TAG_ATTEMPTS = "vmbench.attempts"
-
-
-class PreflightError(RuntimeError):
-    """The sweep cannot run as configured; the message says why and what to change."""
+from vmbench.tracking import (  # noqa: E402  (re-exported for callers of the old names)
+    COMPLETED,
+    FAILED,
+    PRUNED,
+    TAG_ATTEMPTS,
+    TAG_ERROR,
+    TAG_FINAL_KEY,
+    TAG_GPU_IDS,
+    TAG_OUTCOME,
+    TAG_RAY_NODE,
+    TAG_RESUMED_EPOCH,
+    TAG_STUDY,
+)
 
 
 @dataclass

@@ -43,19 +43,38 @@ TAG_GIT_SHA = "vmbench.git_sha"
 TAG_SPACE_HASH = "vmbench.search_space_hash"
 TAG_VAL_IS_TEST = "vmbench.val_is_test"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_OUTCOME = "vmbench.outcome"  # completed | pruned | failed
+TAG_ERROR = "vmbench.error"
+TAG_FINAL_KEY = "vmbench.final_key"
+TAG_GPU_IDS = "vmbench.gpu_ids"
+TAG_RAY_NODE = "vmbench.ray_node_id"
+TAG_STUDY = "vmbench.study"
+TAG_RESUMED_EPOCH = "vmbench.resumed_from_epoch"
+TAG_ATTEMPTS = "vmbench.attempts"
+
+# Values of TAG_OUTCOME.
+PRUNED, COMPLETED, FAILED = "pruned", "completed", "failed"
 
 PER_CASE_ARTIFACT = "eval/per_case.csv"
 DEFAULT_RUNS_DIR = "vmbench-runs"
 
 
 def default_tracking_uri(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else an absolute SQLite file under ``runs_dir``."""
+    """``MLFLOW_TRACKING_URI`` if set, else an absolute SQLite file under ``runs_dir`` (its folder created)."""
+    uri = resolve_tracking_uri(None, runs_dir)
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        Path(runs_dir).resolve().mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def resolve_tracking_uri(uri: str | None = None, runs_dir: str | Path | None = None) -> str:
+    """``uri``, else ``MLFLOW_TRACKING_URI``, else ``<runs_dir>/mlflow.db``; for readers: creates nothing."""
+    if uri:
+        return uri
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    path = Path(runs_dir).resolve() / "mlflow.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return f"sqlite:///{Path(runs_dir or DEFAULT_RUNS_DIR).resolve() / 'mlflow.db'}"
 
 
 def default_artifact_location(tracking_uri: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str | None:

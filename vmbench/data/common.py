@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from vmbench.data.errors import DataError
+from vmbench.protocols import RUN_PROTOCOLS
 
 __all__ = [
     "SPLITS",
@@ -23,7 +24,7 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-PROTOCOLS = ("holdout", "paper")
+PROTOCOLS = RUN_PROTOCOLS
 
 
 def cache_dir() -> Path:

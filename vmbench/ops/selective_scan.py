@@ -36,6 +36,7 @@ import os
 
 import torch
 
+from vmbench.errors import BackendUnavailableError
 from vmbench.ops.determinism import AlertInBackward
 from vmbench.ops.selective_scan_ref import selective_scan_ref
 from vmbench.ops.selective_scan_torch import selective_scan_torch
@@ -55,10 +56,6 @@ ENV_VAR = "VMBENCH_SCAN_BACKEND"
 BACKENDS = ("cuda", "triton", "torch", "reference")
 TRITON_INTERPRET_VAR = "TRITON_INTERPRET"
 _logged: set[tuple[str, str]] = set()
-
-
-class BackendUnavailableError(RuntimeError):
-    """A selective-scan backend was requested that cannot run here."""
 
 
 @functools.lru_cache(maxsize=None)
