@@ -31,7 +31,7 @@ from vmbench.checkpoints import read_checkpoint
 from vmbench.config import ExperimentConfig
 from vmbench.data import build_dataset
 from vmbench.data.errors import DataError
-from vmbench.errors import TrainingDivergedError
+from vmbench.errors import CheckpointError, TrainingDivergedError
 from vmbench.protocols import selectable_metrics
 
 log = logging.getLogger("vmbench.engine")
@@ -422,6 +422,77 @@ def preprocess_record(dataset, evaluation: str) -> dict[str, Any]:
         "normalize": transform.normalize,
         "stats": list(transform.stats) if transform.stats is not None else None,
     }
+
+
+@dataclass
+class TrainState:
+    """What ``last.pt`` and ``best.pt`` hold; the file is :meth:`to_dict` (plain tensors and lists,
+    readable with ``torch.load(weights_only=True)``). ``best.pt`` has no optimiser, scheduler or
+    scaler state."""
+
+    config: dict[str, Any]  # ExperimentConfig.to_dict()
+    epoch: int  # epochs completed
+    img_size: tuple[int, int]
+    preprocess: dict[str, Any]  # how the test split prepared its inputs (vmbench predict repeats it)
+    model: dict[str, torch.Tensor]
+    history: list[dict[str, float]]
+    best_value: float
+    best_epoch: int
+    select_metric: str
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    format: int = CHECKPOINT_FORMAT
+    vmbench_version: str = ""
+
+    _REQUIRED = ("config", "epoch", "img_size", "model")
+
+    def to_dict(self, with_optimizer: bool = True) -> dict[str, Any]:
+        state = {
+            "format": self.format,
+            "vmbench_version": self.vmbench_version or vmbench.__version__,
+            "config": self.config,
+            "img_size": list(self.img_size),
+            "preprocess": self.preprocess,
+            "epoch": self.epoch,
+            "model": self.model,
+            "history": self.history,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "select_metric": self.select_metric,
+        }
+        if with_optimizer:
+            state.update(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
+        return state
+
+    @classmethod
+    def from_dict(cls, values: Any, source: str = "checkpoint") -> "TrainState":
+        if not isinstance(values, dict) or any(k not in values for k in cls._REQUIRED):
+            have = sorted(values)[:8] if isinstance(values, dict) else type(values).__name__
+            raise CheckpointError(
+                f"{source} is not a vmbench training checkpoint (expected keys {', '.join(cls._REQUIRED)}; found {have})"
+            )
+        return cls(
+            config=values["config"],
+            epoch=int(values["epoch"]),
+            img_size=tuple(int(v) for v in values["img_size"]),
+            preprocess=values.get("preprocess") or {},
+            model=values["model"],
+            history=list(values.get("history") or []),
+            best_value=float(values.get("best_value", math.nan)),
+            best_epoch=int(values.get("best_epoch", 0)),
+            select_metric=str(values.get("select_metric", "")),
+            optimizer=values.get("optimizer"),
+            scheduler=values.get("scheduler"),
+            scaler=values.get("scaler"),
+            format=int(values.get("format", CHECKPOINT_FORMAT)),
+            vmbench_version=str(values.get("vmbench_version", "")),
+        )
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> TrainState:
+    """The :class:`TrainState` in a vmbench checkpoint file (``weights_only=True``)."""
+    return TrainState.from_dict(load_checkpoint(path, map_location), source=str(path))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
