@@ -43,7 +43,7 @@ def test_models_lists_vmunet_and_baselines_with_counts(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
-    # Parameter counts (1 class, 3 input channels) from shared/spec.
+    # Parameter counts (1 class, 3 input channels) of the official code built on CPU (VM-UNet, baselines papers' repos).
     assert "27,427,561" in rows["vmunet"] and "256x256" in rows["vmunet"]
     assert "7,765,985" in rows["unet"]
     assert "34,878,573" in rows["att-unet"]

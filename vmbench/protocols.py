@@ -11,6 +11,10 @@ Chen et al. 2021, TransUNet ``utils.py`` ``test_single_volume``):
 * ``holdout``: checkpoints are selected on a validation split disjoint from the test split;
 * ``paper``: the published protocol of the dataset, leaks included (ISIC "P1": one pooled confusion
   matrix over all test pixels, selection on the test split; Synapse "P3": per-case 3-D DSC/HD95);
+* ``cv``: k-fold cross-validation over the training pool (every image or case that is not in the
+  test split), folds made as nnU-Net makes them (Isensee et al. 2021; MIC-DKFZ/nnUNet@0e495086
+  ``nnunetv2/utilities/crossval_split.py``); each fold selects on its own validation part and every
+  fold's model is scored on the untouched test split;
 * ``paper-p2``: TransFuse's ISIC2017 protocol (per-image mean at 192x256 on the official 600-image
   test set). vmbench does not run it; published rows under it get a table of their own, since the
   three published protocols are not comparable with each other.
@@ -24,6 +28,7 @@ from vmbench.errors import ConfigError
 
 __all__ = [
     "EVALUATIONS",
+    "CV",
     "HOLDOUT",
     "PAPER",
     "PAPER_P2",
@@ -50,7 +55,7 @@ class Protocol:
     runnable: bool  # vmbench trains and evaluates under it (else only published rows carry it)
 
 
-HOLDOUT, PAPER, PAPER_P2 = "holdout", "paper", "paper-p2"
+HOLDOUT, PAPER, CV, PAPER_P2 = "holdout", "paper", "cv", "paper-p2"
 
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
@@ -59,6 +64,11 @@ PROTOCOLS: dict[str, Protocol] = {
         Protocol(
             PAPER,
             "the papers' protocol (ISIC P1 pooled confusion matrix / Synapse P3), papers' selection rule",
+            True,
+        ),
+        Protocol(
+            CV,
+            "k-fold cross-validation on the training pool (nnU-Net folds); every fold's model scored on the test split",
             True,
         ),
         Protocol(

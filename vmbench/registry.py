@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from vmbench.errors import UnknownNameError
-from vmbench.protocols import RUN_PROTOCOLS, EvaluationKind, evaluation_kind
+from vmbench.protocols import HOLDOUT, PAPER, EvaluationKind, evaluation_kind
 
 __all__ = [
     "DATASETS",
@@ -82,7 +82,7 @@ class DatasetInfo:
     class_names: tuple[str, ...] = ()
     description: str = ""
     default_root: str | None = None
-    protocols: tuple[str, ...] = RUN_PROTOCOLS
+    protocols: tuple[str, ...] = (HOLDOUT, PAPER)  # cv only where the builder takes fold/folds
 
     @property
     def kind(self) -> EvaluationKind:
@@ -225,7 +225,7 @@ def register_dataset(
     class_names: tuple[str, ...] = (),
     description: str = "",
     default_root: str | None = None,
-    protocols: tuple[str, ...] = RUN_PROTOCOLS,
+    protocols: tuple[str, ...] = (HOLDOUT, PAPER),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering a dataset builder ``f(root, split, protocol, img_size, augment, seed)``."""
 

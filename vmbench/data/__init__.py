@@ -29,7 +29,9 @@ from vmbench.data.synapse import (
     prepare_synapse,
 )
 from vmbench.data.synthetic import synth_isic, synth_synapse, synthetic_isic_root, synthetic_synapse_root
+from vmbench.data.splits import check_fold
 from vmbench.data.transforms import seed_worker
+from vmbench.protocols import CV
 
 __all__ = [
     "DataError",
@@ -75,18 +77,26 @@ def build_dataset(
     img_size: int | Sequence[int] | None = None,
     augment: bool | None = None,
     seed: int = 0,
+    fold: int | None = None,
+    folds: int = 5,
     **kwargs,
 ):
     """Build split ``split`` of registered dataset ``name`` under ``protocol``.
 
     ``root`` None: the registered default folder (generated data for the synthetic datasets);
-    ``img_size`` None: the dataset's default; ``augment`` None: True for "train" only. Extra
+    ``img_size`` None: the dataset's default; ``augment`` None: True for "train" only. ``fold`` and
+    ``folds`` choose the cross-validation fold under protocol ``cv`` (ignored otherwise). Extra
     keyword arguments go to the dataset's builder (e.g. ``normalize=``, ``split_seed=``, ``n=``).
     """
     from vmbench.registry import dataset_info
 
     info = dataset_info(name)  # unknown names: the registry's error with close matches
     check_split_protocol(split, protocol)
+    if protocol not in info.protocols:
+        raise DataError(f"dataset {name!r} does not support protocol {protocol!r} (it supports {', '.join(info.protocols)})")
+    if protocol == CV:  # checked before a generated data set is written
+        fold, folds = check_fold(fold, folds)
+        kwargs.update(fold=fold, folds=folds)
     size = info.img_size if img_size is None else _size(img_size)
     if augment is None:
         augment = split == "train"

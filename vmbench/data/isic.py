@@ -16,6 +16,9 @@ Splits
         prepared   train = ``train/``; val = test = ``val/`` (``val_is_test = True``; VM-UNet selects
                    its checkpoint on the test set).
         challenge  official training set split 7:3 into train/test (by ``split_seed``); val = test.
+    ``protocol="cv"``: the holdout protocol's test split is the test split; its train and val parts
+        form the pool that ``folds`` nnU-Net-style folds divide (``vmbench.data.splits``); ``fold``
+        picks the one whose val part validates. ``dataset.cv_splits`` lists every fold.
     ``protocol="holdout"`` (default) keeps validation apart from test:
         prepared   val = 20 % of ``train/`` (by ``split_seed``), train = the other 80 %,
                    test = ``val/``.
@@ -56,6 +59,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vmbench.data.common import check_split_protocol, split_by_hash
+from vmbench.data.splits import check_fold, fold_ids, kfold_splits
+from vmbench.protocols import CV, HOLDOUT, PAPER
 from vmbench.data.errors import DataError, few
 from vmbench.data.transforms import VMUNET_ISIC_STATS, IsicTransform, item_rng
 from vmbench.registry import register_dataset
@@ -196,11 +201,14 @@ def scan_prepared(split_dir: Path) -> list[Sample]:
 
 
 def isic_samples(
-    root: Path, split: str, protocol: str, *, year: int | None = None, split_seed: int = 0
+    root: Path, split: str, protocol: str, *, year: int | None = None, split_seed: int = 0,
+    fold: int | None = None, folds: int = 5,
 ) -> tuple[list[Sample], dict]:
-    """The samples of one split and a description (layout, year, val_is_test, split_source)."""
+    """The samples of one split and a description (layout, year, val_is_test, split_source, cv_splits)."""
     check_split_protocol(split, protocol)
     root = Path(root)
+    if protocol == CV:
+        return _cv_samples(root, split, year, split_seed, fold, folds)
     layout, found_year = detect_isic_layout(root, year)
     info = {"layout": layout, "year": found_year, "val_is_test": False}
     if layout == "prepared":
@@ -244,6 +252,26 @@ def isic_samples(
             samples = [by_id[i] for i in parts[split]]
     if not samples:
         raise DataError(f"split {split!r} of {root} is empty under protocol {protocol!r}")
+    return samples, info
+
+
+def _cv_samples(root: Path, split: str, year: int | None, split_seed: int, fold, folds) -> tuple[list[Sample], dict]:
+    """Protocol cv: the holdout protocol's test split stays the test split; everything else (its train
+    and val parts) is the pool that nnU-Net-style folds divide."""
+    fold, folds = check_fold(fold, folds)
+    test, info = isic_samples(root, "test", HOLDOUT, year=year, split_seed=split_seed)
+    if split == "test":
+        samples = test
+    else:
+        pool = {s.id: s for part in ("train", "val") for s in isic_samples(root, part, HOLDOUT, year=year,
+                                                                          split_seed=split_seed)[0]}
+        samples = [pool[i] for i in fold_ids(list(pool), split, fold, folds)]
+        info["cv_splits"] = kfold_splits(list(pool), folds)
+    pool_source = info.get("split_source", "")
+    info["split_source"] = (
+        f"the holdout protocol's test split ({pool_source}), untouched by cross-validation" if split == "test"
+        else f"{folds}-fold cross-validation (fold {fold}) over the non-test part of: {pool_source}"
+    )
     return samples, info
 
 
@@ -328,8 +356,10 @@ class ISICDataset(Dataset):
         split_source: str = "",
         check_sizes: bool = True,
         fast_decode: bool = True,
+        cv_splits: list[dict[str, list[str]]] | None = None,
     ):
         self.samples = list(samples)
+        self.cv_splits = cv_splits  # protocol cv: every fold's train/val ids (what splits.json records)
         self.name = name
         self.split = split
         self.protocol = protocol
@@ -412,6 +442,8 @@ def build_isic(
     split_seed: int = 0,
     check_sizes: bool = True,
     fast_decode: bool = True,
+    fold: int | None = None,
+    folds: int = 5,
 ) -> ISICDataset:
     """An ISIC split from a challenge or prepared layout at ``root`` (see the module docstring)."""
     check_split_protocol(split, protocol)
@@ -422,7 +454,7 @@ def build_isic(
         augment = split == "train"
     if normalize is None:
         normalize = "vmunet" if protocol == "paper" else "minmax-imagenet"
-    samples, info = isic_samples(Path(root), split, protocol, year=year, split_seed=split_seed)
+    samples, info = isic_samples(Path(root), split, protocol, year=year, split_seed=split_seed, fold=fold, folds=folds)
     key = f"isic{info['year'] or year}"
     stats = VMUNET_ISIC_STATS.get((key, "train" if split == "train" else "test"))
     layout = info["layout"] + (f"-{info['year']}" if info["year"] else "")
@@ -442,6 +474,7 @@ def build_isic(
             split_source=info.get("split_source", ""),
             check_sizes=check_sizes,
             fast_decode=fast_decode,
+            cv_splits=info.get("cv_splits"),
         )
     except ValueError as err:
         if isinstance(err, DataError):
@@ -457,6 +490,7 @@ ISIC_DATASET_INFO = dict(
     img_size=(256, 256),
     evaluation="pooled2d",
     class_names=("lesion",),
+    protocols=(HOLDOUT, PAPER, CV),
 )
 
 

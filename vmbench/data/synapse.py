@@ -13,6 +13,9 @@ Splits
     ``holdout``  val = the 3 training cases ``HOLDOUT_VAL_CASES`` (case0007, case0026, case0034:
                  every sixth of the 18 sorted training cases, starting with the third), rebuilt as
                  volumes from their slices; train = the slices of the other 15; test = the 12.
+    ``cv``       ``folds`` nnU-Net-style folds over the training cases (``vmbench.data.splits``),
+                 volumes kept whole: val = fold ``fold``'s cases as volumes, train = the slices of
+                 the others; test = the 12. ``dataset.cv_splits`` lists every fold.
 
 Items
     train (2D): ``{"image": float32 tensor (1, H, W), "mask": int64 tensor (H, W), "id":
@@ -25,10 +28,10 @@ Items
 Labels must be integers in 0..8 (checked per item, naming the file).
 
 Organ ids
-    The official files never state which id is which organ (spec §6). The registered class names
+    The official files (Beckschen/TransUNet@02ef001) never state which id is which organ. The registered class names
     follow the assumed mapping (B): 1 aorta, 2 gallbladder, 3 left kidney, 4 right kidney, 5 liver,
     6 pancreas, 7 spleen, 8 stomach. ``prepare_synapse`` remaps BTCV's 13 ids with SAMed's table
-    (mapping "A", spec §1.5: 1 spleen, 2 right kidney, 3 left kidney, 4 gallbladder, 5 liver,
+    (mapping "A", hitachinsk/SAMed@a00f7f0 preprocess/preprocess_data.py: 1 spleen, 2 right kidney, 3 left kidney, 4 gallbladder, 5 liver,
     6 stomach, 7 aorta, 8 pancreas) unless told ``mapping="B"``; it records the mapping in
     ``vmbench_prepare.json`` and datasets read from such a folder expose the matching
     ``class_names``.
@@ -52,6 +55,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vmbench.data.common import atomic_dir, check_split_protocol
+from vmbench.data.splits import check_fold, kfold_splits
+from vmbench.protocols import CV, HOLDOUT, PAPER
 from vmbench.data.errors import DataError, few
 from vmbench.data.transforms import SynapseTransform, item_rng
 from vmbench.registry import register_dataset
@@ -234,6 +239,7 @@ class SynapseSliceDataset(Dataset):
 
     is_volume = False
     val_is_test = False
+    cv_splits: list[dict[str, list[str]]] | None = None  # protocol cv only
 
     def __init__(
         self,
@@ -287,6 +293,8 @@ class SynapseVolumeDataset(Dataset):
 
     A case's source is an h5 file or the sorted list of its npz slices (holdout validation).
     """
+
+    cv_splits: list[dict[str, list[str]]] | None = None  # protocol cv only
 
     is_volume = True
     val_is_test = False
@@ -376,9 +384,13 @@ def build_synapse(
     name: str = "synapse",
     val_cases: Sequence[str] = HOLDOUT_VAL_CASES,
     class_names: Sequence[str] = CLASS_NAMES_B,
+    fold: int | None = None,
+    folds: int = 5,
 ):
     """A Synapse split from the TransUNet layout at ``root`` (see the module docstring)."""
     check_split_protocol(split, protocol)
+    if protocol == CV:
+        fold, folds = check_fold(fold, folds)
     if split == "val" and protocol == "paper":
         raise DataError(
             "the paper protocol has no Synapse validation set (TransUNet / VM-UNet train on the 18 "
@@ -395,8 +407,16 @@ def build_synapse(
         vols = _test_volumes(root)
         return SynapseVolumeDataset([(c, p) for c, p in vols.items()], **common)
     cases = _train_slices(root)
+    cv_splits = None
     if protocol == "paper":
         chosen = sorted(cases)
+    elif protocol == CV:  # folds over the training cases, volumes kept whole
+        cv_splits = kfold_splits(list(cases), folds)
+        chosen = cv_splits[fold][split]
+        if split == "val":
+            dataset = SynapseVolumeDataset([(c, cases[c]) for c in chosen], **common)
+            dataset.cv_splits = cv_splits
+            return dataset
     else:
         val = [c for c in val_cases if c in cases]
         if not val:
@@ -410,7 +430,9 @@ def build_synapse(
     if not chosen:
         raise DataError(f"split {split!r} of {root} has no cases under protocol {protocol!r}")
     slices = [(f"{c}_slice{i:03d}", p) for c in chosen for i, p in cases[c]]
-    return SynapseSliceDataset(slices, augment=augment, seed=seed, cases=chosen, **common)
+    dataset = SynapseSliceDataset(slices, augment=augment, seed=seed, cases=chosen, **common)
+    dataset.cv_splits = cv_splits  # protocol cv: every fold's train/val case ids (splits.json)
+    return dataset
 
 
 # Registry metadata shared with the generated stand-in (vmbench.data.synthetic).
@@ -421,6 +443,7 @@ SYNAPSE_DATASET_INFO = dict(
     img_size=(224, 224),
     evaluation="volume",
     class_names=CLASS_NAMES_B,
+    protocols=(HOLDOUT, PAPER, CV),
 )
 
 
@@ -429,7 +452,7 @@ SYNAPSE_DATASET_INFO = dict(
     **SYNAPSE_DATASET_INFO,
     description=(
         "Synapse multi-organ CT (BTCV), TransUNet preprocessed layout; 8 organs + background. "
-        "Per-organ names assume mapping (B) of the spec (1 aorta ... 8 stomach), which is not "
+        "Per-organ names assume mapping (B), the papers' table order (1 aorta ... 8 stomach), which is not "
         "confirmed by the official files."
     ),
     default_root="data/Synapse",
@@ -543,7 +566,7 @@ def prepare_synapse(
 ) -> PrepareReport:
     """Raw BTCV NIfTI volumes -> the TransUNet layout in ``out_dir`` (see the module docstring).
 
-    ``mapping`` "A" is SAMed's remap (spec §1.5); "B" puts the ids in the papers' table order.
+    ``mapping`` "A" is SAMed's remap (hitachinsk/SAMed@a00f7f0 preprocess/preprocess_data.py); "B" puts the ids in the papers' table order.
     ``progress``, if given, is called with each case id as it is written.
     """
     import h5py
