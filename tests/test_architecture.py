@@ -30,6 +30,7 @@ LAYERS = {
     "vmbench.losses": 3,
     "vmbench.losses_ds": 3,
     "vmbench.metrics": 3,
+    "vmbench.statistics": 3,
     "vmbench.profiling": 3,
     "vmbench.engine": 4,
     "vmbench.predict": 4,
