@@ -2,13 +2,14 @@
 
 Runs are logged with ``mlflow.MlflowClient`` into an SQLite store under a temporary folder, with
 the tags, metrics and ``eval/per_case.csv`` artifact of the tracking contract
-(``vmbench/tracking.py``). Expected values are computed by hand here, never with the code under
+(``vmbench.tracking``). Expected values are computed by hand here, never with the code under
 test.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import math
@@ -24,6 +25,17 @@ mlflow = pytest.importorskip("mlflow")
 
 from vmbench import leaderboard as lb  # noqa: E402
 from vmbench import tracking  # noqa: E402
+from vmbench.errors import ConfigError, DataError  # noqa: E402
+from vmbench.protocols import PROTOCOLS  # noqa: E402
+
+
+def _benchmark_module():
+    """``benchmarks/leaderboard_scale.py`` (a script, not a package), for its ``synthetic_runs``."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "leaderboard_scale.py"
+    spec = importlib.util.spec_from_file_location("leaderboard_scale", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 # MLflow 3.17's SQL store triggers a SQLAlchemy deprecation warning on first use.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -275,7 +287,7 @@ def test_load_runs_types_filters_and_experiments(store):
 
 
 def test_aggregates_10000_synthetic_runs():
-    runs = lb.synthetic_runs(10_000)
+    runs = _benchmark_module().synthetic_runs(10_000)
     board = lb.leaderboard(runs, per_case_loader=False)
     measured = board[board["kind"] == "measured"]
     assert len(measured) == 5 * 3 * 2  # models x datasets x protocols
@@ -528,7 +540,7 @@ def test_print_for_sweep_prints_one_experiment_and_never_raises(store, tmp_path,
     assert "isic2017 | protocol: holdout" in text and "isic2018 |" not in text
     out = StringIO()
     assert lb.print_for_sweep(store.uri, "no-such-experiment", file=out) is False
-    assert out.getvalue().startswith("(leaderboard failed: ValueError: no MLflow experiment named")
+    assert out.getvalue().startswith("(leaderboard failed: ConfigError: no MLflow experiment named")
     out = StringIO()
     assert lb.print_for_sweep(None, "x", runs_dir=tmp_path / "runs", file=out) is False
     assert "no MLflow store" in out.getvalue() and not (tmp_path / "runs").exists()
@@ -540,7 +552,7 @@ def test_print_for_sweep_prints_one_experiment_and_never_raises(store, tmp_path,
 
 
 def test_search_stage_leaves_out_asha_pruned_trials(tmp_path, capsys):
-    from vmbench.sweep import COMPLETED, PRUNED, TAG_OUTCOME
+    from vmbench.tracking import COMPLETED, PRUNED, TAG_OUTCOME
 
     s = Store(tmp_path)
     # Two trials that ran the full budget (val DSC 0.80, 0.82) and one ASHA stopped after a few
@@ -560,7 +572,7 @@ def test_search_stage_leaves_out_asha_pruned_trials(tmp_path, capsys):
 
 
 def test_all_pruned_search_is_one_message(tmp_path, capsys):
-    from vmbench.sweep import PRUNED, TAG_OUTCOME
+    from vmbench.tracking import PRUNED, TAG_OUTCOME
 
     s = Store(tmp_path)
     run_id = s.log("vmunet", "isic2018", "holdout", 0, {"val_dsc": 0.3}, stage="search")
@@ -602,4 +614,118 @@ def test_published_p2_row_is_not_in_the_p1_table(tmp_path, capsys):
     assert "protocol: paper-p2" in capsys.readouterr().out
     # Every registry protocol label has a description for the table titles.
     labels = {r.protocol for m in vmbench.list_models() for r in vmbench.model_info(m).published}
-    assert labels <= set(lb.PROTOCOLS)
+    assert labels <= set(PROTOCOLS)
+
+
+# --------------------------------------------------------------------------------------------
+# Restructuring fixes: --stage all counts, registry failures, unregistered datasets, user errors
+# --------------------------------------------------------------------------------------------
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    """A ``load_runs``-shaped frame, one run per dict (model, dataset, stage, status, outcome, metrics)."""
+    records = []
+    for i, r in enumerate(rows):
+        record = {
+            "run_id": f"run{i}",
+            "status": r.get("status", "FINISHED"),
+            f"tags.{tracking.TAG_KIND}": "trial",
+            f"tags.{tracking.TAG_STAGE}": r.get("stage", "final"),
+            f"tags.{tracking.TAG_MODEL}": r.get("model", "vmunet"),
+            f"tags.{tracking.TAG_DATASET}": r.get("dataset", "isic2018"),
+            f"tags.{tracking.TAG_PROTOCOL}": "holdout",
+            f"tags.{tracking.TAG_SEED}": str(i),
+            f"tags.{tracking.TAG_OUTCOME}": r.get("outcome"),
+        }
+        record.update({f"metrics.{k}": float(v) for k, v in r.get("metrics", {}).items()})
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def test_stage_all_counts_only_the_runs_whose_metrics_are_shown(store, capsys):
+    # Three final runs (test DSC 0.80, 0.82, 0.87) and search trials of the same group, which log
+    # val_* metrics only: one finished, one failed, one stopped by ASHA.
+    rows = [{"metrics": {"test_dsc": d, "val_dsc": d}} for d in (0.80, 0.82, 0.87)]
+    rows += [
+        {"stage": "search", "metrics": {"val_dsc": 0.5}},
+        {"stage": "search", "status": "FAILED", "metrics": {"val_dsc": 0.4}},
+        {"stage": "search", "outcome": tracking.PRUNED, "metrics": {"val_dsc": 0.3}},
+    ]
+    board = lb.leaderboard(_frame(rows), stage=None, per_case_loader=False, with_published=False)
+    row = _row(board, "isic2018", "vmunet")
+    assert row["dsc_pct_mean"] == pytest.approx(83.0)
+    assert (row["n"], row["failed"], row["running"], row["pruned"]) == (3, 0, 0, 0)
+    (table,) = lb.split_tables(board)
+    assert "final runs only" in table.title
+    assert any("only final runs log test_*" in n and "3 runs of other stages left out" in n for n in table.notes)
+    # Through the sub-command: the fixture's search trial even carries test_* metrics (DSC 0.05);
+    # it is neither counted nor averaged.
+    argv = ["--tracking-uri", store.uri, "--stage", "all", "--dataset", "isic2018", "--model", "vmunet"]
+    assert run_cli([*argv, "--format", "csv", "--no-published"]) == 0
+    vm = pd.read_csv(StringIO(capsys.readouterr().out)).iloc[0]
+    assert (vm["n"], vm["failed"], vm["running"], vm["pruned"]) == (3, 1, 1, 0)
+    assert vm["dsc_pct_mean"] == pytest.approx(83.0)
+
+
+def test_registry_failures_other_than_an_unknown_name_propagate(monkeypatch):
+    import vmbench
+
+    runs = _frame([{"metrics": {"test_dsc": 0.8}}])
+
+    def broken(name):
+        raise RuntimeError("plug-in exploded")
+
+    with monkeypatch.context() as m:
+        m.setattr(vmbench, "dataset_info", broken)
+        with pytest.raises(RuntimeError, match="plug-in exploded"):
+            lb.leaderboard(runs, per_case_loader=False, with_published=False)
+    with monkeypatch.context() as m:
+        m.setattr(vmbench, "model_info", broken)
+        with pytest.raises(RuntimeError, match="plug-in exploded"):
+            lb.leaderboard(runs, per_case_loader=False)
+    # A model name that no installed package registers is expected (a --model filter): no rows.
+    board = lb.leaderboard(runs, per_case_loader=False, published_models=["not-installed"])
+    assert (board["kind"] == "measured").all()
+
+
+def test_unregistered_dataset_gets_the_kind_its_metrics_show_and_a_note():
+    volume = {"test_dsc": 0.7, "test_hd95": 20.0, "test_dsc_strict": 0.69, "test_hd95_strict": 25.0, "test_dsc_liver": 0.9}
+    rows = [
+        {"dataset": "ct-plugin", "metrics": volume},
+        {"dataset": "synapse-like-2d", "metrics": {"test_dsc": 0.8, "test_miou": 0.7}},
+        {"dataset": "isic2018", "metrics": {"test_dsc": 0.8, "test_miou": 0.7}},
+    ]
+    board = lb.leaderboard(_frame(rows), per_case_loader=False, with_published=False)
+    tables = {t.dataset: t for t in lb.split_tables(board)}
+    assert _row(board, "ct-plugin", "vmunet")["evaluation"] == "volume"  # HD95 logged: per-volume evaluation
+    assert tables["ct-plugin"].metrics == ["dsc", "hd95", "dsc_liver", "dsc_strict", "hd95_strict"]
+    assert any("'ct-plugin' is not registered" in n and "'volume'" in n for n in tables["ct-plugin"].notes)
+    # The kind comes from the metrics, never from the name.
+    assert _row(board, "synapse-like-2d", "vmunet")["evaluation"] == "pooled2d"
+    assert tables["synapse-like-2d"].metrics == ["miou", "dsc"]
+    assert any("'synapse-like-2d' is not registered" in n for n in tables["synapse-like-2d"].notes)
+    assert not any("not registered" in n for n in tables["isic2018"].notes)
+    assert "'ct-plugin' is not registered" in lb.render(board, "md")
+
+
+def test_user_errors_are_vmbench_errors_naming_the_option(store, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="engine 'fast'"):
+        lb.load_runs(store.uri, engine="fast")
+    with pytest.raises(ConfigError, match="sqlite"):
+        lb.load_runs("http://127.0.0.1:9", engine="sql")
+    with pytest.raises(ConfigError, match="--experiment"):
+        lb.load_runs(store.uri, experiment="nope")
+    with pytest.raises(DataError, match="no MLflow store at"):
+        lb.load_runs(f"sqlite:///{tmp_path / 'none.db'}")
+    runs = lb.load_runs(store.uri, dataset="isic2018")
+    with pytest.raises(ConfigError, match="--metrics hd59"):
+        lb.leaderboard(runs, metrics=["dsc", "hd59"], per_case_loader=False)
+    with pytest.raises(ConfigError, match="format 'pdf'"):
+        lb.render(lb.leaderboard(runs, per_case_loader=False), "pdf")
+    capsys.readouterr()
+    assert run_cli(["--tracking-uri", store.uri, "--metrics", "dsc,hd59", "--no-wilcoxon"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--metrics hd59" in err and "test_hd59" in err
+    assert run_cli(["--tracking-uri", store.uri, "--experiment", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no MLflow experiment named 'nope'" in err and "Traceback" not in err

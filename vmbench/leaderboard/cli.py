@@ -1,0 +1,156 @@
+"""``vmbench leaderboard`` and the table printed at the end of ``vmbench sweep``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from vmbench.errors import VmbenchError
+from vmbench.io import atomic_write
+from vmbench.leaderboard.board import leaderboard
+from vmbench.leaderboard.columns import MEASURED
+from vmbench.leaderboard.plot import plot
+from vmbench.leaderboard.render import FORMATS, print_terminal, render
+from vmbench.leaderboard.store import as_list, load_runs
+from vmbench.leaderboard.tables import split_tables
+from vmbench.tracking import resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+_SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".html": "html", ".htm": "html", ".tex": "latex", ".json": "json", ".txt": "text"}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "leaderboard",
+        help="comparison tables (mean ± std, 95%% CI, paired Wilcoxon, cost) from the MLflow final runs",
+        description=(
+            "One table per dataset and protocol from the final runs (vmbench.stage=final, FINISHED) in MLflow: "
+            "mean ± std and 95%% CI over seeds, failed-run counts, parameters, GMACs, training time, latency, a "
+            "paired Wilcoxon test of per-case DSC against --reference, and the published rows of the registry."
+        ),
+    )
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./vmbench-runs/mlflow.db)")
+    p.add_argument("--experiment", action="append", help="MLflow experiment name or id (repeatable; default: all)")
+    p.add_argument("--dataset", action="append", help="dataset tag (repeatable or comma-separated)")
+    p.add_argument("--protocol", action="append", help=(
+        "protocol tag: holdout, paper (repeatable); the published-only paper-p2 table (TransFuse P2) is shown "
+        "unless --protocol is given without paper-p2"))
+    p.add_argument("--model", action="append", help="model tag (repeatable or comma-separated)")
+    p.add_argument(
+        "--stage", choices=["final", "search", "all"], default="final",
+        help=(
+            "run stage (default final; search runs are shown with their val_* metrics, for inspection only; all: "
+            "every stage's test_* metrics, which only final runs log, so the counts are of final runs)"
+        ),
+    )
+    p.add_argument("--reference", default="vmunet", help="reference model of the paired test (default vmunet; 'none' to skip)")
+    p.add_argument("--no-published", action="store_true", help="leave out the registry's published rows")
+    p.add_argument("--no-wilcoxon", action="store_true", help="skip the paired test (no per-case downloads)")
+    p.add_argument("--metrics", help="comma-separated metric keys to show, e.g. dsc,hd95,hd95_liver (default: per dataset)")
+    p.add_argument("--format", choices=list(FORMATS), help=(
+        "output format (default: terminal; with --out, from the file suffix)"))
+    p.add_argument("--out", help="write to FILE (atomically) instead of standard output")
+    p.add_argument("--plot", metavar="FILE.png", help="also write a PNG: DSC bars per model and DSC against GMACs")
+    p.set_defaults(func=cmd_leaderboard)
+    return p
+
+
+def _output_format(args: argparse.Namespace) -> str:
+    fmt = args.format
+    if fmt is None:
+        fmt = _SUFFIX_FORMATS.get(Path(args.out).suffix.lower(), "md") if args.out else "terminal"
+    return "text" if fmt == "terminal" and args.out else fmt
+
+
+def _error(message: str) -> int:
+    print(f"vmbench leaderboard: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    """The sub-command: tables to standard output or ``--out``; a problem is one line and status 1."""
+    from mlflow.exceptions import MlflowException
+
+    fmt = _output_format(args)
+    stage = None if args.stage == "all" else args.stage
+    reference = None if (args.reference or "").lower() in ("", "none") else args.reference
+    try:
+        runs = load_runs(
+            args.tracking_uri, experiment=args.experiment, dataset=args.dataset, protocol=args.protocol,
+            model=args.model, stage=args.stage,
+        )
+        board = leaderboard(
+            runs, reference=reference, metrics=as_list(args.metrics) or None, with_published=not args.no_published,
+            per_case_loader=False if (args.no_wilcoxon or stage != "final") else None,
+            stage=stage, published_models=as_list(args.model) or None,
+            published_protocols=as_list(args.protocol) or None,
+        )
+    except VmbenchError as err:
+        return _error(str(err))
+    except MlflowException as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return _error(f"cannot read runs from {resolve_tracking_uri(args.tracking_uri)}: {first}")
+    empty = _nothing_to_show(board, runs.attrs.get("description", ""))
+    if empty:
+        return _error(empty)
+    if fmt == "terminal":
+        print_terminal(board)
+    else:
+        text = render(board, fmt)
+        if args.out:
+            atomic_write(args.out, text)
+            print(f"wrote {args.out} ({fmt}, {len(split_tables(board))} tables)", file=sys.stderr)
+        else:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if args.plot:
+        plot(board, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _nothing_to_show(board: pd.DataFrame, where: str) -> str | None:
+    """Why no table can be shown (no finished runs matched, and what did), else None."""
+    measured = board[board["kind"] == MEASURED] if not board.empty else board
+    if not measured.empty and int(measured["n"].sum()) > 0:
+        return None
+    failed, running, pruned = (int(measured[c].sum()) if not measured.empty else 0 for c in ("failed", "running", "pruned"))
+    extra = f" ({failed} failed/killed and {running} unfinished runs matched)" if failed or running else ""
+    if pruned:
+        extra += f" ({pruned} ASHA-stopped trials left out)"
+    aside = sum((board.attrs.get("set_aside") or {}).values())
+    if aside:
+        extra += f" ({aside} runs of stages without {board.attrs.get('prefix')}* metrics left out: try --stage search)"
+    return f"no finished vmbench runs found for {where}{extra}"
+
+
+def print_for_sweep(
+    tracking_uri: str | None, experiment: str, runs_dir: str | Path | None = None, file=None
+) -> bool:
+    """The terminal leaderboard of one sweep's experiment, printed after ``vmbench sweep``.
+
+    Never raises: a sweep that trained for hours must not end in a leaderboard traceback. A
+    problem is one line; an unexpected error (a bug) also logs its traceback. Returns whether a
+    table was printed.
+    """
+    file = file or sys.stdout
+    try:
+        uri = resolve_tracking_uri(tracking_uri, runs_dir)
+        board = leaderboard(load_runs(uri, experiment=experiment))
+        measured = board[board["kind"] == MEASURED] if not board.empty else board
+        if measured.empty:
+            print(f"(leaderboard: no final runs in experiment {experiment!r} at {uri})", file=file)
+            return False
+        print_terminal(board, file=file)
+        print(f"(vmbench leaderboard --tracking-uri {uri} --experiment {experiment} for other formats)", file=file)
+        return True
+    except Exception as err:  # noqa: BLE001 - the sweep's results are saved; see the docstring
+        if not isinstance(err, VmbenchError):
+            log.warning("leaderboard after the sweep failed", exc_info=True)
+        first = str(err).splitlines()[0] if str(err) else ""
+        print(f"(leaderboard failed: {type(err).__name__}: {first})", file=file)
+        return False

@@ -1,0 +1,273 @@
+"""The leaderboard's tables as text: terminal (rich), md, csv, html, latex, json and plain text.
+
+Every format prints the tables of :func:`vmbench.leaderboard.tables.split_tables`, each titled
+with its dataset and protocol, notes included. ``csv`` and ``json`` carry the numbers (display
+units: percent, HD95 in voxels), the others the formatted cells of :func:`display_frame`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import sys
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from vmbench.errors import ConfigError
+from vmbench.leaderboard.columns import MEASURED, PUBLISHED
+from vmbench.leaderboard.tables import Table, paired_reference, split_tables
+from vmbench.protocols import metric_column, metric_label
+
+FORMATS = ("terminal", "md", "csv", "html", "latex", "json", "text")
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "–"
+    return f"{float(value):.{digits}f}"
+
+
+def _fmt_p(p: Any) -> str:
+    if p is None or p is pd.NA or (isinstance(p, float) and math.isnan(p)):
+        return "–"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _count_cells(rows: pd.DataFrame, column: str, is_pub: pd.Series) -> list[str]:
+    return [("–" if p else str(int(v))) for p, v in zip(is_pub, rows[column].fillna(0))]
+
+
+def _metric_cells(rows: pd.DataFrame, key: str, is_pub: pd.Series, pm: str) -> list[str]:
+    """'mean ± std' of measured rows (mean alone with one seed), the value of published rows."""
+    c = metric_column(key)
+    mean, std = rows[f"{c}_mean"], rows.get(f"{c}_std")
+    cells = []
+    for i in rows.index:
+        if pd.isna(mean[i]):
+            cells.append("–")
+        elif is_pub[i] or std is None or pd.isna(std[i]):
+            cells.append(_fmt(mean[i]))
+        else:
+            cells.append(f"{_fmt(mean[i])} {pm} {_fmt(std[i])}")
+    return cells
+
+
+def _ci_cells(rows: pd.DataFrame, key: str) -> list[str]:
+    c = metric_column(key)
+    lo, hi = rows.get(f"{c}_ci_lo"), rows.get(f"{c}_ci_hi")
+    return ["–" if lo is None or pd.isna(lo[i]) else f"[{_fmt(lo[i])}, {_fmt(hi[i])}]" for i in rows.index]
+
+
+def display_frame(table: Table, reference: str | None, ci: str = "all", pm: str = "±") -> pd.DataFrame:
+    """Strings for printing: metrics as 'mean ± std', CIs as '[lo, hi]', units in the headers.
+
+    ``ci``: 'all' (a CI column per metric), 'primary' (DSC and HD95 only) or 'none'.
+    """
+    rows = table.rows
+    out = pd.DataFrame(index=rows.index)
+    is_pub = rows["kind"].eq(PUBLISHED)
+    out["Model"] = rows["model"].where(~is_pub, rows["model"] + " [published]")
+    out["Protocol"] = rows["protocol"]
+    out["n"] = _count_cells(rows, "n", is_pub)
+    out["Failed"] = _count_cells(rows, "failed", is_pub)
+    for column, header in (("running", "Running"), ("pruned", "Pruned")):
+        if column in rows.columns and (rows[column].fillna(0) > 0).any():
+            out[header] = _count_cells(rows, column, is_pub)
+    for key in table.metrics:
+        label = metric_label(key)
+        out[label] = _metric_cells(rows, key, is_pub, pm)
+        if ci == "all" or (ci == "primary" and key in ("dsc", "hd95")):
+            out[f"{label} 95% CI"] = _ci_cells(rows, key)
+    if reference:
+        out[f"p vs {reference}"] = [
+            "ref" if (not is_pub[i] and rows["model"][i] == reference) else _fmt_p(rows["wilcoxon_p"][i])
+            for i in rows.index
+        ]
+        out["pairs"] = ["–" if pd.isna(v) else str(int(v)) for v in rows["wilcoxon_pairs"]]
+        out["ΔDSC pp"] = [("–" if pd.isna(v) else f"{v:+.2f}") for v in rows["dsc_diff_pp"]]
+    out["Params M"] = [_fmt(v / 1e6) if not pd.isna(v) else "–" for v in rows["n_params"]]
+    out["GMACs"] = [_fmt(v) for v in rows["gmacs"]]
+    out["Train h"] = [_fmt(v / 3600.0) if not pd.isna(v) else "–" for v in rows["train_time_s_mean"]]
+    out["Device-h"] = [_fmt(v) for v in rows["device_hours_mean"]]
+    out["Latency ms"] = [_fmt(v, 1) for v in rows["latency_ms_mean"]]
+    out["Source"] = rows["source"].fillna("")
+    notes = rows["note"].fillna("") if "note" in rows.columns else pd.Series("", index=rows.index)
+    if notes.str.len().gt(0).any():
+        out["Note"] = notes
+    return out.reset_index(drop=True)
+
+
+def _numeric_records(table: Table) -> pd.DataFrame:
+    """The table's numeric rows, without the metric columns that are empty for its dataset."""
+    rows = table.rows.drop(columns=[c for c in ("evaluation",) if c in table.rows.columns])
+    shown = {metric_column(k) for k in table.metrics}
+    drop = [c for c in rows.columns if (m := _metric_of(c)) is not None and m not in shown and rows[c].isna().all()]
+    return rows.drop(columns=drop)
+
+
+def _metric_of(column: str) -> str | None:
+    for suffix in ("_mean", "_std", "_ci_lo", "_ci_hi"):
+        if column.endswith(suffix) and column.endswith(("_pct" + suffix, "_vox" + suffix)):
+            return column[: -len(suffix)]
+    return None
+
+
+_LATEX = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "–": "--", "Δ": r"$\Delta$", "±": r"$\pm$", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in str(text))
+
+
+def _render_csv(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str) -> str:
+    frames = [_numeric_records(t) for t in tables]
+    return pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else ""
+
+
+def _render_json(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str) -> str:
+    payload = {
+        "tracking_uri": board.attrs.get("tracking_uri"),
+        "search": board.attrs.get("description"),
+        "reference": reference,
+        "units": {"pct": "percent (MLflow stores fractions)", "vox": "voxels"},
+        "tables": [
+            {
+                "dataset": t.dataset,
+                "protocol": t.protocol,
+                "title": t.title,
+                "notes": t.notes,
+                "metrics": {k: metric_column(k) for k in t.metrics},
+                "rows": json.loads(_numeric_records(t).to_json(orient="records")),
+            }
+            for t in tables
+        ],
+    }
+    return json.dumps(payload, indent=2, ensure_ascii=False)
+
+
+def _render_md(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str) -> str:
+    parts: list[str] = []
+    for t in tables:
+        parts.append(f"### {t.title}\n")
+        parts += [f"> {n}  " for n in t.notes]
+        parts.append("")
+        parts.append(display_frame(t, reference, ci).to_markdown(index=False, disable_numparse=True))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _render_html(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str) -> str:
+    parts = ['<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>vmbench leaderboard</title></head><body>']
+    for t in tables:
+        parts.append(f"<h2>{html.escape(t.title)}</h2>")
+        parts += [f"<p>{html.escape(n)}</p>" for n in t.notes]
+        parts.append(display_frame(t, reference, ci).to_html(index=False, escape=True, border=1))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _render_latex(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str) -> str:
+    parts: list[str] = []
+    for t in tables:
+        frame = display_frame(t, reference, ci, pm="±")
+        parts.append("\\begin{table}[ht]\n\\centering\n\\small")
+        parts.append(f"\\caption{{{_latex_escape(t.title)}}}")
+        parts.append(f"\\begin{{tabular}}{{{'l' * len(frame.columns)}}}\n\\hline")
+        parts.append(" & ".join(_latex_escape(c) for c in frame.columns) + " \\\\\n\\hline")
+        for row in frame.itertuples(index=False):
+            parts.append(" & ".join(_latex_escape(v) for v in row) + " \\\\")
+        parts.append("\\hline\n\\end{tabular}")
+        parts += [f"\\par\\footnotesize {_latex_escape(n)}" for n in t.notes]
+        parts.append("\\end{table}\n")
+    return "\n".join(parts)
+
+
+def _render_text(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str) -> str:
+    parts: list[str] = []
+    for t in tables:
+        parts.append(t.title)
+        parts += t.notes
+        parts.append(display_frame(t, reference, ci).to_string(index=False))
+        parts.append("")
+    return "\n".join(parts)
+
+
+_RENDERERS: dict[str, Callable[[pd.DataFrame, list[Table], str | None, str], str]] = {
+    "md": _render_md,
+    "csv": _render_csv,
+    "html": _render_html,
+    "latex": _render_latex,
+    "json": _render_json,
+    "text": _render_text,
+}
+
+
+def render(board: pd.DataFrame, fmt: str = "md", *, ci: str | None = None) -> str:
+    """The leaderboard as text: ``md``, ``csv``, ``html``, ``latex``, ``json`` or ``text`` (plain)."""
+    if fmt not in _RENDERERS:
+        raise ConfigError(f"leaderboard format {fmt!r}: expected one of {', '.join(_RENDERERS)}")
+    return _RENDERERS[fmt](board, split_tables(board), paired_reference(board), ci or "all")
+
+
+def print_terminal(board: pd.DataFrame, file=None) -> None:
+    """Rich tables, one per dataset and protocol, titled with the protocol, notes below.
+
+    Tables with per-class columns print the headline metrics first and the per-class DSC in a
+    second table, so that both fit a terminal.
+    """
+    from rich.console import Console
+
+    file = file or sys.stdout
+    is_tty = hasattr(file, "isatty") and file.isatty()
+    # Piped output is not wrapped (tables keep their natural width).
+    console = Console(file=file, width=None if is_tty else 1000, highlight=False, soft_wrap=False)
+    reference = paired_reference(board)
+    for t in split_tables(board):
+        frame = display_frame(t, reference, ci="primary")
+        frame = frame.drop(columns=[c for c in ("Source", "Note") if c in frame.columns])
+        organs = [metric_label(k) for k in t.metrics if k.startswith("dsc_") and k != "dsc_strict"]
+        kinds = list(t.rows["kind"])
+        if organs:
+            console.print(_rich_table(frame.drop(columns=organs), kinds, t.title))
+            per_organ = frame[["Model", "Protocol", "n", *organs]]
+            console.print(_rich_table(per_organ, kinds, f"{t.dataset} | protocol: {t.protocol} | DSC per organ (%)"))
+        else:
+            console.print(_rich_table(frame, kinds, t.title))
+        _print_notes(console, t)
+        console.print()
+
+
+def _print_notes(console, t: Table) -> None:
+    """The table's notes, the published rows' sources and each measured row's note."""
+    for note in t.notes:
+        console.print(("[bold yellow]" if note.startswith("WARNING") else "") + _rich_escape(note))
+    sources = t.rows[t.rows["kind"] == PUBLISHED][["model", "source"]]
+    for model, source in sources.itertuples(index=False):
+        console.print(_rich_escape(f"  [published] {model}: {source}"))
+    notes = t.rows[(t.rows["kind"] == MEASURED) & t.rows["note"].fillna("").ne("") & t.rows["note"].ne("reference")]
+    for model, note in notes[["model", "note"]].itertuples(index=False):
+        console.print(_rich_escape(f"  {model}: {note}"))
+
+
+def _rich_table(frame: pd.DataFrame, kinds: Sequence[str], title: str):
+    from rich.table import Table as RichTable
+
+    table = RichTable(title=_rich_escape(title), title_justify="left")
+    for col in frame.columns:
+        left = col in ("Model", "Protocol")
+        table.add_column(_rich_escape(col), justify="left" if left else "right", no_wrap=left)
+    for kind, row in zip(kinds, frame.itertuples(index=False)):
+        table.add_row(*[_rich_escape(str(v)) for v in row], style="dim" if kind == PUBLISHED else None)
+    return table
+
+
+def _rich_escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
