@@ -1,9 +1,9 @@
 """Typed experiment configuration: one object from YAML/CLI to trial, MLflow params and tables.
 
-``ExperimentConfig.from_dict`` validates a nested mapping (unknown keys, wrong types and bad
-choices raise :class:`ConfigError` naming the dotted key), ``to_dict`` / ``flat()`` give it back
-for checkpoints and tracking, and ``with_overrides({"optim.lr": 3e-4})`` applies dotted keys
-(what a sweep samples).
+``ExperimentConfig.from_dict`` validates a nested mapping (unknown keys, wrong types, bad choices
+and values out of range raise :class:`ConfigError` naming the dotted key), ``to_dict`` /
+``flat()`` give it back for checkpoints and tracking, and ``with_overrides({"optim.lr": 3e-4})``
+applies dotted keys (what a sweep samples).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)  # extra builder arguments, e.g. normalize, n
 
     _choices = {"protocol": RUN_PROTOCOLS}
+    _minimums = {"img_size": 1, "num_workers": 0}
 
 
 @dataclass
@@ -59,6 +60,8 @@ class OptimConfig:
     eps: float = 1e-8
 
     _choices = {"name": ("adamw", "adam", "sgd")}
+    _minimums = {"weight_decay": 0, "momentum": 0}
+    _positive = ("lr", "eps")
 
 
 @dataclass
@@ -69,6 +72,7 @@ class SchedulerConfig:
     power: float = 0.9
 
     _choices = {"name": ("cosine", "poly", "constant")}
+    _minimums = {"t_max": 1, "eta_min": 0, "power": 0}
 
 
 @dataclass
@@ -78,6 +82,8 @@ class LossConfig:
     ce_weight: float = 1.0
     dice_weight: float = 1.0
     include_background: bool = True  # Dice over background too, as the papers
+
+    _minimums = {"bce_weight": 0, "ce_weight": 0, "dice_weight": 0}
 
 
 @dataclass
@@ -96,6 +102,8 @@ class TrainConfig:
     progress: bool = True
 
     _choices = {"amp": ("off", "bf16", "fp16"), "select_mode": ("auto", "min", "max")}
+    _minimums = {"epochs": 1, "batch_size": 1, "val_interval": 1}
+    _positive = ("grad_clip",)  # None: no clipping
 
 
 _SECTIONS = {
@@ -174,7 +182,20 @@ def _build_section(cls: type, values: Any, prefix: str, source: str):
             raise ConfigError(
                 f"{source}: {prefix}.{name}: {getattr(obj, name)!r} is not one of {', '.join(map(repr, allowed))}"
             )
+    _check_range(obj, prefix, source)
     return obj
+
+
+def _check_range(section: Any, prefix: str, source: str) -> None:
+    """``_minimums`` (inclusive) and ``_positive`` (> 0) of a section; None (unset) passes, and a
+    pair such as ``img_size`` is checked element by element."""
+    bounds = [(name, low, ">=") for name, low in getattr(section, "_minimums", {}).items()]
+    bounds += [(name, 0, ">") for name in getattr(section, "_positive", ())]
+    for name, low, op in bounds:
+        value = getattr(section, name)
+        values = value if isinstance(value, tuple) else () if value is None else (value,)
+        if any(v < low if op == ">=" else v <= low for v in values):
+            raise ConfigError(f"{source}: {prefix}.{name}: {value!r} is out of range (must be {op} {low})")
 
 
 @dataclass

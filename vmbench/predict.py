@@ -3,19 +3,22 @@
 Images (``.jpg``, ``.jpeg``, ``.png``, ``.bmp``, ``.tif``) get a PNG mask (0/255 for binary
 models, class ids otherwise) at their original size. NIfTI volumes (``.nii``, ``.nii.gz``, raw CT
 in HU) get a NIfTI label map with the input's affine and header, after the same HU window and
-slice-wise inference as the Synapse evaluation. Outputs are written to a temporary name and renamed.
+slice-wise inference as the Synapse evaluation. Outputs are written atomically (vmbench.io).
 """
 
 from __future__ import annotations
 
-import os
+import gzip
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vmbench.data.errors import DataError
+from vmbench.engine import final_logits, model_from_checkpoint, predict_volume, resolve_device
+from vmbench.errors import DataError
+from vmbench.io import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
@@ -49,17 +52,6 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _write_atomic(path: Path, write) -> None:
-    # Keep the real suffix last: nibabel chooses the format from it.
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _image_preprocessor(preprocess: dict, img_size):
     from vmbench.data.transforms import IsicTransform
 
@@ -79,10 +71,7 @@ def predict_image(model, path: Path, preprocess: dict, img_size, device, thresho
         raise DataError(f"{path}: cannot read image ({err})") from None
     height, width = image.shape[:2]
     x, _ = _image_preprocessor(preprocess, img_size)(image, np.zeros((height, width), np.uint8), np.random.default_rng(0))
-    logits = model(torch.from_numpy(x)[None].to(device))
-    if isinstance(logits, (tuple, list)):
-        logits = logits[-1]
-    logits = logits.float()
+    logits = final_logits(model(torch.from_numpy(x)[None].to(device))).float()
     # Probabilities are resized back to the original size (bilinear), then thresholded.
     if task == "binary":
         prob = torch.sigmoid(logits)[0, 0].cpu().numpy()
@@ -97,7 +86,6 @@ def predict_nifti(model, path: Path, out_path: Path, img_size, device) -> tuple[
     import nibabel as nib
 
     from vmbench.data.synapse import hu_to_unit, load_nifti
-    from vmbench.engine import predict_volume
 
     img, hu = load_nifti(path)  # the reader `vmbench data prepare synapse` uses
     volume = hu_to_unit(hu).transpose(2, 1, 0)  # nibabel (x, y, z) -> (z, y, x), as prepare_synapse
@@ -105,21 +93,13 @@ def predict_nifti(model, path: Path, out_path: Path, img_size, device) -> tuple[
     header = img.header.copy()
     header.set_data_dtype(np.uint8)
     out = nib.Nifti1Image(labels, img.affine, header)
-    _write_atomic(out_path, lambda tmp: nib.save(out, str(tmp)))
+    # Serialised here rather than by nib.save, which picks the format from the (temporary) file name.
+    atomic_write(out_path, gzip.compress(out.to_bytes(), compresslevel=1))
     return labels.shape, float((labels > 0).mean())
 
 
-def predict_paths(checkpoint, inputs, out_dir, device="auto", threshold: float = 0.5) -> list[Prediction]:
-    """Predict every input (files, or folders of supported files) into ``out_dir``."""
-    from PIL import Image
-
-    import vmbench
-    from vmbench.engine import model_from_checkpoint, resolve_device
-
-    device = resolve_device(device)
-    model, cfg, ckpt = model_from_checkpoint(checkpoint, device)
-    info = vmbench.dataset_info(cfg.data.name)
-    img_size = tuple(ckpt["img_size"])
+def _input_files(inputs) -> list[Path]:
+    """Files given, and the supported files of folders given."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -131,13 +111,11 @@ def predict_paths(checkpoint, inputs, out_dir, device="auto", threshold: float =
             files.append(item)
         else:
             raise DataError(f"{item}: no such file or folder")
-    kinds = {p: _kind(p) for p in files}  # check every input before writing anything
-    preprocess = ckpt.get("preprocess") or {}
-    if any(k == "image" for k in kinds.values()) and preprocess.get("kind") != "image":
-        raise DataError(f"{checkpoint}: this model was trained on volumes ({cfg.data.name}); give NIfTI volumes")
-    if any(k == "volume" for k in kinds.values()) and preprocess.get("kind") != "volume":
-        raise DataError(f"{checkpoint}: this model was trained on 2D images ({cfg.data.name}); give images")
-    out_dir = Path(out_dir)
+    return files
+
+
+def _output_paths(kinds: dict[Path, str], out_dir: Path) -> dict[Path, Path]:
+    """Where each input's prediction goes; refused when two would go to the same file."""
     out_paths = {p: out_dir / f"{_stem(p)}{'_mask.png' if k == 'image' else '_pred.nii.gz'}" for p, k in kinds.items()}
     by_output: dict[Path, list[Path]] = {}
     for path, out_path in out_paths.items():
@@ -149,15 +127,36 @@ def predict_paths(checkpoint, inputs, out_dir, device="auto", threshold: float =
             f"{' and '.join(map(str, paths))} would both be written to {out}: rename one, or predict them "
             "into different --out folders"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_paths
+
+
+def predict_paths(checkpoint, inputs, out_dir, device="auto", threshold: float = 0.5) -> list[Prediction]:
+    """Predict every input (files, or folders of supported files) into ``out_dir``."""
+    from PIL import Image
+
+    import vmbench
+
+    kinds = {p: _kind(p) for p in _input_files(inputs)}  # check every input before writing anything
+    device = resolve_device(device, where="device")
+    model, cfg, state = model_from_checkpoint(checkpoint, device)
+    trained_on = state.preprocess.get("kind")
+    if any(k == "image" for k in kinds.values()) and trained_on != "image":
+        raise DataError(f"{checkpoint}: this model was trained on volumes ({cfg.data.name}); give NIfTI volumes")
+    if any(k == "volume" for k in kinds.values()) and trained_on != "volume":
+        raise DataError(f"{checkpoint}: this model was trained on 2D images ({cfg.data.name}); give images")
+    out_paths = _output_paths(kinds, Path(out_dir))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    task = vmbench.dataset_info(cfg.data.name).task
     results = []
     for path, kind in kinds.items():
         out_path = out_paths[path]
         if kind == "image":
-            mask = predict_image(model, path, preprocess, img_size, device, threshold, info.task)
-            _write_atomic(out_path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
+            mask = predict_image(model, path, state.preprocess, state.img_size, device, threshold, task)
+            png = io.BytesIO()
+            Image.fromarray(mask).save(png, format="PNG")
+            atomic_write(out_path, png.getvalue())
             results.append(Prediction(path, out_path, kind, mask.shape, float((mask > 0).mean())))
         else:
-            shape, fraction = predict_nifti(model, path, out_path, img_size, device)
+            shape, fraction = predict_nifti(model, path, out_path, state.img_size, device)
             results.append(Prediction(path, out_path, kind, shape, fraction))
     return results

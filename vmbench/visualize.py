@@ -38,7 +38,7 @@ def overlay_png(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) ->
 @torch.no_grad()
 def overlays_for(model, dataset, device, img_size, count: int = 4) -> list[tuple[str, bytes]]:
     """(name, PNG bytes) for the first ``count`` items of an evaluation split."""
-    from vmbench.engine import predict_volume
+    from vmbench.engine import final_logits, predict_volume
 
     model.eval()
     out = []
@@ -50,9 +50,7 @@ def overlays_for(model, dataset, device, img_size, count: int = 4) -> list[tuple
             prediction = predict_volume(model, volume[z : z + 1], img_size, device)[0]
             out.append((f"{item['id']}_z{z}.png", overlay_png(volume[z], label[z], prediction)))
         else:
-            logits = model(item["image"][None].to(device))
-            if isinstance(logits, (tuple, list)):
-                logits = logits[-1]
+            logits = final_logits(model(item["image"][None].to(device)))
             if logits.shape[1] == 1:
                 prediction = (torch.sigmoid(logits.float())[0, 0] >= 0.5).cpu().numpy()
             else:

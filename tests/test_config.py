@@ -1,0 +1,48 @@
+"""The typed experiment configuration: values out of range are refused with the dotted key."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmbench.config import ConfigError, ExperimentConfig
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "bound"),
+    [
+        ("train.epochs", 0, ">= 1"),  # used to end in "no epoch produced the selection metric"
+        ("train.epochs", -3, ">= 1"),
+        ("train.batch_size", 0, ">= 1"),  # used to end in a ZeroDivisionError
+        ("train.batch_size", -8, ">= 1"),
+        ("train.val_interval", 0, ">= 1"),
+        ("train.grad_clip", -1.0, "> 0"),  # a negative norm would flip the gradients' sign
+        ("data.num_workers", -1, ">= 0"),
+        ("data.img_size", 0, ">= 1"),
+        ("data.img_size", [64, 0], ">= 1"),
+        ("optim.lr", 0.0, "> 0"),
+        ("optim.eps", -1e-8, "> 0"),
+        ("optim.weight_decay", -0.01, ">= 0"),
+        ("scheduler.t_max", 0, ">= 1"),
+        ("loss.dice_weight", -1.0, ">= 0"),
+    ],
+)
+def test_values_out_of_range_name_the_key(key, value, bound):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=rf"^run\.yaml: {key}: .* is out of range \(must be {bound}\)$"):
+        ExperimentConfig.from_dict({section: {name: value}}, source="run.yaml")
+    with pytest.raises(ConfigError, match=rf"command line: {key}: "):  # --set and --epochs go this way
+        ExperimentConfig().with_overrides({key: value}, source="command line")
+
+
+def test_values_at_the_bounds_and_unset_values_pass():
+    cfg = ExperimentConfig.from_dict(
+        {
+            "train": {"epochs": 1, "batch_size": 1, "val_interval": 1, "grad_clip": None},
+            "data": {"num_workers": 0, "img_size": [1, 1]},
+            "optim": {"weight_decay": 0.0, "momentum": 0.0},
+            "scheduler": {"t_max": None, "eta_min": 0.0},
+            "loss": {"bce_weight": 0.0},
+        }
+    )
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.data.num_workers, cfg.data.img_size) == (1, 1, 0, (1, 1))
+    assert ExperimentConfig().train.epochs >= 1  # the defaults are in range
