@@ -33,6 +33,7 @@ def main() -> None:
     import mlflow
     import torch
 
+    from vmbench import tracking as T
     from vmbench.engine import fit
     from vmbench.search_space import parse_spec
     from vmbench.sweep import run_sweep
@@ -58,11 +59,11 @@ def main() -> None:
     run_sweep(spec, runs_dir=runs_dir, num_cpus=args.threads)
     total_sweep = time.perf_counter() - started
 
-    mlflow.set_tracking_uri(f"sqlite:///{runs_dir / 'mlflow.db'}")
+    mlflow.set_tracking_uri(T.resolve_tracking_uri(None, runs_dir))  # where run_sweep logged
     df = mlflow.search_runs(experiment_names=["overhead"])
-    parent = df[df["tags.vmbench.kind"] == "sweep"].iloc[0]
-    trials = df[df["tags.vmbench.stage"] == "search"].sort_values("start_time")
-    finals = df[df["tags.vmbench.stage"] == "final"]
+    parent = df[df[f"tags.{T.TAG_KIND}"] == T.KIND_SWEEP].iloc[0]
+    trials = df[df[f"tags.{T.TAG_STAGE}"] == T.STAGE_SEARCH].sort_values("start_time")
+    finals = df[df[f"tags.{T.TAG_STAGE}"] == T.STAGE_FINAL]
     search_phase = (finals["start_time"].min() - parent["start_time"]).total_seconds()
     run_durations = [(r.end_time - r.start_time).total_seconds() for r in trials.itertuples()]
 

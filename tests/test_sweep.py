@@ -60,7 +60,7 @@ def with_change(path: str, value):
         (("dataset", "isic2019"), r"datasets: unknown dataset 'isic2019'"),
         (("resources", {"gpu": 1.5}), r"resources\.gpu: fractions are allowed below 1 only"),
         (("resources", {"cpu": -1}), r"resources: cpu and gpu must be >= 0"),
-        (("protocol", "leaky"), r"protocol: expected holdout or paper"),
+        (("protocol", "leaky"), r"bad\.yaml: protocol: protocol 'leaky' is not one of holdout, paper"),
         (("final", {"seeds": []}), r"final\.seeds: expected a non-empty list of integers"),
         (("sampler", {"name": "bayes"}), r"sampler\.name: expected one of tpe, random, gp, cmaes"),
         (("name", "a/b"), r"name: expected a name of letters"),
@@ -130,10 +130,10 @@ def test_asha_stopped_trials_are_pruned_not_complete():
     from optuna.trial import TrialState
 
     from vmbench.search_space import optuna_distributions
-    from vmbench.sweep import _searcher_class
+    from vmbench.sweep.adapters import PruneAwareOptunaSearch
 
     spec = parse_spec(GOOD)
-    searcher = _searcher_class()(
+    searcher = PruneAwareOptunaSearch(
         space=optuna_distributions(spec.space), metric="val_dsc", mode="max", max_epochs=6,
         sampler=optuna.samplers.TPESampler(seed=0),
     )
@@ -163,10 +163,10 @@ def test_asha_stopped_trial_keeps_the_result_ray_passes_only_to_on_trial_complet
     from optuna.trial import TrialState
 
     from vmbench.search_space import optuna_distributions
-    from vmbench.sweep import _searcher_class
+    from vmbench.sweep.adapters import PruneAwareOptunaSearch
 
     spec = parse_spec(GOOD)
-    searcher = _searcher_class()(
+    searcher = PruneAwareOptunaSearch(
         space=optuna_distributions(spec.space), metric="val_dsc", mode="max", max_epochs=6,
         sampler=optuna.samplers.TPESampler(seed=0),
     )
@@ -282,7 +282,7 @@ def test_runs_left_running_are_closed_when_tune_itself_raises(isolated_env, monk
     from ray.tune.error import TuneError
 
     from vmbench import tracking as T
-    from vmbench.sweep import TAG_STUDY, SweepContext, run_study
+    from vmbench.sweep import SweepContext, run_study
 
     spec = parse_spec(GOOD, source="t.yaml")
     study = spec.studies[0]
@@ -294,7 +294,7 @@ def test_runs_left_running_are_closed_when_tune_itself_raises(isolated_env, monk
         base=study.base.to_dict(), space=study.space, metric=spec.metric, mode=spec.mode, max_epochs=2, cpu=1, gpu=0,
         runs_dir=str(isolated_env), space_hash="h",
     )
-    tags = {T.TAG_SWEEP: spec.name, TAG_STUDY: study.key, T.TAG_TRIAL_ID: "abc"}
+    tags = {T.TAG_SWEEP: spec.name, T.TAG_STUDY: study.key, T.TAG_TRIAL_ID: "abc"}
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
 
     def fit(self):  # what Tune does on a driver-side error, e.g. a result without the metric
@@ -305,6 +305,79 @@ def test_runs_left_running_are_closed_when_tune_itself_raises(isolated_env, monk
         run_study(spec, study, ctx, str(isolated_env / "ray"), resume=False)
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["vmbench.outcome"] == "failed"
+
+
+def macs_by_hand(model, x) -> int:
+    """Multiply-accumulates of the convolutions of ``model(x)``, from each layer's shapes (batch 1)."""
+    import torch
+    from torch import nn
+
+    total = 0
+
+    def count(layer, inputs, output):
+        nonlocal total
+        kernel = layer.kernel_size[0] * layer.kernel_size[1]
+        if isinstance(layer, nn.ConvTranspose2d):  # every input element meets the whole kernel
+            total += inputs[0].numel() * (layer.out_channels // layer.groups) * kernel
+        else:  # every output element is one kernel-sized dot product
+            total += output.numel() * (layer.in_channels // layer.groups) * kernel
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    with torch.no_grad():
+        model.eval()(x)
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+@pytest.mark.slow  # a real (tiny) final run: MLflow's database set-up and the first optimiser dominate
+def test_final_run_costs_are_measured_on_the_input_the_model_is_fed(isolated_env, monkeypatch):
+    """Synapse slices reach the model with 1 channel (the models repeat it to 3 themselves); the
+    GMACs and the latency of a final run are measured on that input, not on a 3-channel one. (The
+    count is the same either way, the repeat being no multiply-accumulate; the hand count checks it.)"""
+    import torch
+    from mlflow import MlflowClient
+
+    import vmbench
+    from vmbench import profiling
+    from vmbench.config import ExperimentConfig
+    from vmbench.data import build_dataset
+    from vmbench.sweep import SweepContext, final_run
+
+    options = {"n_cases": 7, "size": 32, "slices": [4, 6]}  # 2 training, 3 validation, 2 test cases
+    cfg = ExperimentConfig.from_dict({
+        "model": {"name": "unet", "overrides": {"base_channels": 4}},
+        "data": {"name": "synthetic-synapse", "img_size": 32, "options": options},
+        "train": {"epochs": 1, "batch_size": 16, "progress": False, "seed": 1},
+    })
+    cfg.out_dir = str(isolated_env / "final")
+    fed = build_dataset("synthetic-synapse", split="train", img_size=32, **options)[0]["image"].shape[0]
+    assert fed == 1  # what the loader hands the model
+
+    seen: dict[str, set[int]] = {}
+    for name in ("count_gmacs", "latency_ms"):
+        def measured(model, *args, _name=name, _original=getattr(profiling, name), **kwargs):
+            hook = model.register_forward_pre_hook(lambda m, inputs: seen.setdefault(_name, set()).add(inputs[0].shape[1]))
+            try:
+                return _original(model, *args, **kwargs)
+            finally:
+                hook.remove()
+
+        monkeypatch.setattr(profiling, name, measured)
+    uri = f"sqlite:///{isolated_env / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("costs")
+    ctx = SweepContext(
+        sweep="costs", study="synthetic-synapse__unet", experiment_id=experiment_id, parent_run_id="p",
+        tracking_uri=uri, base=cfg.to_dict(), space=[], metric="val_dsc", mode="max", max_epochs=1, cpu=1, gpu=0,
+        runs_dir=str(isolated_env), space_hash="h",
+    )
+    assert final_run(cfg.to_dict(), ctx, "costs/synthetic-synapse__unet/seed1")["status"] == "FINISHED"
+    assert seen == {"count_gmacs": {fed}, "latency_ms": {fed}}
+    run = client.search_runs([experiment_id])[0]
+    model = vmbench.create_model("unet", num_classes=9, in_chans=3, base_channels=4)
+    expected = macs_by_hand(model, torch.zeros(1, fed, 32, 32))
+    assert run.data.metrics["gmacs"] == pytest.approx(expected / 1e9, rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------ real sweeps

@@ -27,6 +27,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmbench.io import atomic_write
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -71,12 +73,12 @@ class LocalCluster:
         self.nodes: list[WorkerNode] = []
         self._sessions: list[int] = []
         self.mlflow: subprocess.Popen | None = None
-        token_file = self.work_dir / "auth_token"
-        token_file.write_text(secrets.token_hex(32))
+        token = secrets.token_hex(32)
+        atomic_write(self.work_dir / "auth_token", token, mode=0o600)  # a credential: owner only
         self.base_env = {
             **os.environ,
             "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": token_file.read_text(),
+            "RAY_AUTH_TOKEN": token,
             "RAY_DEDUP_LOGS": "0",
             "RAY_USAGE_STATS_ENABLED": "0",
             **self.env,
@@ -141,8 +143,9 @@ class LocalCluster:
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
                "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
                "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"]
-        log = open(self.work_dir / "mlflow.log", "w")
-        self.mlflow = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.base_env, start_new_session=True)
+        with open(self.work_dir / "mlflow.log", "w") as log:  # the server keeps its own copy of the descriptor
+            self.mlflow = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.base_env,
+                                           start_new_session=True)
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
@@ -220,7 +223,7 @@ class LocalCluster:
             if "No available agent" not in result.stdout + result.stderr or time.time() > deadline:
                 break
             time.sleep(3)
-        (self.work_dir / f"{job_id}.log").write_text(result.stdout + result.stderr)
+        atomic_write(self.work_dir / f"{job_id}.log", result.stdout + result.stderr)
         if result.returncode != 0:
             raise RuntimeError(f"job {job_id} failed (exit {result.returncode}): {(result.stdout + result.stderr)[-3000:]}")
         return job_id

@@ -1,20 +1,7 @@
-"""MLflow conventions and helpers shared by the sweep, the final stage and the leaderboard.
+"""The names, places and provenance every vmbench MLflow run shares (no MLflow import here).
 
-Run layout (one MLflow experiment per sweep file's ``experiment`` name):
-
-* a **parent** run per sweep: tag ``vmbench.kind = sweep``;
-* a **child** run per trial (``vmbench.kind = trial``, ``vmbench.stage = search``) and per final
-  retraining (``vmbench.stage = final``, one per seed), nested with ``mlflow.parentRunId``.
-
-Every child run carries the tags below, the flattened experiment config as params
-(``optim.lr``, ``model.overrides.dims`` ...), per-epoch metrics (``train_loss``, ``val_dsc`` ...
-with ``step = epoch``) and, for final runs, ``test_*`` metrics (fractions in [0, 1]; HD95 in
-voxels) plus cost metrics (``n_params``, ``gmacs``, ``train_time_s``, ``device_hours``,
-``latency_ms``, ``peak_mem_mb``) and the artifact ``eval/per_case.csv``.
-
-The default store on one machine is ``sqlite:///<abs>/vmbench-runs/mlflow.db`` with artifacts in
-``vmbench-runs/mlartifacts``: absolute, so Ray trials (which run in other folders) log to the
-same place. ``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` select a server instead.
+Tag keys and outcome values are what the leaderboard filters on; the default store is an
+absolute SQLite file so that Ray trials, which run in other folders, log to the same place.
 """
 
 from __future__ import annotations
@@ -25,46 +12,107 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-# Tag keys (the leaderboard filters on these).
+__all__ = [
+    "COMPLETED",
+    "DEFAULT_RUNS_DIR",
+    "FAILED",
+    "KIND_SWEEP",
+    "KIND_TRIAL",
+    "LATEST_ON_RETRY",
+    "OUTCOMES",
+    "PER_CASE_ARTIFACT",
+    "PER_CASE_VAL_ARTIFACT",
+    "SPLITS_ARTIFACT",
+    "PRUNED",
+    "STAGE_FINAL",
+    "STAGE_SEARCH",
+    "TAG_ATTEMPTS",
+    "TAG_DATASET",
+    "TAG_DATASETS",
+    "TAG_ERROR",
+    "TAG_FINAL_KEY",
+    "TAG_FOLD",
+    "TAG_FOLDS",
+    "TAG_GIT_SHA",
+    "TAG_GPU",
+    "TAG_GPU_IDS",
+    "TAG_HARDWARE",
+    "TAG_KIND",
+    "TAG_MODEL",
+    "TAG_MODELS",
+    "TAG_NODE",
+    "TAG_OUTCOME",
+    "TAG_PARENT",
+    "TAG_PROTOCOL",
+    "TAG_RAY_NODE",
+    "TAG_RESUMED_EPOCH",
+    "TAG_SCAN_BACKEND",
+    "TAG_SEED",
+    "TAG_SOURCE",
+    "TAG_SPACE_HASH",
+    "TAG_STAGE",
+    "TAG_STUDY",
+    "TAG_SWEEP",
+    "TAG_TRIAL_ID",
+    "TAG_VAL_IS_TEST",
+    "TAG_VERSION",
+    "default_artifact_location",
+    "default_tracking_uri",
+    "error_summary",
+    "flatten_params",
+    "git_revision",
+    "hardware_description",
+    "resolve_tracking_uri",
+]
+
+# Tag keys of every run.
 TAG_KIND = "vmbench.kind"  # sweep | trial
 TAG_STAGE = "vmbench.stage"  # search | final
 TAG_SWEEP = "vmbench.sweep"
-TAG_TRIAL_ID = "vmbench.trial_id"
+TAG_STUDY = "vmbench.study"  # dataset__model of the sweep
+TAG_TRIAL_ID = "vmbench.trial_id"  # Ray Tune's trial id (search runs)
+TAG_FINAL_KEY = "vmbench.final_key"  # sweep/study/seedN (final runs)
 TAG_MODEL = "vmbench.model"
 TAG_DATASET = "vmbench.dataset"
 TAG_PROTOCOL = "vmbench.protocol"
 TAG_SEED = "vmbench.seed"
+TAG_FOLD = "vmbench.fold"  # protocol cv: the fold a run trained (0 .. folds-1); absent otherwise
+TAG_FOLDS = "vmbench.folds"  # protocol cv: the number of folds
 TAG_SCAN_BACKEND = "vmbench.scan_backend"
 TAG_HARDWARE = "vmbench.hardware"
 TAG_NODE = "vmbench.node"
 TAG_GPU = "vmbench.gpu"
+TAG_GPU_IDS = "vmbench.gpu_ids"
+TAG_RAY_NODE = "vmbench.ray_node_id"
 TAG_VERSION = "vmbench.version"
 TAG_GIT_SHA = "vmbench.git_sha"
 TAG_SPACE_HASH = "vmbench.search_space_hash"
 TAG_VAL_IS_TEST = "vmbench.val_is_test"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_OUTCOME = "vmbench.outcome"  # completed | pruned | failed
+TAG_OUTCOME = "vmbench.outcome"  # one of OUTCOMES
 TAG_ERROR = "vmbench.error"
-TAG_FINAL_KEY = "vmbench.final_key"
-TAG_GPU_IDS = "vmbench.gpu_ids"
-TAG_RAY_NODE = "vmbench.ray_node_id"
-TAG_STUDY = "vmbench.study"
 TAG_RESUMED_EPOCH = "vmbench.resumed_from_epoch"
 TAG_ATTEMPTS = "vmbench.attempts"
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
+# Tags of the parent (sweep) run only.
+TAG_MODELS = "vmbench.models"
+TAG_DATASETS = "vmbench.datasets"
+TAG_SOURCE = "vmbench.source"
+
+# Kinds and stages (values of TAG_KIND and TAG_STAGE).
+KIND_SWEEP, KIND_TRIAL = "sweep", "trial"
+STAGE_SEARCH, STAGE_FINAL = "search", "final"
 
 # Values of TAG_OUTCOME.
 PRUNED, COMPLETED, FAILED = "pruned", "completed", "failed"
+OUTCOMES = (COMPLETED, PRUNED, FAILED)
+
+# Tags a retried trial overwrites: it may run on another node or GPU, from a later epoch.
+LATEST_ON_RETRY = (TAG_NODE, TAG_GPU, TAG_HARDWARE, TAG_GPU_IDS, TAG_RAY_NODE, TAG_RESUMED_EPOCH)
 
 PER_CASE_ARTIFACT = "eval/per_case.csv"
+PER_CASE_VAL_ARTIFACT = "eval/val/per_case.csv"  # protocol cv: the fold's validation cases
+SPLITS_ARTIFACT = "splits.json"  # protocol cv: every fold's train/val ids, on the sweep's parent run
 DEFAULT_RUNS_DIR = "vmbench-runs"
-
-
-def default_tracking_uri(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else an absolute SQLite file under ``runs_dir`` (its folder created)."""
-    uri = resolve_tracking_uri(None, runs_dir)
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        Path(runs_dir).resolve().mkdir(parents=True, exist_ok=True)
-    return uri
 
 
 def resolve_tracking_uri(uri: str | None = None, runs_dir: str | Path | None = None) -> str:
@@ -77,6 +125,14 @@ def resolve_tracking_uri(uri: str | None = None, runs_dir: str | Path | None = N
     return f"sqlite:///{Path(runs_dir or DEFAULT_RUNS_DIR).resolve() / 'mlflow.db'}"
 
 
+def default_tracking_uri(runs_dir: str | Path = DEFAULT_RUNS_DIR, uri: str | None = None) -> str:
+    """As :func:`resolve_tracking_uri`, for writers: the folder of the default SQLite file is created."""
+    resolved = resolve_tracking_uri(uri, runs_dir)
+    if not uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        Path(runs_dir).resolve().mkdir(parents=True, exist_ok=True)
+    return resolved
+
+
 def default_artifact_location(tracking_uri: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str | None:
     """Local stores keep artifacts beside the database; servers decide for themselves."""
     if tracking_uri.startswith("sqlite:"):
@@ -84,22 +140,9 @@ def default_artifact_location(tracking_uri: str, runs_dir: str | Path = DEFAULT_
     return None
 
 
-def get_or_create_experiment(client, name: str, artifact_location: str | None = None) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # another process created it between the two calls
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
-
-
 def git_revision() -> str:
     """The repository's commit (with '+dirty' for local changes), or 'unknown' outside git."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
@@ -137,3 +180,9 @@ def hardware_description(device: Any = None) -> dict[str, str]:
 def flatten_params(flat: dict[str, Any]) -> dict[str, str]:
     """MLflow params are strings of at most 6000 characters; lists become their repr."""
     return {k: ("None" if v is None else str(v))[:6000] for k, v in flat.items()}
+
+
+def error_summary(err: BaseException) -> str:
+    """The value of :data:`TAG_ERROR`: the exception's type and the last line of its message."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1] if text else ''}"[:500]

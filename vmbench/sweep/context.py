@@ -1,0 +1,40 @@
+"""What the driver hands to every trial and final run, and what a study returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmbench.search_space import SpaceParam
+
+
+@dataclass
+class SweepContext:
+    """Everything a trial or final run needs, passed to workers (picklable, small)."""
+
+    sweep: str
+    study: str
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    base: dict[str, Any]
+    space: list[SpaceParam]
+    metric: str
+    mode: str
+    max_epochs: int
+    cpu: float
+    gpu: float
+    runs_dir: str
+    space_hash: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StudyOutcome:
+    """One study's result: the best sampled values, their score, trial counts, the final runs."""
+
+    study: str
+    best: dict[str, Any]
+    best_value: float
+    trials: dict[str, int]
+    final: list[dict[str, Any]]

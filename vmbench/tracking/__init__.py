@@ -1,0 +1,30 @@
+"""MLflow conventions and run management shared by the sweep, the final stage and the leaderboard.
+
+Run layout (one MLflow experiment per sweep file's ``experiment`` name):
+
+* a **parent** run per sweep: tag ``vmbench.kind = sweep`` (:func:`open_sweep_run`);
+* a **child** run per trial (``vmbench.kind = trial``, ``vmbench.stage = search``) and per final
+  retraining (``vmbench.stage = final``, one per seed), nested with ``mlflow.parentRunId``
+  (:class:`TrialRun`).
+
+Every child run carries the tags of :mod:`vmbench.tracking.conventions`, the flattened
+experiment config as params (``optim.lr``, ``model.overrides.dims`` ...), per-epoch metrics
+(``train_loss``, ``val_dsc`` ... with ``step = epoch``) and, for final runs, ``test_*`` metrics
+(fractions in [0, 1]; HD95 in voxels) plus cost metrics (``n_params``, ``gmacs``,
+``train_time_s``, ``device_hours``, ``latency_ms``, ``peak_mem_mb``) and the artifact
+``eval/per_case.csv``.
+
+The default store on one machine is ``sqlite:///<abs>/vmbench-runs/mlflow.db`` with artifacts in
+``vmbench-runs/mlartifacts``: absolute, so Ray trials (which run in other folders) log to the
+same place. ``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` select a server instead.
+
+Importing this package does not import MLflow; the functions that talk to a store do.
+"""
+
+from __future__ import annotations
+
+from vmbench.tracking import conventions, runs
+from vmbench.tracking.conventions import *  # noqa: F403  (the names listed in conventions.__all__)
+from vmbench.tracking.runs import *  # noqa: F403
+
+__all__ = [*conventions.__all__, *runs.__all__]

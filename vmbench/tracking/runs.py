@@ -1,0 +1,222 @@
+"""The MLflow runs of a sweep: one parent run, one child run per trial or final run, none left RUNNING.
+
+Child runs are created inside the Ray trial with the explicit tracking URI and the parent's id
+(not through ``mlflow.start_run``'s process-global active run) and are found again by a key tag
+when a trial is retried or a sweep resumed, so every trial has exactly one run. The driver closes
+the runs of trials that Ray ended from outside (ASHA stops, lost nodes, Tune errors).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import vmbench
+from vmbench.errors import PreflightError
+from vmbench.tracking.conventions import (
+    FAILED,
+    KIND_SWEEP,
+    LATEST_ON_RETRY,
+    PRUNED,
+    TAG_ATTEMPTS,
+    TAG_ERROR,
+    TAG_GIT_SHA,
+    TAG_KIND,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_SPACE_HASH,
+    TAG_STUDY,
+    TAG_SWEEP,
+    TAG_TRIAL_ID,
+    TAG_VERSION,
+    error_summary,
+    flatten_params,
+    git_revision,
+)
+
+log = logging.getLogger("vmbench.tracking")
+
+_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit for params
+
+
+def client(tracking_uri: str):
+    """An ``MlflowClient`` bound to ``tracking_uri`` (never the process-global URI)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def get_or_create_experiment(mlflow_client, name: str, artifact_location: str | None = None) -> str:
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # another process created it between the two calls
+        experiment = mlflow_client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def find_run(mlflow_client, experiment_id: str, tag: str, value: str):
+    """The oldest run of the experiment with ``tag = value``, or None."""
+    runs = mlflow_client.search_runs(
+        [experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=2, order_by=["attributes.start_time ASC"]
+    )
+    return runs[0] if runs else None
+
+
+class TrialRun:
+    """The MLflow child run of one trial or final run, identified by ``key_tag = key``.
+
+    A retried trial (lost node, error) or a resumed sweep reattaches to its run: status RUNNING
+    again, ``vmbench.attempts`` incremented and the node/GPU tags replaced by the new attempt's,
+    never a second run.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, *, key_tag: str, key: str,
+                 run_name: str, tags: dict[str, str], params: dict[str, Any]):
+        self.client = client(tracking_uri)
+        existing = find_run(self.client, experiment_id, key_tag, key)
+        self.resumed = existing is not None
+        if existing is None:
+            tags = {**tags, key_tag: key, TAG_PARENT: parent_run_id, TAG_ATTEMPTS: "1"}
+            self.run_id = self.client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+            self._log_params(params)
+            return
+        self.run_id = existing.info.run_id
+        self.client.update_run(self.run_id, status="RUNNING")
+        attempts = int(existing.data.tags.get(TAG_ATTEMPTS, "1")) + 1
+        self.client.set_tag(self.run_id, TAG_ATTEMPTS, str(attempts))
+        for k, v in tags.items():
+            if k in LATEST_ON_RETRY:
+                self.client.set_tag(self.run_id, k, v)
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten_params(params).items()]
+        for start in range(0, len(items), _PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + _PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Log the numeric entries of ``metrics`` (others are skipped) at ``step``."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_bytes(self, data: bytes, name: str, artifact_path: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data)  # a private folder that MLflow copies from: no reader sees it partial
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_file(self, path: Path, artifact_path: str) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def open_sweep_run(mlflow_client, experiment_id: str, *, sweep: str, experiment: str, source: str,
+                   space_hash: str, resume: bool, tags: dict[str, str], plan: str) -> str:
+    """The id of sweep ``sweep``'s parent run: created, or with ``resume`` found again and RUNNING.
+
+    Raises :class:`PreflightError` when the sweep exists and ``resume`` is false, or when its
+    search space (``space_hash``) changed since it started.
+    """
+    existing = mlflow_client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_KIND}` = '{KIND_SWEEP}' and tags.`{TAG_SWEEP}` = '{sweep}'",
+        max_results=1,
+    )
+    if existing:
+        run = existing[0]
+        if not resume:
+            raise PreflightError(
+                f"sweep {sweep!r} already exists in experiment {experiment!r} (run {run.info.run_id}); "
+                "pass --resume to continue it, or set another name (--name)"
+            )
+        if run.data.tags.get(TAG_SPACE_HASH) != space_hash:
+            raise PreflightError(
+                f"{source} changed since sweep {sweep!r} started (search-space hash "
+                f"{run.data.tags.get(TAG_SPACE_HASH)} -> {space_hash}); Tune cannot resume a different "
+                "search: start a new sweep with --name"
+            )
+        mlflow_client.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id
+    if resume:
+        log.warning("nothing to resume for sweep %r: starting it", sweep)
+    tags = {
+        TAG_KIND: KIND_SWEEP,
+        TAG_SWEEP: sweep,
+        TAG_SPACE_HASH: space_hash,
+        TAG_VERSION: vmbench.__version__,
+        TAG_GIT_SHA: git_revision(),
+        **tags,
+    }
+    run = mlflow_client.create_run(experiment_id, tags=tags, run_name=sweep)
+    mlflow_client.log_dict(run.info.run_id, {"plan": plan}, "sweep_plan.json")
+    return run.info.run_id
+
+
+def close_trial_run(mlflow_client, experiment_id: str, trial_id: str, status: str, outcome: str,
+                    errored: bool = False) -> bool:
+    """Close the run of Ray trial ``trial_id`` if it is still RUNNING; True if it was."""
+    run = find_run(mlflow_client, experiment_id, TAG_TRIAL_ID, trial_id)
+    if run is None or run.info.status != "RUNNING":
+        return False
+    mlflow_client.set_tag(run.info.run_id, TAG_OUTCOME, outcome)
+    if errored or status == "FAILED":
+        mlflow_client.set_tag(run.info.run_id, TAG_ERROR, "trial errored (see Ray's error file)")
+    mlflow_client.set_terminated(run.info.run_id, status=status)
+    return True
+
+
+def close_orphans(tracking_uri: str, experiment_id: str, *, sweep: str, study: str,
+                  trial_states: dict[str, str], error: BaseException | None = None) -> int:
+    """After a study: close every child run of ``sweep``/``study`` still RUNNING; returns how many.
+
+    ``trial_states`` maps Ray trial ids to ``"ERROR"`` or ``"TERMINATED"``: errored trials'
+    runs become FAILED, the others FINISHED and pruned. With ``error`` (Tune itself raised),
+    every such run is FAILED with that error.
+    """
+    mlflow_client = client(tracking_uri)
+    runs = mlflow_client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_STUDY}` = '{study}' "
+        "and attributes.status = 'RUNNING'",
+        max_results=10000,
+    )
+    for run in runs:
+        state = trial_states.get(run.data.tags.get(TAG_TRIAL_ID, ""), "")
+        status = "FAILED" if state == "ERROR" or error is not None else "FINISHED"
+        mlflow_client.set_tag(run.info.run_id, TAG_OUTCOME, FAILED if status == "FAILED" else PRUNED)
+        if error is not None:
+            mlflow_client.set_tag(run.info.run_id, TAG_ERROR, f"the sweep stopped: {error_summary(error)}")
+        mlflow_client.set_terminated(run.info.run_id, status=status)
+    return len(runs)
+
+
+__all__ = [
+    "TrialRun",
+    "client",
+    "close_orphans",
+    "close_trial_run",
+    "find_run",
+    "get_or_create_experiment",
+    "open_sweep_run",
+]
