@@ -1,4 +1,4 @@
-"""Attention U-Net as LeeJunHyun/Image_Segmentation ``AttU_Net`` builds it (``baselines.md`` §2.1).
+"""Attention U-Net as LeeJunHyun/Image_Segmentation ``AttU_Net`` builds it (``network.py`` @5e9da93).
 
 The encoder, ``up_conv`` and ``conv_block`` are those of LeeJunHyun's ``U_Net``
 (:class:`baselines.unet.UNetClassic`); before each concat the skip ``x`` is gated by an
@@ -16,7 +16,8 @@ keys), so its checkpoints load with ``strict=True``.
 This is **not** Oktay et al.'s official gate (``ozan-oktay/Attention-Gated-Networks``): that one is
 3-D only, downsamples ``x`` to the gate resolution with a strided, bias-free theta conv, takes
 ``g`` from the coarser level, upsamples the attention map and applies an output transform
-(1x1 conv + BN), with deep supervision; see ``baselines.md`` §2.2. 2-D Att-UNet results in
+(1x1 conv + BN), with deep supervision (``models/layers/grid_attention_layer.py``,
+``models/networks/unet_CT_multi_att_dsv_3D.py`` @eee4881). 2-D Att-UNet results in
 practice use the LeeJunHyun gate.
 
 Returns logits. Input rules as :mod:`baselines.unet`: H and W positive multiples of 16, and a
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from baselines.unet import ConvBlock, UpConv, _check_widths, _recipe, prepare_input
+from vmbench.errors import ModelInputError
 from vmbench.registry import PublishedResult, register_model
 
 __all__ = ["AttentionBlock", "AttUNet"]
@@ -64,7 +66,7 @@ class AttentionBlock(nn.Module):
     def attention(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The (B, 1, H, W) attention coefficients in [0, 1]."""
         if g.shape[-2:] != x.shape[-2:]:
-            raise ValueError(
+            raise ModelInputError(
                 f"AttentionBlock needs g and x at the same resolution, got {tuple(g.shape[-2:])} "
                 f"and {tuple(x.shape[-2:])}"
             )
@@ -124,7 +126,7 @@ class AttUNet(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Registration (baselines.md §2.3, protocols.md §7).
+# Registration: published rows (VM-UNet Table I for ISIC2018; Swin-UNet Table 1 for Synapse).
 # --------------------------------------------------------------------------------------------
 
 PAPER_ATT_UNET = (
@@ -159,14 +161,15 @@ ATT_UNET_PUBLISHED = (
         },
         source=(
             "Swin-UNet paper Table 1 (transcribed); which Att-UNet implementation produced it is "
-            "unpublished (baselines.md §8)"
+            "unpublished"
         ),
     ),
 )
 
 ATT_UNET_RECIPE = {
     **_recipe("the recipe behind the published Att-UNet rows is unpublished, so every value here is assumed"),
-    # Oktay's official 3-D recipe (baselines.md §2.2), for reference only; not used for 2-D.
+    # Oktay's official 3-D recipe (configs/config_unet_ct_multi_att_dsv.json @eee4881), for
+    # reference only; not used for 2-D.
     "reference_training": {
         "optimizer": {"name": "Adam", "lr": 1e-4, "weight_decay": 1e-6},
         "loss": "Dice",

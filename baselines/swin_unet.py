@@ -5,16 +5,19 @@ Module tree, parameter and buffer names, shapes, initialisation and forward foll
 of ``HuCaoFighting/Swin-Unet`` at the pinned commit ``0644419``, so a Swin-UNet checkpoint saved by
 the official trainer (``swin_unet.``-prefixed keys, optionally under DataParallel's ``module.``)
 loads with ``strict=True`` and Swin-T ImageNet weights load through :func:`load_swin_pretrained`
-exactly as the official ``SwinUnet.load_from`` maps them. The source of every number is
-``shared/spec/baselines.md`` §4; section numbers (§) refer to it.
+exactly as the official ``SwinUnet.load_from`` maps them. Paper: Cao et al., arXiv 2105.05537
+(Table 1: Synapse results). The pinned commit is the last before the 2024
+refactor ``7d160d7``, whose defaults no longer reproduce the published pipeline.
 
-Configuration (``configs/swin_tiny_patch4_window7_224_lite.yaml``, §4.1): embed 96, **depths
+Configuration (``configs/swin_tiny_patch4_window7_224_lite.yaml``, the config ``train.sh`` and the
+README use; defaults from ``config.py``): embed 96, **depths
 [2, 2, 2, 2]** (the "lite" config; the decoder mirrors ``depths`` and the config's
 ``DECODER_DEPTHS`` is ignored by the official code), heads [3, 6, 12, 24], window 7, patch 4,
 drop path 0.2, mlp ratio 4, qkv bias, no absolute position embedding, patch norm.
 Parameters: 27,168,900 with 9 classes, 27,168,132 with 1 class.
 
-State dict (official, §4.3): ``swin_unet.patch_embed.{proj,norm}``,
+State dict (what the official ``trainer.py`` saves through the ``SwinUnet`` wrapper of
+``networks/vision_transformer.py``): ``swin_unet.patch_embed.{proj,norm}``,
 ``swin_unet.layers.{i}.blocks.{j}.{norm1,attn.relative_position_bias_table,
 attn.relative_position_index,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``attn_mask`` on the
 shifted (odd) blocks of every stage whose grid is larger than the window (a persistent buffer, like
@@ -24,15 +27,17 @@ norm}``, ``concat_back_dim.{1,2,3}``, ``norm_up``, ``up.{expand,norm}``, ``outpu
 
 Differences from the official code, all deliberate:
 
-* Input checks raise ``ValueError`` instead of ``assert``: a wrong input size, a build size whose
-  stage grids the windows cannot tile, a wrong channel count or a non-4D tensor.
+* Input checks raise :class:`vmbench.errors.ModelInputError` (a ``ValueError``) instead of
+  ``assert``: a wrong input size, a build size whose stage grids the windows cannot tile, a wrong
+  channel count or a non-4D tensor.
 * ``img_size`` may be an ``(H, W)`` pair (the official ``FinalPatchExpand_X4`` needs an int).
 * The final expansion scale equals ``patch_size`` (official: always 4, identical for patch 4), so
   the output always has the input's size.
 * The decoder indexes skips as ``num_layers - 1 - j`` (official: ``3 - j``; identical for 4 stages).
 * :func:`load_swin_pretrained` reads with ``weights_only=True``, skips shape mismatches with a
   report, and strips Swin-UNet checkpoint prefixes by name instead of slicing 17 characters.
-* No dependency on timm: ``DropPath`` and ``trunc_normal_`` come from ``vmbench.models.layers`` (timm semantics).
+* No dependency on timm: ``DropPath``, ``Mlp``, ``trunc_normal_`` and the Linear/LayerNorm init come
+  from :mod:`vmbench.models.layers` (timm semantics).
 """
 
 from __future__ import annotations
@@ -45,11 +50,21 @@ from os import PathLike
 from typing import Any
 
 import torch
-import torch.utils.checkpoint as torch_checkpoint
 from torch import nn
 
 from vmbench.checkpoints import CheckpointFormatError, describe, is_state_dict, read_checkpoint
-from vmbench.models.layers import DropPath, trunc_normal_
+from vmbench.errors import ModelInputError
+from vmbench.models.layers import (
+    DropPath,
+    Mlp,
+    check_image_channels,
+    init_trunc_normal_,
+    pixel_shuffle_nhwc,
+    run_blocks,
+    to_2tuple,
+    trunc_normal_,
+)
+from vmbench.models.loading import inner_module, shape_mismatch, state_dict_in
 from vmbench.registry import PublishedResult, register_model
 
 __all__ = [
@@ -84,38 +99,6 @@ PAPER = (
 )
 
 MASK_VALUE = -100.0  # the official code fills cross-region attention logits with -100, not -inf
-
-
-# --------------------------------------------------------------------------------------------
-# Small pieces (timm semantics, written here so that timm is never needed).
-# --------------------------------------------------------------------------------------------
-
-
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f"expected an int or an (H, W) pair, got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
-def _trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
-    return trunc_normal_(tensor, std=std)  # timm's absolute bounds [-2, 2]
-
-
-class Mlp(nn.Module):
-    """fc1 -> GELU -> dropout -> fc2 -> dropout (keys ``fc1``, ``fc2``)."""
-
-    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, in_features)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +188,7 @@ class WindowAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        _trunc_normal_(self.relative_position_bias_table)
+        trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.softmax = nn.Softmax(dim=-1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -276,7 +259,7 @@ class SwinTransformerBlock(nn.Module):
         h, w = self.input_resolution
         b, length, c = x.shape
         if length != h * w:
-            raise ValueError(f"block built for a {h}x{w} token grid got {length} tokens")
+            raise ModelInputError(f"Swin block built for a {h}x{w} token grid got {length} tokens")
         shortcut = x
         x = self.norm1(x).view(b, h, w, c)
         s, ws = self.shift_size, self.window_size
@@ -316,11 +299,9 @@ class PatchMerging(nn.Module):
 
 
 def _pixel_shuffle_tokens(x: torch.Tensor, h: int, w: int, scale: int) -> torch.Tensor:
-    """(B, H*W, s*s*C) -> (B, sH*sW, C), channels split as (p1, p2, c): einops 'b h w (p1 p2 c) -> b (h p1) (w p2) c'."""
+    """(B, H*W, s*s*C) tokens -> (B, sH*sW, C): :func:`pixel_shuffle_nhwc` on the token grid."""
     b, _, channels = x.shape
-    c = channels // (scale * scale)
-    x = x.view(b, h, w, scale, scale, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h * scale * w * scale, c)
+    return pixel_shuffle_nhwc(x.view(b, h, w, channels), scale).reshape(b, -1, channels // (scale * scale))
 
 
 class PatchExpand(nn.Module):
@@ -399,12 +380,7 @@ class BasicLayer(nn.Module):
         self.downsample = PatchMerging(self.input_resolution, dim) if downsample else None
 
     def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        for blk in self.blocks:
-            if self.use_checkpoint and x.requires_grad:
-                x = torch_checkpoint.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
-        return x
+        return run_blocks(self.blocks, x, self.use_checkpoint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._run_blocks(x)
@@ -453,7 +429,7 @@ class PatchEmbed(nn.Module):
 def stage_geometry(
     img_size: int | Sequence[int], patch_size: int = 4, window_size: int = 7, num_layers: int = 4
 ) -> list[dict[str, Any]]:
-    """Per stage: token grid, effective window and shift; ``ValueError`` when the windows cannot tile it.
+    """Per stage: token grid, effective window and shift; :class:`ModelInputError` when the windows cannot tile it.
 
     Rule: H and W must be divisible by ``patch_size * 2**(num_layers-1)`` (each stage grid a whole
     number, every merged grid even) and every stage grid must be divisible by the window size; as
@@ -461,7 +437,7 @@ def stage_geometry(
     side (no shift), and the grid must then be divisible by it. With patch 4, window 7 and four
     stages this means H/4, H/8, H/16 and H/32 all multiples of 7: H and W multiples of 224.
     """
-    h, w = _pair(img_size)
+    h, w = to_2tuple(img_size, "img_size")
     rule = (
         f"every stage's token grid (H/{patch_size}, H/{patch_size * 2}, ..., H/{patch_size * 2 ** (num_layers - 1)}, "
         f"same for W) must be a whole number divisible by window_size={window_size}"
@@ -469,7 +445,7 @@ def stage_geometry(
     if window_size == 7 and patch_size == 4 and num_layers == 4:
         rule += " (i.e. H and W multiples of 224, e.g. 224 or 448)"
     if h <= 0 or w <= 0 or h % (patch_size * 2 ** (num_layers - 1)) or w % (patch_size * 2 ** (num_layers - 1)):
-        raise ValueError(f"Swin-UNet cannot be built for img_size {h}x{w}: {rule}")
+        raise ModelInputError(f"Swin-UNet cannot be built for img_size {h}x{w}: {rule}")
     stages = []
     for i in range(num_layers):
         res = (h // (patch_size * 2**i), w // (patch_size * 2**i))
@@ -477,7 +453,7 @@ def stage_geometry(
         if min(res) <= window_size:
             win, shift = min(res), 0
         if res[0] % win or res[1] % win:
-            raise ValueError(
+            raise ModelInputError(
                 f"Swin-UNet cannot be built for img_size {h}x{w}: stage {i} has a {res[0]}x{res[1]} token grid, "
                 f"which {win}x{win} windows cannot tile; {rule}"
             )
@@ -493,8 +469,8 @@ def stage_geometry(
 class SwinTransformerSys(nn.Module):
     """The official ``SwinTransformerSys`` (encoder, bottleneck, mirrored decoder, ×4 expand, 1×1 conv).
 
-    Defaults are the published lite configuration (§4.1), not the official class defaults
-    (which use drop path 0.1). Returns (B, num_classes, H, W) logits.
+    Defaults are the published lite configuration (``swin_tiny_patch4_window7_224_lite.yaml``),
+    not the official class defaults (which use drop path 0.1). Returns (B, num_classes, H, W) logits.
     """
 
     def __init__(
@@ -525,7 +501,7 @@ class SwinTransformerSys(nn.Module):
         for i in range(n):
             if (embed_dim * 2**i) % num_heads[i]:
                 raise ValueError(f"stage {i}: width {embed_dim * 2 ** i} is not divisible by num_heads {num_heads[i]}")
-        self.img_size = _pair(img_size)
+        self.img_size = to_2tuple(img_size, "img_size")
         self.geometry = stage_geometry(self.img_size, patch_size, window_size, n)
         self.num_classes = num_classes
         self.num_layers = n
@@ -542,7 +518,7 @@ class SwinTransformerSys(nn.Module):
         ph, pw = self.patches_resolution
         if ape:
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
-            _trunc_normal_(self.absolute_pos_embed)
+            trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(p=drop_rate)
 
         dpr = [float(r) for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu")]
@@ -584,15 +560,8 @@ class SwinTransformerSys(nn.Module):
 
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            _trunc_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    # The official _init_weights: Linear trunc-normal(0.02) / bias 0, LayerNorm 1 / 0.
+    _init_weights = staticmethod(init_trunc_normal_)
 
     def no_weight_decay(self) -> set[str]:
         return {"absolute_pos_embed"}
@@ -603,17 +572,17 @@ class SwinTransformerSys(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"Swin-UNet expects a 4-D (batch, channels, height, width) tensor, got {shape}")
+            raise ModelInputError(f"Swin-UNet expects a 4-D (batch, channels, height, width) tensor, got {shape}")
         h, w = x.shape[-2:]
         if (h, w) != self.img_size:
-            raise ValueError(
+            raise ModelInputError(
                 f"Swin-UNet was built for {self.img_size[0]}x{self.img_size[1]} inputs and got {h}x{w}: its window masks, "
                 f"token grids and final expansion are fixed at construction. Resize the input, or build the model with "
                 f"img_size=({h}, {w}) if that size fits the windows (every stage's token grid divisible by the "
                 f"window size; with patch 4 and window 7, multiples of 224)"
             )
         if x.shape[1] != self.patch_embed.in_chans:
-            raise ValueError(f"Swin-UNet was built for {self.patch_embed.in_chans} input channels, got {x.shape[1]}")
+            raise ModelInputError(f"Swin-UNet was built for {self.patch_embed.in_chans} input channels, got {x.shape[1]}")
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.patch_embed(x)
@@ -662,9 +631,7 @@ class SwinUnet(nn.Module):
         return self.swin_unet.img_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 1 and self.in_chans == 3:
-            x = x.repeat(1, 3, 1, 1)
-        return self.swin_unet(x)
+        return self.swin_unet(check_image_channels(x, self.in_chans, "Swin-UNet"))
 
     def load_from(self, path: str | PathLike[str] | Mapping[str, Any], map_location: Any = "cpu") -> "SwinPretrainedReport":
         """Initialise from Swin-T ImageNet weights (or a Swin-UNet checkpoint); see :func:`load_swin_pretrained`."""
@@ -674,23 +641,6 @@ class SwinUnet(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Checkpoints.
 # --------------------------------------------------------------------------------------------
-
-
-# Shared with the other loaders and the engine (vmbench.checkpoints).
-_describe = describe
-_read_checkpoint = read_checkpoint
-
-
-_is_state_dict = is_state_dict
-
-
-def _as_sys(model: nn.Module) -> SwinTransformerSys:
-    if isinstance(model, SwinTransformerSys):
-        return model
-    inner = getattr(model, "swin_unet", None)
-    if isinstance(inner, SwinTransformerSys):
-        return inner
-    raise TypeError(f"expected a SwinUnet or its .swin_unet (SwinTransformerSys), got {type(model).__name__}")
 
 
 @dataclass
@@ -737,6 +687,8 @@ class SwinPretrainedReport:
             lines.append(f"  shape mismatches: {self.shape_mismatches}")
         return "\n".join(lines)
 
+    __str__ = summary  # what the engine's log line shows
+
 
 _STAGE_KEY = re.compile(r"^layers\.(\d+)\.")
 
@@ -746,7 +698,10 @@ def load_swin_pretrained(
     path: str | PathLike[str] | Mapping[str, Any],
     map_location: Any = "cpu",
 ) -> SwinPretrainedReport:
-    """Initialise Swin-UNet the way the official ``SwinUnet.load_from`` does (§4.3); returns a report.
+    """Initialise Swin-UNet the way the official ``SwinUnet.load_from`` does; returns a report.
+
+    Official: ``networks/vision_transformer.py`` ``SwinUnet.load_from`` (at ``0644419``), with
+    Microsoft's ImageNet-1k ``swin_tiny_patch4_window7_224.pth`` as ``PRETRAIN_CKPT``.
 
     ``path``: a checkpoint file, read with ``torch.load(..., weights_only=True)`` (a file that needs
     full unpickling raises :class:`CheckpointFormatError` naming it; there is no unsafe retry), or an
@@ -769,17 +724,17 @@ def load_swin_pretrained(
       mangles so that nothing loads), ``output`` keys are dropped likewise, and shape mismatches
       are skipped and reported instead of failing.
     """
-    net = _as_sys(model)
-    obj = _read_checkpoint(path, map_location)  # a mapping is returned as it is
+    net = inner_module(model, "swin_unet", SwinTransformerSys, "SwinUnet")
+    obj = read_checkpoint(path, map_location)  # a mapping is returned as it is
     if not isinstance(obj, Mapping):
-        raise CheckpointFormatError(f"checkpoint {_describe(path)} holds a {type(obj).__name__}, not a dict")
+        raise CheckpointFormatError(f"checkpoint {describe(path)} holds a {type(obj).__name__}, not a dict")
     own = net.state_dict()
 
     if "model" in obj:
         state = obj["model"]
-        if not _is_state_dict(state):
-            raise CheckpointFormatError(f"checkpoint {_describe(path)}: 'model' is not a state dict (name -> tensor)")
-        report = SwinPretrainedReport(_describe(path), "swin-imagenet", len(state), len(own))
+        if not is_state_dict(state):
+            raise CheckpointFormatError(f"checkpoint {describe(path)}: 'model' is not a state dict (name -> tensor)")
+        report = SwinPretrainedReport(describe(path), "swin-imagenet", len(state), len(own))
         candidates: dict[str, torch.Tensor] = dict(state)
         for key, value in state.items():
             match = _STAGE_KEY.match(key)
@@ -787,12 +742,12 @@ def load_swin_pretrained(
                 mirrored = f"layers_up.{net.num_layers - 1 - int(match.group(1))}." + key[match.end():]
                 candidates[mirrored] = value
     else:
-        if not _is_state_dict(obj):
+        if not is_state_dict(obj):
             raise CheckpointFormatError(
-                f"checkpoint {_describe(path)} has no 'model' entry and is not a bare state dict (name -> tensor); "
+                f"checkpoint {describe(path)} has no 'model' entry and is not a bare state dict (name -> tensor); "
                 f"found keys {list(obj)[:10]}"
             )
-        report = SwinPretrainedReport(_describe(path), "swin-unet", len(obj), len(own))
+        report = SwinPretrainedReport(describe(path), "swin-unet", len(obj), len(own))
         candidates = {}
         for key, value in obj.items():
             name = key.removeprefix("module.").removeprefix("swin_unet.")
@@ -806,12 +761,14 @@ def load_swin_pretrained(
     for key, value in candidates.items():
         if key not in own:
             report.skipped[key] = "not in model"
-        elif tuple(value.shape) != tuple(own[key].shape):
+            continue
+        mismatch = shape_mismatch(key, value, own[key])
+        if mismatch is not None:
             report.skipped[key] = "shape mismatch"
-            report.shape_mismatches.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}")
-        else:
-            selected[key] = value
-            report.loaded.append(key)
+            report.shape_mismatches.append(mismatch)
+            continue
+        selected[key] = value
+        report.loaded.append(key)
     net.load_state_dict(selected, strict=False)
     report.not_loaded = [k for k in own if k not in selected]
     log.info("%s", report.summary())
@@ -831,12 +788,7 @@ def load_swin_unet_checkpoint(
     (keys ``swin_unet.*``) or its ``.swin_unet`` (the prefix is then removed too). Returns
     ``load_state_dict``'s result.
     """
-    obj = _read_checkpoint(path, map_location)  # a mapping is returned as it is
-    state = obj
-    if isinstance(obj, Mapping) and not _is_state_dict(obj):
-        state = next((obj[k] for k in ("model", "state_dict") if k in obj and _is_state_dict(obj[k])), None)
-    if not _is_state_dict(state):
-        raise CheckpointFormatError(f"checkpoint {_describe(path)} does not hold a state dict (name -> tensor)")
+    state = state_dict_in(read_checkpoint(path, map_location), path, ("model", "state_dict"))
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if isinstance(model, SwinTransformerSys):
         state = {k.removeprefix("swin_unet."): v for k, v in state.items()}
@@ -844,13 +796,15 @@ def load_swin_unet_checkpoint(
 
 
 # --------------------------------------------------------------------------------------------
-# Registration (§4.4 recipe, §4.6 / protocols.md §7.1 published results).
+# Registration: the recipe of train.py / trainer.py / train.sh at 0644419; the published Synapse
+# row of the paper's Table 1 (arXiv 2105.05537), which VM-UNet's Table II reuses.
 # --------------------------------------------------------------------------------------------
 
 _PUBLISHED = (
     PublishedResult(
         dataset="synapse",
-        # DSC in %, HD95 in voxels (protocols.md §5.3); per-organ DSC in the paper's column order.
+        # DSC in %, HD95 in voxels (TransUNet's metric code, which Swin-UNet's test.py reuses);
+        # per-organ DSC in the paper's column order.
         metrics={
             "dsc": 79.13,
             "hd95": 21.55,
@@ -869,7 +823,7 @@ _PUBLISHED = (
 
 _RECIPE: dict[str, Any] = {
     "source": "HuCaoFighting/Swin-Unet @ 0644419: train.py, trainer.py, train.sh, "
-    "configs/swin_tiny_patch4_window7_224_lite.yaml (spec baselines.md §4.4)",
+    "configs/swin_tiny_patch4_window7_224_lite.yaml",
     "dataset": "synapse",
     "num_classes": 9,
     "input_size": (224, 224),
@@ -903,6 +857,7 @@ _RECIPE: dict[str, Any] = {
     "(other multiples of 224 via img_size); returns logits",
     published=_PUBLISHED,
     recipe=_RECIPE,
+    load_pretrained=load_swin_pretrained,  # model.pretrained: Swin-T ImageNet weights or a Swin-UNet checkpoint
 )
 def swin_unet(num_classes: int = 1, in_chans: int = 3, **overrides: Any) -> SwinUnet:
     """Build Swin-UNet in the published lite configuration; ``overrides`` go to :class:`SwinTransformerSys`."""

@@ -1,10 +1,11 @@
 """TransFuse-S (Zhang, Liu, Hu; MICCAI 2021) as the authors' ``lib/TransFuse.py`` builds it.
 
-Source of truth: ``shared/spec/baselines.md`` §3 (section numbers below refer to it) and
-``protocols.md`` §3.2 / §5.2 / §7.2. Reference code: ``Rayicer/TransFuse`` ``lib/TransFuse.py``,
-``lib/DeiT.py``, ``lib/vision_transformer.py`` (read for facts; nothing copied).
+Reference code: ``Rayicer/TransFuse`` at ``3f50ab6``, ``lib/TransFuse.py`` (``TransFuse_S``,
+``BiFusion_block``, ``Up``, ``Attention_block``, ``init_weights``), ``lib/DeiT.py``,
+``lib/vision_transformer.py`` and ``train_isic.py`` (read for facts; nothing copied). Paper:
+arXiv 2102.08005.
 
-Structure (§3.1-§3.2), for the native 3x192x256 input:
+Structure, for the native 3x192x256 input:
 
 * CNN branch ``resnet``: torchvision ResNet-34 without ``layer4`` / ``fc`` (:mod:`baselines.resnet`);
   layer1 -> c2 (64, 1/4), layer2 -> c1 (128, 1/8), layer3 -> c0 (256, 1/16).
@@ -29,14 +30,25 @@ Deliberate differences from the reference code:
 
 * inputs must have exactly the size the model was built for (``img_size``; the reference
   hard-codes a 12x16 token ``.view`` and fails obscurely otherwise) and 3 channels, or 1 channel
-  which is repeated to 3; anything else raises ``ValueError``;
+  which is repeated to 3; anything else raises :class:`vmbench.errors.ModelInputError`;
 * ``img_size`` is a constructor argument: ``img_size=(256, 256)`` builds the 16x16 position
-  embedding of the 256x256 variant behind the VM-UNet/MALUNet ISIC rows (§3.1);
+  embedding of the 256x256 variant behind the MALUNet/EGE-UNet ISIC rows that VM-UNet's Table I
+  copies ("26.16M / 11.50 GFLOPs" there: the official 192x256 code cannot take 256x256);
 * the output up-sampling's ``align_corners`` is a switch, ``head_align_corners`` (True as at
-  ``3f50ab6`` HEAD; the authors' 2021 code, which produced the released checkpoint, used the
-  default False: §3.2 step 5);
-* pretrained weights come from local files through :func:`load_pretrained_resnet34` and
-  :func:`load_pretrained_deit_small`, read with ``torch.load(weights_only=True)``, and return a
+  ``3f50ab6``, after the third-party pull request #2; the authors' 2021 code, which produced the
+  released checkpoint, used the default False);
+* building the model never reads a file (the reference's ``pretrained=True`` reads two inside the
+  constructor). Pretrained weights load afterwards through :func:`load_transfuse_pretrained`, the
+  registry's ``load_pretrained`` hook, from one local path (``model.pretrained``):
+
+  - a **folder** holding the two ImageNet files the reference reads from its ``pretrained/``
+    folder, ``resnet34-333f7ec4.pth`` (torchvision) and ``deit_small_patch16_224-cd65a155.pth``
+    (facebookresearch/deit), loaded by :func:`load_pretrained_resnet34` and
+    :func:`load_pretrained_deit_small`;
+  - a **file**: a trained TransFuse-S checkpoint (the released ``TransFuse-19_best.pth`` or one
+    saved from this model), loaded by :func:`load_transfuse_checkpoint`.
+
+  Every file is read with ``torch.load(weights_only=True)``; each loader returns a
   :class:`LoadReport` instead of loading silently.
 """
 
@@ -48,37 +60,40 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import Any, Callable, NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.att_unet import AttentionBlock
 from baselines.resnet import RESNET34_LAYERS, ResNet
 from baselines.vit import DeiTEncoder, resize_pos_embed
-from vmbench.checkpoints import CheckpointFormatError, describe, is_state_dict, read_checkpoint
-from vmbench.losses import StructureLoss
+from vmbench.checkpoints import CheckpointFormatError, describe, read_checkpoint
+from vmbench.errors import CheckpointError, ConfigError, ModelInputError, few
+from vmbench.models.layers import check_image_channels, to_2tuple
+from vmbench.models.loading import inner_module, shape_mismatch, state_dict_in
 from vmbench.registry import PublishedResult, register_model
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEEP_SUPERVISION_WEIGHTS",
-    "AttentionGate",
+    "IMAGENET_FILES",
     "BiFusionBlock",
-    "CheckpointError",
     "Conv",
     "DoubleConv",
     "LoadReport",
     "Residual",
     "TransFuseOutput",
+    "TransFusePretrainedReport",
     "TransFuseS",
     "Up",
-    "deep_supervision_loss",
     "load_pretrained_deit_small",
     "load_pretrained_resnet34",
     "load_transfuse_checkpoint",
-    "structure_loss",
+    "load_transfuse_pretrained",
     "transfuse_s",
 ]
 
@@ -87,7 +102,8 @@ PAPER = (
     "MICCAI 2021 (arXiv:2102.08005); code: github.com/Rayicer/TransFuse"
 )
 
-#: Loss weight of each head in the official ``train_isic.py`` (§3.3).
+#: Loss weight of each head in the official ``train_isic.py``: ``0.5 * loss2 + 0.3 * loss3 + 0.2 * loss4``
+#: for its ``(lateral_map_4, lateral_map_3, lateral_map_2)`` = (map_x, map_1, map_2).
 DEEP_SUPERVISION_WEIGHTS: dict[str, float] = {"map_x": 0.2, "map_1": 0.3, "map_2": 0.5}
 
 NATIVE_SIZE: tuple[int, int] = (192, 256)
@@ -145,7 +161,7 @@ class Residual(nn.Module):
 
 
 class BiFusionBlock(nn.Module):
-    """BiFusion (§3.2 step 3): fuses CNN features ``g`` (ch_1) with transformer features ``x`` (ch_2).
+    """BiFusion (``BiFusion_block``): fuses CNN features ``g`` (ch_1) with transformer features ``x`` (ch_2).
 
     * bilinear term ``W(W_g(g) * W_x(x))``;
     * spatial attention on ``g``: [channel max, channel mean] -> 7x7 conv + BN -> sigmoid, times ``g``;
@@ -198,24 +214,11 @@ class DoubleConv(nn.Module):
         return self.relu(self.double_conv(x) + self.identity(x))
 
 
-class AttentionGate(nn.Module):
-    """Additive attention gate (Attention U-Net, LeeJunHyun form): ``x * psi(relu(W_g g + W_x x))``."""
-
-    def __init__(self, F_g: int, F_l: int, F_int: int):
-        super().__init__()
-        self.W_g = nn.Sequential(nn.Conv2d(F_g, F_int, kernel_size=1), nn.BatchNorm2d(F_int))
-        self.W_x = nn.Sequential(nn.Conv2d(F_l, F_int, kernel_size=1), nn.BatchNorm2d(F_int))
-        self.psi = nn.Sequential(nn.Conv2d(F_int, 1, kernel_size=1), nn.BatchNorm2d(1), nn.Sigmoid())
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return x * self.psi(self.relu(self.W_g(g) + self.W_x(x)))
-
-
 class Up(nn.Module):
     """x2 bilinear up-sampling (``align_corners=True``) then :class:`DoubleConv`.
 
-    With a skip ``x2``: the skip is gated by the up-sampled map when ``attn`` (``attn_block``),
+    With a skip ``x2``: the skip is gated by the up-sampled map when ``attn`` (``attn_block``: the
+    reference's ``Attention_block``, LeeJunHyun's gate, i.e. :class:`baselines.att_unet.AttentionBlock`),
     and ``cat([x2, up(x1)])`` goes through the DoubleConv (``in_ch1 + in_ch2 -> out_ch``).
     """
 
@@ -223,7 +226,7 @@ class Up(nn.Module):
         super().__init__()
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
         self.conv = DoubleConv(in_ch1 + in_ch2, out_ch)
-        self.attn_block = AttentionGate(in_ch1, in_ch2, out_ch) if attn else None
+        self.attn_block = AttentionBlock(in_ch1, in_ch2, out_ch) if attn else None
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
         x1 = self.up(x1)
@@ -270,15 +273,6 @@ class TransFuseOutput(NamedTuple):
     map_2: torch.Tensor
 
 
-def _size_pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    pair = tuple(int(s) for s in v)
-    if len(pair) != 2:
-        raise ValueError(f"img_size must be an int or (H, W), got {v!r}")
-    return pair  # type: ignore[return-value]
-
-
 class TransFuseS(nn.Module):
     """TransFuse-S: ResNet-34 (no layer4) + depth-8 DeiT-S, BiFusion, gated decoder, three heads.
 
@@ -288,7 +282,7 @@ class TransFuseS(nn.Module):
             1-channel input is repeated to 3 channels.
         img_size: (H, W) the model is built for, multiples of 16; (192, 256) is the official
             size, (256, 256) the variant of the ISIC tables. It fixes the position embedding's
-            token grid (H/16 x W/16); other input sizes raise ``ValueError``.
+            token grid (H/16 x W/16); other input sizes raise :class:`ModelInputError`.
         drop_rate: Dropout2d after every branch stage (0.2); the BiFusion blocks use half of it.
         depth, embed_dim, num_heads: transformer geometry (8 / 384 / 6 for TransFuse-S; smaller
             values only for tests and experiments: pretrained DeiT-S weights need 384 / 6).
@@ -299,6 +293,9 @@ class TransFuseS(nn.Module):
         deep_supervision: when True, ``forward`` returns a :class:`TransFuseOutput` in ``train()``
             mode. ``eval()`` mode always returns the ``map_2`` logits alone.
         normal_init: apply TransFuse's Kaiming init to the decoder and fusion modules.
+
+    The constructor reads no file: pretrained weights load afterwards through
+    :func:`load_transfuse_pretrained` (reports kept in ``pretrained_reports``).
     """
 
     def __init__(
@@ -316,11 +313,11 @@ class TransFuseS(nn.Module):
         normal_init: bool = True,
     ):
         super().__init__()
-        h, w = _size_pair(img_size)
+        h, w = to_2tuple(img_size, "img_size")
         if h <= 0 or w <= 0 or h % 16 or w % 16:
-            raise ValueError(f"TransFuse-S needs an img_size whose sides are positive multiples of 16, got {h}x{w}")
+            raise ModelInputError(f"TransFuse-S needs an img_size whose sides are positive multiples of 16, got {h}x{w}")
         if num_classes < 1 or in_chans < 1:
-            raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes} / {in_chans}")
+            raise ModelInputError(f"num_classes and in_chans must be >= 1, got {num_classes} / {in_chans}")
         if len(resnet_layers) != 3:
             raise ValueError(f"resnet_layers gives the blocks of layer1..layer3, got {tuple(resnet_layers)}")
         self.num_classes = num_classes
@@ -331,6 +328,8 @@ class TransFuseS(nn.Module):
         # Loss weights in the order of TransFuseOutput, read by vmbench's training engine.
         self.deep_supervision_weights = tuple(DEEP_SUPERVISION_WEIGHTS[name] for name in TransFuseOutput._fields)
         self.head_align_corners = head_align_corners
+        # What load_transfuse_pretrained loaded, by part ("resnet", "transformer" or "checkpoint").
+        self.pretrained_reports: dict[str, LoadReport] = {}
 
         self.resnet = ResNet((*resnet_layers, 1), in_chans=in_chans, layer4=False, fc=False)
         self.transformer = DeiTEncoder(
@@ -368,23 +367,11 @@ class TransFuseS(nn.Module):
     # ---- input checks -----------------------------------------------------------------------
 
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"TransFuse-S expects a 4-D (batch, channels, height, width) tensor, got {got}")
-        channels = x.shape[1]
-        if channels != self.in_chans:
-            if channels == 1 and self.in_chans == 3:
-                x = x.expand(-1, 3, -1, -1)
-            else:
-                also = " (or 1, repeated to 3)" if self.in_chans == 3 else ""
-                raise ValueError(
-                    f"TransFuse-S was built for {self.in_chans} input channels{also}, got {channels} "
-                    f"(input shape {tuple(x.shape)})"
-                )
+        x = check_image_channels(x, self.in_chans, "TransFuse-S")
         h, w = x.shape[-2:]
         if (h, w) != self.img_size:
             eh, ew = self.img_size
-            raise ValueError(
+            raise ModelInputError(
                 f"TransFuse-S was built for {eh}x{ew} (HxW) inputs, got {h}x{w}; its position embedding "
                 f"is fixed to a {eh // 16}x{ew // 16} token grid. Resize the input, or build the model "
                 f"with img_size=({h}, {w}) (sides multiples of 16)."
@@ -435,42 +422,8 @@ class TransFuseS(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Losses (§3.3).
-# --------------------------------------------------------------------------------------------
-
-
-def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PraNet's structure loss on logits as the official code computes it (mean BCE + boundary-
-    weighted IoU; see :class:`vmbench.losses.StructureLoss`, which this is)."""
-    return _STRUCTURE_LOSS(logits, mask)
-
-
-_STRUCTURE_LOSS = StructureLoss()
-
-
-def deep_supervision_loss(
-    outputs: TransFuseOutput | Sequence[torch.Tensor],
-    target: torch.Tensor,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = structure_loss,
-    weights: Mapping[str, float] = DEEP_SUPERVISION_WEIGHTS,
-) -> torch.Tensor:
-    """``0.5 loss(map_2) + 0.3 loss(map_1) + 0.2 loss(map_x)`` for outputs in the order (map_x, map_1, map_2)."""
-    map_x, map_1, map_2 = outputs
-    return (
-        weights["map_2"] * loss_fn(map_2, target)
-        + weights["map_1"] * loss_fn(map_1, target)
-        + weights["map_x"] * loss_fn(map_x, target)
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # Checkpoints.
 # --------------------------------------------------------------------------------------------
-
-
-# A checkpoint cannot be read safely, has no state dict, or does not fit the model: the shared
-# error type of every vmbench loader, under the name this module has always exported.
-CheckpointError = CheckpointFormatError
 
 
 @dataclass
@@ -512,46 +465,20 @@ class LoadReport:
                 lines.append(f"  {name}: {getattr(self, name)}")
         return "\n".join(lines)
 
-
-# Shared with the other loaders and the engine (vmbench.checkpoints).
-_describe = describe
-_read_checkpoint = read_checkpoint
+    __str__ = summary  # what the engine's log line shows
 
 
-_is_state_dict = is_state_dict
-
-
-def _state_dict_from(obj: Any, path: Any, entries: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    state = None
-    if isinstance(obj, Mapping):
-        for entry in entries:
-            if entry in obj and _is_state_dict(obj[entry]):
-                state = obj[entry]
-                break
-        if state is None and _is_state_dict(obj):
-            state = obj
-    if state is None:
-        found = f"a dict with keys {list(obj)[:10]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
-        raise CheckpointError(
-            f"checkpoint {_describe(path)} holds no state dict (name -> tensor) under "
-            f"{' / '.join(map(repr, entries))} nor at top level; found {found}"
-        )
+def _state_dict_from(path: Any, entries: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (read with weights_only=True), DataParallel's ``module.`` removed."""
+    state = state_dict_in(read_checkpoint(path), path, entries)
     return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _submodule(model: nn.Module, attr: str, kind: type) -> nn.Module:
-    if isinstance(model, kind):
-        return model
-    inner = getattr(model, attr, None)
-    if isinstance(inner, kind):
-        return inner
-    raise TypeError(f"expected a TransFuseS or its .{attr} ({kind.__name__}), got {type(model).__name__}")
 
 
 def _take(key: str, tensor: torch.Tensor, own: Mapping[str, torch.Tensor], updates: dict, report: LoadReport) -> None:
     """Queue ``tensor`` for ``key`` if the shapes agree, else list the mismatch."""
-    if tuple(tensor.shape) != tuple(own[key].shape):
-        report.shape_mismatches.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[key].shape)}")
+    mismatch = shape_mismatch(key, tensor, own[key])
+    if mismatch is not None:
+        report.shape_mismatches.append(mismatch)
         return
     updates[key] = tensor
     report.loaded.append(key)
@@ -564,7 +491,7 @@ def _finish(
     accounted = set(updates) | {m.split(":", 1)[0] for m in report.shape_mismatches}
     report.missing = [k for k in own if k not in accounted and not k.endswith("num_batches_tracked")]
     if strict and not report.ok:
-        raise CheckpointError(
+        raise CheckpointFormatError(
             "refusing to load (strict=True; pass strict=False to load what fits):\n" + report.summary()
         )
     module.load_state_dict(updates, strict=False)
@@ -580,14 +507,15 @@ def load_pretrained_resnet34(
     ``layer4.*`` and ``fc.*`` are skipped (TransFuse drops those modules) and listed in
     ``report.skipped``; everything else must match by name and shape, as the reference's strict
     load does: with ``strict=True`` (default) any unexpected, missing or mismatched tensor raises
-    :class:`CheckpointError` before anything is copied; with ``strict=False`` the matching tensors
-    are loaded and the rest reported. ``path`` is read with ``weights_only=True`` (a bare state
-    dict, or one under ``state_dict`` / ``model``); an already loaded dict is accepted too.
+    :class:`CheckpointFormatError` (a :class:`vmbench.errors.CheckpointError`) before anything is
+    copied; with ``strict=False`` the matching tensors are loaded and the rest reported. ``path``
+    is read with ``weights_only=True`` (a bare state dict, or one under ``state_dict`` /
+    ``model``); an already loaded dict is accepted too.
     """
-    resnet = _submodule(model, "resnet", ResNet)
-    state = _state_dict_from(_read_checkpoint(path), path, ("state_dict", "model"))
+    resnet = inner_module(model, "resnet", ResNet, "TransFuseS")
+    state = _state_dict_from(path, ("state_dict", "model"))
     own = resnet.state_dict()
-    report = LoadReport(source=_describe(path), target="resnet")
+    report = LoadReport(source=describe(path), target="resnet")
     updates: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         if key.startswith(("layer4.", "fc.")):
@@ -609,10 +537,10 @@ def _is_square(n: int) -> bool:
 def _pos_embed_layout(n: int, own_tokens: int, own_grid: tuple[int, int], src_grid: Sequence[int] | None):
     """(prefix tokens, source grid) of a checkpoint position embedding with ``n`` entries."""
     if src_grid is not None:
-        gh, gw = _size_pair(src_grid)
+        gh, gw = to_2tuple(src_grid, "src_grid")
         prefix = n - gh * gw
         if prefix not in (0, 1):
-            raise CheckpointError(f"pos_embed has {n} entries, which is not a {gh}x{gw} grid plus 0 or 1 cls entry")
+            raise CheckpointFormatError(f"pos_embed has {n} entries, which is not a {gh}x{gw} grid plus 0 or 1 cls entry")
         return prefix, (gh, gw)
     if n == own_tokens:  # already on this model's grid (e.g. from a TransFuse checkpoint)
         return 0, own_grid
@@ -624,7 +552,7 @@ def _pos_embed_layout(n: int, own_tokens: int, own_grid: tuple[int, int], src_gr
     if _is_square(n):
         s = math.isqrt(n)
         return 0, (s, s)
-    raise CheckpointError(
+    raise CheckpointFormatError(
         f"cannot tell the token grid of a pos_embed with {n} entries; pass src_grid=(H, W) of the checkpoint"
     )
 
@@ -637,7 +565,7 @@ def load_pretrained_deit_small(
 ) -> LoadReport:
     """Load DeiT-S ImageNet weights (``deit_small_patch16_224-cd65a155.pth``, ``ckpt["model"]``) into ``model.transformer``.
 
-    As the reference ``lib/DeiT.py`` does (§3.4):
+    As the reference ``lib/DeiT.py`` (``deit_small_patch16_224(pretrained=True)``) does:
 
     * ``blocks.0`` .. ``blocks.{depth-1}`` load (0..7 for TransFuse-S); deeper blocks and the
       classifier ``head.*`` are skipped (the reference drops them silently with ``strict=False``);
@@ -647,15 +575,15 @@ def load_pretrained_deit_small(
       Slicing and resizing the checkpoint tensor gives exactly the reference's load -> slice ->
       interpolate result. ``src_grid`` names the checkpoint's grid when it cannot be inferred.
 
-    ``strict=True`` (default) raises :class:`CheckpointError` for any other unexpected, missing or
+    ``strict=True`` (default) raises :class:`CheckpointFormatError` for any other unexpected, missing or
     mismatched tensor before copying anything (a correct DeiT-S file has none); ``strict=False``
     loads what fits and reports the rest. Read with ``weights_only=True``.
     """
-    vit = _submodule(model, "transformer", DeiTEncoder)
-    state = _state_dict_from(_read_checkpoint(path), path, ("model", "state_dict"))
+    vit = inner_module(model, "transformer", DeiTEncoder, "TransFuseS")
+    state = _state_dict_from(path, ("model", "state_dict"))
     own = vit.state_dict()
     depth = len(vit.blocks)
-    report = LoadReport(source=_describe(path), target="transformer")
+    report = LoadReport(source=describe(path), target="transformer")
     updates: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         block = _BLOCK_KEY.match(key)
@@ -692,21 +620,21 @@ def load_transfuse_checkpoint(
     another input size than the checkpoint (e.g. a 256x256 model and the 192x256 release), the
     checkpoint's ``transformer.pos_embed`` is resized from ``src_grid`` (12x16 for the release)
     to the model's grid and listed in ``report.resized``. ``strict=True`` raises
-    :class:`CheckpointError` on any other missing, unexpected or mismatched tensor. Note that the
-    release was trained with ``head_align_corners=False`` (§3.2).
+    :class:`CheckpointFormatError` on any other missing, unexpected or mismatched tensor. Note that
+    the release was trained with ``head_align_corners=False`` (the authors' 2021 code).
     """
     if not isinstance(model, TransFuseS):
         raise TypeError(f"expected a TransFuseS, got {type(model).__name__}")
-    state = _state_dict_from(_read_checkpoint(path), path, ("state_dict", "model"))
+    state = _state_dict_from(path, ("state_dict", "model"))
     own = model.state_dict()
-    report = LoadReport(source=_describe(path), target="TransFuseS")
+    report = LoadReport(source=describe(path), target="TransFuseS")
     updates: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         if key not in own:
             report.unexpected.append(key)
             continue
         if key == "transformer.pos_embed" and tuple(tensor.shape) != tuple(own[key].shape):
-            grid = _size_pair(src_grid)
+            grid = to_2tuple(src_grid, "src_grid")
             prefix = tensor.shape[1] - grid[0] * grid[1]
             if tensor.dim() == 3 and prefix in (0, 1) and tensor.shape[-1] == own[key].shape[-1]:
                 resized = resize_pos_embed(tensor, grid, model.grid_size, num_prefix_tokens=prefix)
@@ -719,17 +647,90 @@ def load_transfuse_checkpoint(
     return _finish(model, report, updates, own, strict)
 
 
+#: The ImageNet files the reference ``TransFuse_S(pretrained=True)`` reads from its ``pretrained/``
+#: folder (``lib/TransFuse.py``, ``lib/DeiT.py``), by the branch each one initialises.
+IMAGENET_FILES: dict[str, str] = {
+    "resnet": "resnet34-333f7ec4.pth",
+    "transformer": "deit_small_patch16_224-cd65a155.pth",
+}
+
+
+@dataclass
+class TransFusePretrainedReport:
+    """What :func:`load_transfuse_pretrained` loaded: one :class:`LoadReport` per part
+    (``"resnet"`` and ``"transformer"`` from a folder, ``"checkpoint"`` from a TransFuse-S file)."""
+
+    source: str
+    parts: dict[str, LoadReport]
+
+    @property
+    def ok(self) -> bool:
+        return all(report.ok for report in self.parts.values())
+
+    def summary(self) -> str:
+        return "\n".join(report.summary() for report in self.parts.values())
+
+    __str__ = summary  # what the engine's log line shows
+
+
+def load_transfuse_pretrained(
+    model: nn.Module, path: str | PathLike[str] | Mapping[str, Any]
+) -> TransFusePretrainedReport:
+    """TransFuse-S's pretrained weights from one local path (the registry's ``load_pretrained`` hook).
+
+    * ``path`` is a **folder**: it must hold both files of :data:`IMAGENET_FILES`, the ones the
+      reference's ``pretrained=True`` reads from ``pretrained/``: ``resnet34-333f7ec4.pth``
+      (torchvision ResNet-34) into ``model.resnet`` through :func:`load_pretrained_resnet34`, and
+      ``deit_small_patch16_224-cd65a155.pth`` (DeiT-S) into ``model.transformer`` through
+      :func:`load_pretrained_deit_small`; the decoder keeps its initialisation.
+    * ``path`` is a **file** (or an already loaded dict): a trained TransFuse-S checkpoint, e.g. the
+      released ``TransFuse-19_best.pth``, through :func:`load_transfuse_checkpoint`.
+
+    Every load is strict (a tensor that does not fit raises :class:`CheckpointFormatError` before
+    that part is copied) and reads with ``weights_only=True``. A path that is neither, or a folder
+    without both files, raises :class:`vmbench.errors.CheckpointError`. The per-part reports are
+    also kept in ``model.pretrained_reports``.
+    """
+    if not isinstance(model, TransFuseS):
+        raise TypeError(f"expected a TransFuseS, got {type(model).__name__}")
+    wanted = " and ".join(IMAGENET_FILES.values())
+    if isinstance(path, Mapping) or Path(path).is_file():
+        parts = {"checkpoint": load_transfuse_checkpoint(model, path)}
+    elif Path(path).is_dir():
+        folder = Path(path)
+        missing = [name for name in IMAGENET_FILES.values() if not (folder / name).is_file()]
+        if missing:
+            found = few(sorted(p.name for p in folder.iterdir())) or "nothing"
+            raise CheckpointError(
+                f"pretrained folder '{folder}' for TransFuse-S lacks {' and '.join(missing)}: it must hold the "
+                f"ImageNet files {wanted} (found {found})"
+            )
+        parts = {
+            "resnet": load_pretrained_resnet34(model, folder / IMAGENET_FILES["resnet"]),
+            "transformer": load_pretrained_deit_small(model, folder / IMAGENET_FILES["transformer"]),
+        }
+    else:
+        raise CheckpointError(
+            f"pretrained weights '{path}' for TransFuse-S: no such file or folder; give a folder holding {wanted} "
+            "(ImageNet initialisation) or a TransFuse-S checkpoint file"
+        )
+    model.pretrained_reports = dict(parts)
+    return TransFusePretrainedReport(source=describe(path), parts=parts)
+
+
 # --------------------------------------------------------------------------------------------
-# Registration (§3.3 recipe, §3.5 / protocols §7.2 published rows).
+# Registration: the recipe of train_isic.py; published rows of the TransFuse paper (its ISIC2017
+# result) and of VM-UNet's Table I.
 # --------------------------------------------------------------------------------------------
 
 _PUBLISHED = (
     PublishedResult(
         dataset="isic2017",
-        # P2: per-image mean over the official 600-image test set at 192x256 (protocols.md §5.2);
-        # keyed *_per_image so it is never mixed with the pooled (P1) columns, and labelled with its
-        # own protocol (a key of vmbench.leaderboard.PROTOCOLS) so that it gets its own leaderboard
-        # table instead of sitting in the P1 "paper" one: the three protocols are incompatible (§4).
+        # P2: per-image mean over the official 600-image test set at 192x256 (test_isic.py averages
+        # the metrics image by image); keyed *_per_image so it is never mixed with the pooled (P1)
+        # columns, and labelled with its own protocol (a key of vmbench.leaderboard.PROTOCOLS) so
+        # that it gets its own leaderboard table instead of sitting in the P1 "paper" one: pooled
+        # and per-image numbers on different splits are not comparable.
         metrics={"iou_per_image": 79.5, "dice_per_image": 87.2, "acc_per_image": 94.4},
         source="TransFuse paper (MICCAI 2021), TransFuse-S, official ISIC2017 split (2000/150/600), 192x256, "
         "protocol P2 (per-image mean Jaccard/Dice/Acc); unverified",
@@ -750,7 +751,7 @@ _PUBLISHED = (
 )
 
 _RECIPE: dict[str, Any] = {
-    "source": "official train_isic.py (Rayicer/TransFuse, grad_norm 2.0 as at a076f2e); spec baselines.md §3.3",
+    "source": "official train_isic.py (Rayicer/TransFuse@3f50ab6, unchanged since a076f2e; grad_norm 2.0)",
     "optimizer": {"name": "Adam", "lr": 7e-5, "betas": (0.5, 0.999), "weight_decay": 0.0},
     "scheduler": None,
     "epochs": 25,
@@ -768,6 +769,7 @@ _RECIPE: dict[str, Any] = {
     "pretrained": {
         "resnet": "torchvision resnet34-333f7ec4.pth -> load_pretrained_resnet34",
         "transformer": "DeiT-S deit_small_patch16_224-cd65a155.pth ckpt['model'] -> load_pretrained_deit_small",
+        "model.pretrained": "a folder holding both files, or a TransFuse-S checkpoint (load_transfuse_pretrained)",
     },
     "selection": "lowest mean structure loss of map_2 on the 150-image val split, checked every epoch",
     "datasets": {
@@ -794,28 +796,23 @@ _RECIPE: dict[str, Any] = {
     input_size=NATIVE_SIZE,
     description="TransFuse-S: ResNet-34 (no layer4) + depth-8 DeiT-S, BiFusion, gated decoder, 3 heads; "
     "26,248,725 params at 192x256 (img_size=(256, 256) for the ISIC-table variant); returns logits "
-    "(train: (map_x, map_1, map_2), eval: map_2)",
+    "(train: (map_x, map_1, map_2), eval: map_2); model.pretrained: a folder holding resnet34-333f7ec4.pth "
+    "and deit_small_patch16_224-cd65a155.pth (ImageNet), or a TransFuse-S checkpoint file",
     published=_PUBLISHED,
     recipe=_RECIPE,
+    load_pretrained=load_transfuse_pretrained,
 )
-def transfuse_s(
-    num_classes: int = 1,
-    in_chans: int = 3,
-    resnet_weights: str | PathLike[str] | None = None,
-    deit_weights: str | PathLike[str] | None = None,
-    **overrides: Any,
-) -> TransFuseS:
+def transfuse_s(num_classes: int = 1, in_chans: int = 3, **overrides: Any) -> TransFuseS:
     """Build TransFuse-S; ``overrides`` go to :class:`TransFuseS` (e.g. ``img_size=(256, 256)``).
 
-    ``resnet_weights`` / ``deit_weights`` are optional local ImageNet files loaded as the
-    reference's ``pretrained=True`` does; their :class:`LoadReport` s are kept in
-    ``model.pretrained_reports``.
+    Building reads no file: ImageNet or TransFuse-S weights load afterwards through
+    :func:`load_transfuse_pretrained` (``model.pretrained``: a folder holding
+    ``resnet34-333f7ec4.pth`` and ``deit_small_patch16_224-cd65a155.pth``, or a checkpoint file).
     """
-    model = TransFuseS(num_classes=num_classes, in_chans=in_chans, **overrides)
-    reports: dict[str, LoadReport] = {}
-    if resnet_weights is not None:
-        reports["resnet"] = load_pretrained_resnet34(model, resnet_weights)
-    if deit_weights is not None:
-        reports["transformer"] = load_pretrained_deit_small(model, deit_weights)
-    model.pretrained_reports = reports
-    return model
+    for old in ("resnet_weights", "deit_weights"):
+        if old in overrides:
+            raise ConfigError(
+                f"model.overrides.{old}: TransFuse-S no longer reads weight files when it is built; set "
+                f"model.pretrained to a folder holding {' and '.join(IMAGENET_FILES.values())} instead"
+            )
+    return TransFuseS(num_classes=num_classes, in_chans=in_chans, **overrides)

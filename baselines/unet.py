@@ -1,13 +1,14 @@
 """UNet baselines: the width-32 UNet of the ISIC tables and LeeJunHyun's ``U_Net``.
 
-Two models are registered (see ``baselines.md`` §1):
+Two models are registered:
 
 ``unet``
     The 4-level UNet behind the "UNet (7.77M)" rows of the MALUNet / EGE-UNet / VM-UNet ISIC
-    tables. Its code was never published; the spec's matching rebuild is the
-    milesial/Pytorch-UNet layout at width 32 (32-64-128-256-512): ``DoubleConv`` = (3x3 conv
-    -> BN -> ReLU) x 2, max-pool down, ``ConvTranspose2d(2x2, stride 2)`` up (``bilinear=False``),
-    concat ``[skip, up]``, 1x1 head. 7,765,985 parameters with conv biases (3 -> 1),
+    tables. Its code was never published (neither MALUNet's ``models/malunet.py`` nor VM-UNet's
+    ``models/vmunet/`` ships it; the VM-UNet author calls it "about 7M", JCruan519/VM-UNet issue
+    #22). The matching rebuild is the milesial/Pytorch-UNet layout at width 32
+    (32-64-128-256-512): ``DoubleConv`` = (3x3 conv -> BN -> ReLU) x 2, max-pool down,
+    ``ConvTranspose2d(2x2, stride 2)`` up (``bilinear=False``), concat ``[skip, up]``, 1x1 head. 7,765,985 parameters with conv biases (3 -> 1),
     7,766,249 for 9 classes, 7,763,041 with ``conv_bias=False`` (the later milesial code).
     ``state_dict`` keys follow milesial: ``inc.double_conv.{0,1,3,4}.*``,
     ``down{1..4}.maxpool_conv.1.double_conv.*``, ``up{1..4}.up.*``, ``up{1..4}.conv.double_conv.*``,
@@ -23,7 +24,8 @@ Two models are registered (see ``baselines.md`` §1):
 Both return **logits** (no sigmoid/softmax; LeeJunHyun's solver applies the sigmoid outside the
 network too). Input: (B, C, H, W) with H and W positive multiples of 16 (four 2x poolings; H != W
 is fine). A model built for 3 channels also accepts a 1-channel image and repeats it to 3
-channels, as VM-UNet does for Synapse CT slices; any other channel count is a ``ValueError``.
+channels, as VM-UNet does for Synapse CT slices; any other channel count or size is a
+:class:`vmbench.errors.ModelInputError` (a ``ValueError``).
 milesial's ``Up`` pads the upsampled map when a side is odd; with sides divisible by 16 that pad
 is always zero, so it is omitted here.
 """
@@ -35,6 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vmbench.errors import ModelInputError
+from vmbench.models.layers import check_image_channels
 from vmbench.registry import PublishedResult, register_model
 
 __all__ = [
@@ -57,24 +61,13 @@ DIVISOR = 16
 def prepare_input(x: torch.Tensor, in_chans: int, model_name: str) -> torch.Tensor:
     """Check a (B, C, H, W) input and repeat a 1-channel image to 3 channels when needed.
 
-    Raises ``ValueError`` for a non-4-D tensor, a wrong channel count, or sides that are not
-    positive multiples of 16.
+    Raises :class:`ModelInputError` for a non-4-D tensor, a wrong channel count, or sides that
+    are not positive multiples of 16.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{model_name} expects a 4-D (batch, channels, height, width) tensor, got {shape}")
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
-    if channels != in_chans:
-        if channels == 1 and in_chans == 3:
-            x = x.expand(-1, 3, -1, -1)  # grey image -> 3 identical channels (VM-UNet's repeat)
-        else:
-            also = " (or 1, repeated to 3)" if in_chans == 3 else ""
-            raise ValueError(
-                f"{model_name} was built for {in_chans} input channels{also}, got an input with "
-                f"{channels} channels (shape {tuple(x.shape)})"
-            )
+    x = check_image_channels(x, in_chans, model_name)
+    height, width = x.shape[2], x.shape[3]
     if height <= 0 or width <= 0 or height % DIVISOR or width % DIVISOR:
-        raise ValueError(
+        raise ModelInputError(
             f"{model_name} needs height and width divisible by {DIVISOR} (four 2x poolings), "
             f"got {height}x{width}; resize or pad the input, e.g. to "
             f"{max(DIVISOR, -(-height // DIVISOR) * DIVISOR)}x{max(DIVISOR, -(-width // DIVISOR) * DIVISOR)}"
@@ -146,7 +139,7 @@ class OutConv(nn.Module):
 
 
 class UNet(nn.Module):
-    """The width-32, 4-level, transposed-conv UNet of the ISIC tables (``baselines.md`` §1.3).
+    """The width-32, 4-level, transposed-conv UNet of the ISIC tables ("7.77M" in MALUNet/VM-UNet Table I).
 
     ``base_channels`` sets the first width (32; 64 gives milesial's 31.04 M UNet);
     ``conv_bias=False`` drops the 3x3 conv biases as later milesial code does (7,763,041
@@ -225,7 +218,7 @@ class UpConv(nn.Module):
 
 
 class UNetClassic(nn.Module):
-    """LeeJunHyun ``U_Net`` (``baselines.md`` §1.2); same attribute names, same forward, logits out."""
+    """LeeJunHyun ``U_Net`` (``network.py`` @5e9da93); same attribute names, same forward, logits out."""
 
     def __init__(self, num_classes: int = 1, in_chans: int = 3, base_channels: int = 64):
         super().__init__()
@@ -269,7 +262,8 @@ class UNetClassic(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Registration: published rows (baselines.md §1.4, protocols.md §7) and default recipes.
+# Registration: published rows (VM-UNet Table I for ISIC; Swin-UNet Table 1, reused by VM-UNet
+# Table II, for Synapse) and default recipes.
 # --------------------------------------------------------------------------------------------
 
 PAPER_UNET = (
@@ -310,7 +304,7 @@ UNET_PUBLISHED = (
         },
         source=(
             "Swin-UNet paper Table 1, reused by VM-UNet Table II (transcribed); which U-Net "
-            "implementation produced it is unpublished (baselines.md §8)"
+            "implementation produced it is unpublished"
         ),
     ),
 )
@@ -324,7 +318,8 @@ def _recipe(note: str) -> dict[str, Any]:
     protocol's, assumed (not known) to be what produced the published baseline row.
     """
     return {
-        "source": "VM-UNet/MALUNet protocol (vmunet.md §12, protocols.md §3.1); " + note,
+        "source": "VM-UNet/MALUNet protocol (JCruan519/VM-UNet@43c495b configs/config_setting{,_synapse}.py, "
+        "train{,_synapse}.py; MALUNet's config differs only in batch 8); " + note,
         "optimizer": {
             "name": "AdamW",
             "lr": 1e-3,
@@ -376,7 +371,7 @@ UNET_RECIPE = _recipe(
 )
 UNET_CLASSIC_RECIPE = {
     **_recipe("LeeJunHyun U_Net has no published row; the benchmark trains it under this protocol"),
-    # What LeeJunHyun's own main.py/solver.py do (baselines.md §1.2), for reference only: its
+    # What LeeJunHyun's own main.py/solver.py do (@5e9da93), for reference only: its
     # main.py redraws lr, epochs, decay epoch and augmentation probability at random every run.
     "reference_training": {
         "optimizer": {"name": "Adam", "betas": (0.5, 0.999), "lr": "rand * 5e-4 + 5e-7 (random per run)"},
@@ -412,7 +407,7 @@ def unet(num_classes: int = 1, in_chans: int = 3, **overrides: Any) -> UNet:
     input_size=(256, 256),
     description=(
         "LeeJunHyun U_Net: widths 64-1024, BN, nearest-upsample + 3x3 conv; 34,527,041 params "
-        "(the '34.52M UNet' of VM-UNet #22); no published row in the specs' tables; returns logits"
+        "(the '34.52M UNet' of VM-UNet issue #22); no published ISIC or Synapse row; returns logits"
     ),
     published=(),
     recipe=UNET_CLASSIC_RECIPE,

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmbench.models.layers import DropPath
+from vmbench.errors import ModelInputError
+from vmbench.models.layers import DropPath, Mlp, init_trunc_normal_, to_2tuple, trunc_normal_
 
 __all__ = [
     "Attention",
@@ -39,29 +40,6 @@ __all__ = [
     "deit_small_encoder",
     "resize_pos_embed",
 ]
-
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(int(s) for s in v)
-    if len(v) != 2:
-        raise ValueError(f"expected an int or an (H, W) pair, got {v}")
-    return v  # type: ignore[return-value]
-
-
-class Mlp(nn.Module):
-    """fc1 -> GELU -> dropout -> fc2 -> dropout."""
-
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class Attention(nn.Module):
@@ -118,12 +96,12 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size: int | Sequence[int], patch_size: int = 16, in_chans: int = 3, embed_dim: int = 384):
         super().__init__()
-        self.img_size = _pair(img_size)
-        self.patch_size = _pair(patch_size)
+        self.img_size = to_2tuple(img_size, "img_size")
+        self.patch_size = to_2tuple(patch_size, "patch_size")
         h, w = self.img_size
         ph, pw = self.patch_size
         if h % ph or w % pw or h <= 0 or w <= 0:
-            raise ValueError(f"image size {h}x{w} is not a positive multiple of the patch size {ph}x{pw}")
+            raise ModelInputError(f"image size {h}x{w} is not a positive multiple of the patch size {ph}x{pw}")
         self.grid_size = (h // ph, w // pw)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
@@ -145,8 +123,8 @@ def resize_pos_embed(
     kept in front when ``keep_prefix``; the patch entries are laid out as an Hs x Ws grid and
     resized with bilinear interpolation, ``align_corners=True``, as TransFuse does.
     """
-    hs, ws = _pair(src_grid)
-    hd, wd = _pair(dst_grid)
+    hs, ws = to_2tuple(src_grid, "src_grid")
+    hd, wd = to_2tuple(dst_grid, "dst_grid")
     if pos_embed.dim() != 3 or pos_embed.shape[1] != num_prefix_tokens + hs * ws:
         raise ValueError(
             f"position embedding of shape {tuple(pos_embed.shape)} does not hold {num_prefix_tokens} prefix "
@@ -200,21 +178,16 @@ class DeiTEncoder(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         if pos_embed_init not in ("trunc_normal", "zeros"):
             raise ValueError(f"pos_embed_init must be 'trunc_normal' or 'zeros', got {pos_embed_init!r}")
-        self._init_weights(_pair(init_grid), pos_embed_init)
+        self._init_weights(to_2tuple(init_grid, "init_grid"), pos_embed_init)
 
     @torch.no_grad()
     def _init_weights(self, init_grid: tuple[int, int], pos_embed_init: str) -> None:
         # timm ViT init: truncated normal (std .02) for Linear weights and the two embeddings,
-        # zero biases, LayerNorm 1/0; the patch projection keeps PyTorch's conv default.
+        # zero biases, LayerNorm 1/0; the patch projection keeps PyTorch's conv default. Modules
+        # in registration order (as timm's loop), which fixes the random stream of a seeded build.
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+            init_trunc_normal_(m)
+        trunc_normal_(self.cls_token, std=0.02)
         if pos_embed_init == "zeros":
             # TransFuse's DeiT subclass replaces the initialised embedding by a zero one before
             # (optionally) loading ImageNet weights, so without them it stays zero.
@@ -222,7 +195,7 @@ class DeiTEncoder(nn.Module):
             return
         # timm: a (1, 1 + 14*14, C) embedding is drawn; as TransFuse does, its cls entry is
         # dropped and the grid resized to this model's token grid.
-        full = nn.init.trunc_normal_(torch.empty(1, 1 + init_grid[0] * init_grid[1], self.embed_dim), std=0.02)
+        full = trunc_normal_(torch.empty(1, 1 + init_grid[0] * init_grid[1], self.embed_dim), std=0.02)
         self.pos_embed.copy_(resize_pos_embed(full, init_grid, self.grid_size, num_prefix_tokens=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""TransFuse-S (spec baselines.md §3): structure, key names, forward contract, loaders, one step.
+"""TransFuse-S (Rayicer/TransFuse@3f50ab6 lib/TransFuse.py): structure, key names, forward
+contract, loaders, the pretrained hook, one step.
 
 Expected key lists and shapes are written out here from the reference structure rules
 (torchvision ResNet-34 names, DeiT names, lib/TransFuse.py module names), never derived from the
@@ -19,20 +20,21 @@ import baselines.transfuse  # noqa: F401  (registers "transfuse-s")
 from baselines.resnet import resnet34
 from baselines.transfuse import (
     DEEP_SUPERVISION_WEIGHTS,
-    CheckpointError,
     LoadReport,
     TransFuseOutput,
     TransFuseS,
-    deep_supervision_loss,
     load_pretrained_deit_small,
     load_pretrained_resnet34,
     load_transfuse_checkpoint,
-    structure_loss,
 )
+from vmbench.errors import CheckpointError
+from vmbench.losses import DeepSupervisionLoss, StructureLoss
 from vmbench.registry import create_model, model_info
 
-PARAMS_S = 26_248_725  # spec §3.1 / Overview, one class, 192x256
-# Derived from the spec's rules (not published): each of the 3 heads' last 3x3 conv 64 -> nc
+# Counted by instantiating the official lib/TransFuse.py TransFuse_S (one class, 192x256); the
+# paper (arXiv 2102.08005) quotes 26.3M.
+PARAMS_S = 26_248_725
+# Derived from the reference structure (not published): each of the 3 heads' last 3x3 conv 64 -> nc
 # gains 64*9 + 1 parameters per extra class; the 16x16 grid adds (256 - 192) * 384 to pos_embed.
 PARAMS_S_NC9 = PARAMS_S + 3 * 8 * (64 * 9 + 1)
 PARAMS_S_256 = PARAMS_S + (256 - 192) * 384
@@ -154,7 +156,7 @@ def tf_bifusion(out: Shapes, p: str, ch_1: int, ch_2: int, r_2: int, ch_int: int
 
 
 def transfuse_s_keys(num_classes: int = 1, tokens: int = 192) -> Shapes:
-    """The released TransFuse-S checkpoint layout (spec §3.4), in the reference registration order."""
+    """The released TransFuse-S checkpoint layout (``TransFuse-19_best.pth``), in the reference registration order."""
     out: Shapes = OrderedDict()
     out.update(torchvision_resnet34("resnet.", stages=3, fc=False))
     out.update(deit_small("transformer.", depth=8, pos_tokens=tokens, head=False))
@@ -233,7 +235,7 @@ def test_parameter_count_nine_classes():
 
 def test_state_dict_keys_and_shapes_match_release(model):
     expected = transfuse_s_keys()
-    assert len(expected) == 598  # spec §3.4: the released checkpoint has 598 entries
+    assert len(expected) == 598  # the released TransFuse-19_best.pth has 598 entries
     got = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     assert got == list(expected.items())
     assert not any(k.startswith(("resnet.layer4.", "resnet.fc.", "transformer.head.")) for k, _ in got)
@@ -493,6 +495,55 @@ def test_unsafe_file_is_refused_without_retry(tmp_path, monkeypatch):
         load_pretrained_resnet34(m, tmp_path / "absent.pth")
 
 
+# --------------------------------------------------------------------------------------------
+# The registry's pretrained hook: one path, a folder of ImageNet files or a TransFuse-S file.
+# --------------------------------------------------------------------------------------------
+
+
+def test_pretrained_hook_loads_both_imagenet_files_from_a_folder(model, resnet_file, deit_state, tmp_path):
+    folder = tmp_path / "pretrained"  # the reference reads pretrained/<file> in lib/TransFuse.py and lib/DeiT.py
+    folder.mkdir()
+    _, resnet_state = resnet_file
+    torch.save(resnet_state, folder / "resnet34-333f7ec4.pth")
+    torch.save({"model": deit_state}, folder / "deit_small_patch16_224-cd65a155.pth")
+    decoder_before = model.final_2[0].conv.weight.clone()
+    report = model_info("transfuse-s").load_pretrained(model, str(folder))
+    assert set(report.parts) == {"resnet", "transformer"} and report.ok
+    assert len(report.parts["resnet"].loaded) == 145 and len(report.parts["transformer"].loaded) == 102
+    assert model.pretrained_reports == report.parts
+    assert torch.equal(model.resnet.layer3[5].bn2.bias, resnet_state["layer3.5.bn2.bias"])
+    assert torch.equal(model.transformer.blocks[7].mlp.fc2.weight, deit_state["blocks.7.mlp.fc2.weight"])
+    check_pos_embed(model.transformer.pos_embed, (12, 16))
+    assert torch.equal(model.final_2[0].conv.weight, decoder_before)  # the decoder keeps its init
+    assert str(report).splitlines()[0].endswith("shape mismatches 0") and "deit_small" in str(report)
+
+
+def test_pretrained_hook_loads_a_transfuse_checkpoint_file(tmp_path):
+    src, dst = tiny(), tiny(head_align_corners=False)  # the release's heads (authors' 2021 code)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p))
+    assert not torch.equal(dst.up1.conv.double_conv[0].weight, src.up1.conv.double_conv[0].weight)
+    path = tmp_path / "TransFuse-19_best.pth"
+    torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, path)  # as saved under DataParallel
+    report = model_info("transfuse-s").load_pretrained(dst, str(path))
+    assert set(report.parts) == {"checkpoint"} and report.ok
+    assert all(torch.equal(a, b) for a, b in zip(dst.state_dict().values(), src.state_dict().values()))
+
+
+def test_pretrained_hook_errors_name_the_path(resnet_file, tmp_path):
+    m = tiny()
+    before = m.resnet.conv1.weight.clone()
+    folder = tmp_path / "only_resnet"
+    folder.mkdir()
+    torch.save(resnet_file[1], folder / "resnet34-333f7ec4.pth")
+    with pytest.raises(CheckpointError, match=r"only_resnet.*lacks deit_small_patch16_224-cd65a155\.pth.*found resnet34"):
+        model_info("transfuse-s").load_pretrained(m, str(folder))
+    assert torch.equal(m.resnet.conv1.weight, before)  # nothing loaded before the check
+    with pytest.raises(CheckpointError, match=r"absent.*no such file or folder"):
+        model_info("transfuse-s").load_pretrained(m, str(tmp_path / "absent"))
+
+
 def test_checkpoint_roundtrip_and_pos_embed_resize(tmp_path):
     src = tiny(img_size=(32, 64))  # 2x4 token grid
     path = tmp_path / "tiny.pth"
@@ -510,9 +561,14 @@ def test_checkpoint_roundtrip_and_pos_embed_resize(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+# The official train_isic.py weights in the model's output order (map_x, map_1, map_2).
+OUTPUT_WEIGHTS = tuple(DEEP_SUPERVISION_WEIGHTS[name] for name in TransFuseOutput._fields)
+
+
 def test_structure_loss_properties():
     mask = torch.zeros(2, 1, 32, 32)
     mask[:, :, 8:24, 8:24] = 1
+    structure_loss = StructureLoss()
     good = structure_loss(torch.where(mask > 0, 8.0, -8.0), mask)
     bad = structure_loss(torch.where(mask > 0, -8.0, 8.0), mask)
     assert good.dim() == 0 and 0 <= good < 0.05 < bad
@@ -532,7 +588,8 @@ def test_one_adam_step_lowers_weighted_deep_supervision_loss():
 
     out = m(x)
     assert isinstance(out, TransFuseOutput)
-    loss0 = deep_supervision_loss(out, target, loss_fn=bce)
+    deep_supervision_loss = DeepSupervisionLoss(bce, OUTPUT_WEIGHTS)
+    loss0 = deep_supervision_loss(out, target)
     manual = 0.5 * bce(out.map_2, target) + 0.3 * bce(out.map_1, target) + 0.2 * bce(out.map_x, target)
     assert torch.allclose(loss0, manual)
     opt.zero_grad()
@@ -540,9 +597,10 @@ def test_one_adam_step_lowers_weighted_deep_supervision_loss():
     torch.nn.utils.clip_grad_norm_(m.parameters(), 2.0)
     opt.step()
     with torch.no_grad():
-        loss1 = deep_supervision_loss(m(x), target, loss_fn=bce)
+        loss1 = deep_supervision_loss(m(x), target)
     assert loss1 < loss0
-    assert torch.isfinite(deep_supervision_loss(out, target))  # the official structure loss runs too
+    official = DeepSupervisionLoss(StructureLoss(), OUTPUT_WEIGHTS)
+    assert torch.isfinite(official(out, target))  # the official structure loss runs too
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,7 +642,7 @@ def test_search_space_file():
     spec = load_spec(SEARCH_SPACE)
     (study,) = spec.studies
     assert (study.model, study.dataset) == ("transfuse-s", "isic2017")
-    base = study.base  # train_isic.py's recipe (spec baselines.md §3.3)
+    base = study.base  # train_isic.py's recipe (Adam 7e-5, betas (0.5, 0.999), batch 16, 25 epochs)
     assert (base.optim.name, base.optim.lr, base.optim.betas) == ("adam", 7e-5, (0.5, 0.999))
     assert (spec.budget.max_epochs, base.train.batch_size, base.train.grad_clip) == (25, 16, 2.0)
     assert tuple(base.data.img_size) == (192, 256) and base.loss.name == "structure"

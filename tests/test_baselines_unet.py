@@ -1,7 +1,7 @@
 """UNet / Attention U-Net baselines: counts, state_dict keys, forward, errors, gate, registry.
 
-Expected numbers and key layouts are written out here from ``baselines.md`` §1-§2 and the
-reference code's structure (milesial/Pytorch-UNet, LeeJunHyun/Image_Segmentation ``network.py``),
+Expected numbers (counted by instantiating the reference code on CPU) and key layouts are written
+out here from the reference code's structure (milesial/Pytorch-UNet, LeeJunHyun/Image_Segmentation ``network.py``),
 never read back from the models under test.
 """
 
@@ -23,7 +23,8 @@ from vmbench.registry import model_info
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("unet", "unet-classic", "att-unet")
 
-# baselines.md Overview / §1.3 / §1.2 / §2.1 (3 input channels).
+# Counted on the reference code, 3 input channels: the width-32 milesial layout ("7.77M" in
+# MALUNet/VM-UNet Table I), LeeJunHyun U_Net and AttU_Net (network.py @5e9da93).
 PARAM_COUNTS = {
     ("unet", 1): 7_765_985,
     ("unet", 9): 7_766_249,
@@ -129,7 +130,7 @@ def test_parameter_counts(built, name, num_classes):
 
 def test_unet_variant_counts():
     assert n_params(UNet(conv_bias=False)) == 7_763_041  # later milesial code, no conv bias
-    assert n_params(UNet(base_channels=64)) == 31_043_521  # "31.04M" at width 64 (§1.3)
+    assert n_params(UNet(base_channels=64)) == 31_043_521  # "31.04M": the same layout at width 64
 
 
 @pytest.mark.parametrize("name,num_classes", list(PARAM_COUNTS))
@@ -137,7 +138,7 @@ def test_state_dict_keys_and_shapes(built, name, num_classes):
     expected = [(k, tuple(s)) for k, s in EXPECTED_KEYS[name](num_classes)]
     got = [(k, tuple(v.shape)) for k, v in built(name, num_classes).state_dict().items()]
     assert got == expected
-    # The expected layout also sums to the spec's parameter count (buffers excluded).
+    # The expected layout also sums to the counted parameter total (buffers excluded).
     buffers = ("running_mean", "running_var", "num_batches_tracked")
     total = sum(torch.Size(s).numel() for k, s in expected if not k.endswith(buffers))
     assert total == PARAM_COUNTS[(name, num_classes)]
@@ -425,7 +426,7 @@ def test_registry_metadata():
     assert [syn[f"dsc_{o}"] for o in organs] == [89.07, 69.72, 77.77, 68.60, 93.43, 53.98, 86.67, 75.58]
 
     rows = {r.dataset: r for r in model_info("att-unet").published}
-    assert set(rows) == {"isic2018", "synapse"}  # no ISIC17 Att-UNet row (§2.3)
+    assert set(rows) == {"isic2018", "synapse"}  # no ISIC17 Att-UNet row in VM-UNet Table I
     assert rows["isic2018"].metrics == {"miou": 78.43, "dsc": 87.91, "acc": 94.13, "spe": 96.23, "sen": 87.60}
     assert "unverified" in rows["isic2018"].source
     syn = rows["synapse"].metrics

@@ -494,11 +494,12 @@ def test_tune_refuses_a_malformed_candidate_before_timing_anything(monkeypatch):
 
 def test_cuda_scan_table_arithmetic_with_synthetic_timings(monkeypatch):
     # Exercises the CUDA branch of `vmbench bench scan` on CPU with made-up timings (no GPU figure):
-    # bytes per spec 5.3, GB/s, % of peak and multiple of the floor.
+    # bytes per pass (forward (3*BKDL + 2*BKNL)*4: u, delta, B, C in, y out; backward
+    # (5*BKDL + 4*BKNL)*4 with dy, du, ddelta, dB, dC), GB/s, % of peak and multiple of the floor.
     from vmbench import bench
 
     fwd_bytes, bwd_bytes = bench.scan_bytes(768, 4096, 32)
-    assert (round(fwd_bytes / 1e9, 2), round(bwd_bytes / 1e9, 2)) == (1.28, 2.15)  # spec 5.3, stage 1
+    assert (round(fwd_bytes / 1e9, 2), round(bwd_bytes / 1e9, 2)) == (1.28, 2.15)  # stage 1, B = 32
 
     def fake_case(case):
         return dict(impl=case.impl, shape=(case.channels, case.length), batch=case.batch, fwd_s=1e-3,

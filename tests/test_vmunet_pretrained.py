@@ -1,6 +1,8 @@
-"""VMamba-S v0 -> VM-UNet weight mapping (spec §11) and official-checkpoint loading.
+"""VMamba-S v0 -> VM-UNet weight mapping (official VMUNet.load_from, models/vmunet/vmunet.py:34-76
+at JCruan519/VM-UNet@43c495b) and official-checkpoint loading.
 
-The VMamba-S v0 state dict is generated here from the spec's rules (depths [2,2,27,2], dims
+The VMamba-S v0 state dict is generated here from VMamba v0's structure (MzeroMiko/VMamba@0ec6c27
+classification/models/vmamba/vmamba.py: depths [2,2,27,2], dims
 96..768, d_state 16, expand 2, classifier norm + 1000-class head: 446 tensors) with random
 values, saved once per module, and loaded through the public functions.
 """
@@ -85,7 +87,7 @@ def fresh_model(num_classes: int = 1) -> VMUNet:
 
 def test_generated_checkpoint_has_446_keys(vmamba_sd):
     assert len(vmamba_sd) == 446
-    assert sum(v.numel() for v in vmamba_sd.values()) > 44_000_000  # VMamba-S v0: 44.42 M (spec §11)
+    assert sum(v.numel() for v in vmamba_sd.values()) > 44_000_000  # VMamba-S v0: 44.42 M ("44M")
 
 
 def test_load_counts_and_placement(vmamba_file, vmamba_sd):

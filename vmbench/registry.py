@@ -2,8 +2,13 @@
 
 A model family registers its constructors with a decorator (as timm does)::
 
-    @register_model("vmunet", family="vmunet", paper="...", input_size=(256, 256))
+    @register_model("vmunet", family="vmunet", paper="...", input_size=(256, 256),
+                    load_pretrained=load_pretrained_vmamba)
     def vmunet(num_classes=1, in_chans=3, **overrides): ...
+
+Building a model never reads a file; a family's published pretrained weights load afterwards
+through ``model_info(name).load_pretrained(model, path)`` (timm's pretrained filter-function idea:
+the family knows how its checkpoint maps onto the model), which ``model.pretrained`` feeds.
 
 Other installed packages add models through the ``vmbench.models`` entry-point group
 (``baselines`` registers itself that way); they are imported the first time a registry is read.
@@ -175,7 +180,15 @@ def register_model(
     recipe: dict[str, Any] | None = None,
     load_pretrained: Callable[[Any, str], Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering a model constructor ``f(num_classes, in_chans, **overrides)``."""
+    """Decorator registering a model constructor ``f(num_classes, in_chans, **overrides)``.
+
+    ``load_pretrained(model, path) -> report``: the family's loader of its pretrained weights from a
+    local path (the report's ``str`` is what gets logged); leave it None when there are none. Say
+    in ``description`` what the path must name.
+    """
+    if load_pretrained is not None and not callable(load_pretrained):
+        got = type(load_pretrained).__name__
+        raise TypeError(f"register_model({name!r}): load_pretrained must be callable, got {got}")
 
     def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
         MODELS.add(
@@ -198,7 +211,10 @@ def register_model(
 
 
 def create_model(name: str, num_classes: int = 1, in_chans: int = 3, **overrides: Any):
-    """Build a registered model; ``overrides`` go to the constructor (e.g. ``drop_path_rate``)."""
+    """Build a registered model; ``overrides`` go to the constructor (e.g. ``drop_path_rate``).
+
+    Reads no file: pretrained weights load through ``model_info(name).load_pretrained``.
+    """
     info: ModelInfo = MODELS.get(name)
     return info.factory(num_classes=num_classes, in_chans=in_chans, **overrides)
 

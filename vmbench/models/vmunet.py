@@ -1,22 +1,29 @@
 """VM-UNet (Ruan & Xiang, arXiv 2402.02491) as the official code builds it.
 
 The module tree, parameter names, shapes, initialisation and forward mirror the official
-``models/vmunet/{vmunet,vmamba}.py`` (VMamba v0 ``SS2D`` plus VM-UNet's decoder), so official
+``models/vmunet/{vmunet,vmamba}.py`` of ``JCruan519/VM-UNet`` at ``43c495b`` (model code
+unchanged since ``032efd7``; ``vmamba.py`` is VMamba v0's ``SS2D`` from ``MzeroMiko/VMamba`` at
+``0ec6c27``, ``classification/models/vmamba/vmamba.py``, plus VM-UNet's decoder), so official
 VM-UNet checkpoints load with ``strict=True`` and VMamba-S v0 ImageNet weights load through
-:func:`load_pretrained_vmamba` exactly as the official ``load_from`` maps them. The source of
-truth for every number here is ``shared/spec/vmunet.md``; section numbers (§) refer to it.
+:func:`load_pretrained_vmamba` exactly as the official ``load_from`` maps them. File and line
+references below (``vmamba.py:250``) are to that commit. Paper: Ruan & Xiang, arXiv 2402.02491.
 
 Differences from the official code, all deliberate:
 
 * :class:`VMUNet` returns logits for every ``num_classes`` (the official wrapper applies a
   sigmoid when ``num_classes == 1``).
-* Input checks: sides not divisible by 32, a wrong channel count or a non-4D tensor raise a
-  ``ValueError`` instead of being cropped (``PatchMerging2D``) or failing deep inside.
-* Constructor defaults are the paper configuration (§2), not the official class defaults.
+* Input checks: sides not divisible by 32, a wrong channel count or a non-4D tensor raise
+  :class:`vmbench.errors.ModelInputError` (a ``ValueError``) instead of being cropped
+  (``PatchMerging2D``) or failing deep inside.
+* Constructor defaults are the paper configuration (``configs/config_setting.py:12-20``,
+  ``configs/config_setting_synapse.py:14-22``), not the official class defaults.
 * ``expand``, ``dt_rank`` and ``d_conv`` reach every block (the official ``VSSLayer`` drops them,
   so there they are fixed at 2 / "auto" / 3, which are also our defaults).
-* The selective scan comes from :func:`vmbench.ops.selective_scan` (CUDA kernel when available,
-  PyTorch otherwise) instead of a silently-failing ``mamba_ssm`` import.
+* The selective scan comes from :func:`vmbench.ops.selective_scan` instead of a silently-failing
+  ``mamba_ssm`` import. Its automatic order is cuda -> triton -> torch: on CUDA inputs mamba-ssm's
+  compiled kernel when ``selective_scan_cuda`` imports, else vmbench's Triton kernels when triton
+  imports, else (and always on CPU) vmbench's PyTorch scan. ``VMBENCH_SCAN_BACKEND`` picks one
+  explicitly; the choice is logged, and a requested backend that cannot run is an error.
 """
 
 from __future__ import annotations
@@ -31,12 +38,12 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as torch_checkpoint
-from einops import rearrange
 from torch import nn
 
-from vmbench.checkpoints import CheckpointFormatError, describe, is_state_dict, read_checkpoint
-from vmbench.models.layers import DropPath, trunc_normal_
+from vmbench.checkpoints import CheckpointFormatError, describe, read_checkpoint
+from vmbench.errors import ModelInputError
+from vmbench.models.layers import DropPath, check_image_channels, init_trunc_normal_, pixel_shuffle_nhwc, run_blocks
+from vmbench.models.loading import inner_module, shape_mismatch, state_dict_in
 from vmbench.ops import selective_scan
 from vmbench.registry import PublishedResult, register_model
 
@@ -62,14 +69,15 @@ log = logging.getLogger("vmbench.models")
 
 PAPER = "VM-UNet: Vision Mamba UNet for Medical Image Segmentation (Ruan & Xiang, arXiv 2402.02491)"
 
-# Paper configuration (§2): configs/config_setting{,_synapse}.py, not the class defaults.
+# Paper configuration (configs/config_setting.py:12-20, config_setting_synapse.py:14-22), not the
+# class defaults of VMUNet.__init__ (depths [2,2,9,2] / [2,9,2,2], a 44.27 M network).
 PAPER_DEPTHS = (2, 2, 2, 2)
 PAPER_DEPTHS_DECODER = (2, 2, 2, 1)
 PAPER_DIMS = (96, 192, 384, 768)
 
 
 # --------------------------------------------------------------------------------------------
-# Small modules (§4). All tensors are channels-last (B, H, W, C) between modules.
+# Small modules (vmamba.py:146-248). All tensors are channels-last (B, H, W, C) between modules.
 # --------------------------------------------------------------------------------------------
 
 
@@ -108,7 +116,7 @@ class PatchMerging2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, height, width, _ = x.shape
         if height % 2 or width % 2:
-            raise ValueError(f"PatchMerging2D needs an even token grid, got {height}x{width}")
+            raise ModelInputError(f"PatchMerging2D needs an even token grid, got {height}x{width}")
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))
 
@@ -129,10 +137,7 @@ class PatchExpand2D(nn.Module):
         self.norm = norm_layer(self.dim // dim_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.dim_scale
-        x = self.expand(x)
-        x = rearrange(x, "b h w (p1 p2 c) -> b (h p1) (w p2) c", p1=s, p2=s)
-        return self.norm(x)
+        return self.norm(pixel_shuffle_nhwc(self.expand(x), self.dim_scale))
 
 
 class Final_PatchExpand2D(nn.Module):  # noqa: N801 - the official class name
@@ -150,14 +155,11 @@ class Final_PatchExpand2D(nn.Module):  # noqa: N801 - the official class name
         self.norm = norm_layer(dim // dim_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.dim_scale
-        x = self.expand(x)
-        x = rearrange(x, "b h w (p1 p2 c) -> b (h p1) (w p2) c", p1=s, p2=s)
-        return self.norm(x)
+        return self.norm(pixel_shuffle_nhwc(self.expand(x), self.dim_scale))
 
 
 # --------------------------------------------------------------------------------------------
-# SS2D (§5): the 2-D selective-scan mixer of VMamba v0.
+# SS2D (vmamba.py:250-473): the 2-D selective-scan mixer of VMamba v0.
 # --------------------------------------------------------------------------------------------
 
 
@@ -393,12 +395,7 @@ class _BlockStack(nn.Module):
         _advance_rng_like_official(self.blocks)
 
     def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            if self.use_checkpoint and x.requires_grad:
-                x = torch_checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
+        return run_blocks(self.blocks, x, self.use_checkpoint)
 
 
 class VSSLayer(_BlockStack):
@@ -474,7 +471,7 @@ def _check_spatial(height: int, width: int, multiple: int, patch_size: int, num_
             options = f"{lower} or {lower + multiple}" if lower > 0 else f"{multiple}"
             bad.append(f"{name} {side} is not (nearest working sizes: {options})")
     if bad:
-        raise ValueError(
+        raise ModelInputError(
             f"VM-UNet needs input height and width divisible by {multiple} (patch size {patch_size} "
             f"x {num_layers - 1} downsamplings of 2); got {height}x{width}: {'; '.join(bad)}. "
             "H != W is fine. Resize or pad the input: it is never cropped silently."
@@ -484,15 +481,17 @@ def _check_spatial(height: int, width: int, multiple: int, patch_size: int, num_
 class VSSM(nn.Module):
     """VM-UNet's network: VMamba-v0 encoder, mirrored VSS decoder with additive skips, 4x head.
 
-    Forward (§3): ``patch_embed`` (4x4 conv, LN) -> ``layers`` (encoder stages; each stage's
-    INPUT is kept as a skip s_i) -> ``layers_up`` (stage 0 on the bottleneck; stage i >= 1 adds
-    skip s_{n-i} to its input BEFORE its PatchExpand, i.e. at the coarser scale; s0 is never
-    used) -> ``final_up`` (4x pixel shuffle) -> NCHW -> ``final_conv`` (1x1) -> logits.
+    Forward (``forward_features``, vmamba.py:722-741): ``patch_embed`` (4x4 conv, LN) ->
+    ``layers`` (encoder stages; each stage's INPUT is kept as a skip s_i) -> ``layers_up`` (stage
+    0 on the bottleneck; stage i >= 1 adds skip s_{n-i} to its input BEFORE its PatchExpand, i.e.
+    at the coarser scale; s0 is never used) -> ``final_up`` (4x pixel shuffle) -> NCHW ->
+    ``final_conv`` (1x1) -> logits.
 
-    Defaults are the paper configuration (§2). ``dims_decoder`` must be ``dims`` reversed: the
-    additive skips need matching widths. Init (§7): every nn.Linear trunc-normal(std 0.02) with
-    zero bias, every LayerNorm (1, 0), convs and SS2D raw parameters keep their own init.
-    Stochastic depth (§8): ``linspace(0, rate, sum(depths))`` over encoder blocks and the same
+    Defaults are the paper configuration. ``dims_decoder`` must be ``dims`` reversed: the
+    additive skips need matching widths. Init (``VSSM._init_weights``, vmamba.py:697): every
+    nn.Linear trunc-normal(std 0.02) with zero bias, every LayerNorm (1, 0), convs and SS2D raw
+    parameters keep their own init. Stochastic depth (``VSSM.__init__``):
+    ``linspace(0, rate, sum(depths))`` over encoder blocks and the same
     over decoder blocks reversed (the first decoder block gets the full rate).
     """
 
@@ -597,19 +596,12 @@ class VSSM(nn.Module):
         if dims_decoder != dims[::-1]:
             raise ValueError(f"dims_decoder must be dims reversed for the additive skips, got {dims_decoder} for {dims}")
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # Same rule as the official VSSM._init_weights; Conv2d deliberately keeps its default init.
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+    # The official VSSM._init_weights: Linear trunc-normal(0.02) / bias 0, LayerNorm 1 / 0; Conv2d
+    # deliberately keeps its default init.
+    _init_weights = staticmethod(init_trunc_normal_)
 
     def check_input_size(self, height: int, width: int) -> None:
-        """Raise a ValueError unless both sides are positive multiples of ``size_multiple``."""
+        """Raise a :class:`ModelInputError` unless both sides are positive multiples of ``size_multiple``."""
         _check_spatial(height, width, self.size_multiple, self.patch_size, self.num_layers)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -632,7 +624,7 @@ class VSSM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            raise ValueError(f"VSSM expects a 4-D (batch, channels, height, width) tensor, got shape {tuple(x.shape)}")
+            raise ModelInputError(f"VSSM expects a 4-D (batch, channels, height, width) tensor, got shape {tuple(x.shape)}")
         self.check_input_size(x.shape[-2], x.shape[-1])
         x, skips = self.forward_features(x)
         x = self.forward_features_up(x, skips)
@@ -645,8 +637,9 @@ class VMUNet(nn.Module):
     The network lives in ``self.vmunet`` so that every ``state_dict`` key starts with
     ``vmunet.``, as in official checkpoints (``model.load_state_dict(sd, strict=True)`` works).
 
-    Defaults are the PAPER configuration (§2): encoder depths [2,2,2,2], decoder [2,2,2,1],
-    dims 96-768, d_state 16, expand 2, dt_rank "auto", d_conv 3, drop_path_rate 0.2 —
+    Defaults are the PAPER configuration (``configs/config_setting.py``): encoder depths
+    [2,2,2,2], decoder [2,2,2,1], dims 96-768, d_state 16, expand 2, dt_rank "auto", d_conv 3,
+    drop_path_rate 0.2 —
     27,427,561 parameters for one class, 27,427,761 for nine. (The official ``VMUNet()``
     defaults, depths [2,2,9,2] / [2,9,2,2], build a different 44.27 M network.)
 
@@ -657,7 +650,7 @@ class VMUNet(nn.Module):
 
     Input: (B, C, H, W) with H and W multiples of 32 (H != W allowed). With ``in_chans=3`` a
     1-channel input (Synapse CT) is repeated to 3 channels, as the official wrapper does. Any
-    other channel count, other sizes, or a non-4D tensor raise a ``ValueError``.
+    other channel count, other sizes, or a non-4D tensor raise a :class:`ModelInputError`.
     """
 
     def __init__(
@@ -700,19 +693,7 @@ class VMUNet(nn.Module):
         )
 
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"VMUNet expects a 4-D (batch, channels, height, width) tensor, got {shape}")
-        channels = x.shape[1]
-        if channels != self.in_chans:
-            if channels == 1 and self.in_chans == 3:
-                x = x.expand(-1, 3, -1, -1)  # the official repeat(1, 3, 1, 1), without the copy
-            else:
-                also = " (or 1, repeated to 3)" if self.in_chans == 3 else ""
-                raise ValueError(
-                    f"VMUNet was built for {self.in_chans} input channels{also}, got an input with {channels} "
-                    f"channels (shape {tuple(x.shape)})"
-                )
+        x = check_image_channels(x, self.in_chans, "VMUNet")
         self.vmunet.check_input_size(x.shape[-2], x.shape[-1])
         return x
 
@@ -730,41 +711,9 @@ class VMUNet(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-# Shared with the baselines' loaders and the engine.
-_describe = describe
-_read_checkpoint = read_checkpoint
-
-
-_is_state_dict = is_state_dict
-
-
-def _extract_state_dict(obj: Any, path: Any, entries: tuple[str, ...]) -> Mapping[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for entry in entries:
-            if entry in obj and _is_state_dict(obj[entry]):
-                return obj[entry]
-        if _is_state_dict(obj):
-            return obj
-    keys = list(obj)[:10] if isinstance(obj, Mapping) else None
-    found = f"a dict with keys {keys}" if keys is not None else f"a {type(obj).__name__}"
-    raise CheckpointFormatError(
-        f"checkpoint {_describe(path)} holds neither a state dict under {' / '.join(map(repr, entries))} nor a bare "
-        f"state dict (name -> tensor); found {found}"
-    )
-
-
 def _load_state(path: str | PathLike[str] | Mapping[str, Any], map_location: Any, entries: tuple[str, ...]):
-    obj = _read_checkpoint(path, map_location)  # a mapping is returned as it is
-    return _extract_state_dict(obj, path, entries)
-
-
-def _as_vssm(model: nn.Module) -> VSSM:
-    if isinstance(model, VSSM):
-        return model
-    inner = getattr(model, "vmunet", None)
-    if isinstance(inner, VSSM):
-        return inner
-    raise TypeError(f"expected a VMUNet or its .vmunet (VSSM), got {type(model).__name__}")
+    obj = read_checkpoint(path, map_location)  # a mapping is returned as it is
+    return state_dict_in(obj, path, entries)
 
 
 @dataclass
@@ -806,6 +755,8 @@ class PretrainedLoadReport:
             lines.append(f"  skipped for shape mismatch: {len(self.shape_mismatches)}: {self.shape_mismatches}")
         return "\n".join(lines)
 
+    __str__ = summary  # what the engine's log line shows
+
 
 _LAYER_PREFIX = re.compile(r"^layers\.(\d+)\.")
 
@@ -827,7 +778,11 @@ def load_pretrained_vmamba(
     path: str | PathLike[str] | Mapping[str, Any],
     map_location: Any = "cpu",
 ) -> PretrainedLoadReport:
-    """Initialise VM-UNet from VMamba-S v0 ImageNet weights the way the official ``load_from`` does (§11).
+    """Initialise VM-UNet from VMamba-S v0 ImageNet weights the way the official ``load_from`` does.
+
+    Official ``VMUNet.load_from`` (``models/vmunet/vmunet.py:34-76``); the weights are VMamba's
+    ``vssmsmall_dp03_ckpt_epoch_238.pth`` (release ``#v0cls``), which the official config names
+    ``vmamba_small_e238_ema.pth``.
 
     ``path`` is a checkpoint file (read with ``weights_only=True``; the state dict is taken from
     ``ckpt["model"]`` or the file is a bare state dict) or an already loaded dict.
@@ -843,19 +798,17 @@ def load_pretrained_vmamba(
     ``shape_mismatches`` instead of aborting the load. ``model`` is a :class:`VMUNet` or its
     ``.vmunet``. Returns a :class:`PretrainedLoadReport`.
     """
-    vssm = _as_vssm(model)
+    vssm = inner_module(model, "vmunet", VSSM, "VMUNet")
     state = _load_state(path, map_location, ("model",))
     own = vssm.state_dict()
-    report = PretrainedLoadReport(source=_describe(path), checkpoint_keys=len(state), model_keys=len(own))
+    report = PretrainedLoadReport(source=describe(path), checkpoint_keys=len(state), model_keys=len(own))
 
     def take(src_key: str, dst_key: str, loaded: list[str], updates: dict[str, torch.Tensor]) -> None:
-        tensor = state[src_key]
-        if tuple(tensor.shape) != tuple(own[dst_key].shape):
-            report.shape_mismatches.append(
-                f"{src_key} -> {dst_key}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[dst_key].shape)}"
-            )
+        mismatch = shape_mismatch(f"{src_key} -> {dst_key}", state[src_key], own[dst_key])
+        if mismatch is not None:
+            report.shape_mismatches.append(mismatch)
             return
-        updates[dst_key] = tensor
+        updates[dst_key] = state[src_key]
         loaded.append(dst_key)
 
     encoder: dict[str, torch.Tensor] = {}
@@ -905,14 +858,15 @@ def load_vmunet_checkpoint(
 
 
 # --------------------------------------------------------------------------------------------
-# Registration (§12 recipe, §13 published results).
+# Registration: the recipe of configs/config_setting{,_synapse}.py and train{,_synapse}.py; the
+# published rows of the paper's Tables I and II (arXiv 2402.02491).
 # --------------------------------------------------------------------------------------------
 
 _SRC_T1 = "VM-UNet paper Table I (via third-party copies; DSC/mIoU also ablation Table III, VM-UNet #45)"
 _PUBLISHED = (
     PublishedResult(
         dataset="isic2017",
-        # Acc/Spe/Sen for ISIC17 are unverified (spec §13).
+        # Acc/Spe/Sen for ISIC17 come from a third-party copy, not yet checked against the paper.
         metrics={"miou": 80.23, "dsc": 89.03, "acc": 96.29, "spe": 97.58, "sen": 89.90},
         source=_SRC_T1 + "; Acc/Spe/Sen unverified",
     ),
@@ -941,7 +895,7 @@ _PUBLISHED = (
 )
 
 _RECIPE: dict[str, Any] = {
-    "source": "official configs/config_setting{,_synapse}.py, train{,_synapse}.py (spec vmunet.md §12)",
+    "source": "JCruan519/VM-UNet@43c495b configs/config_setting{,_synapse}.py, train{,_synapse}.py",
     "optimizer": {
         "name": "AdamW",
         "lr": 1e-3,
@@ -999,6 +953,7 @@ _RECIPE: dict[str, Any] = {
     "27.43 M parameters; returns logits",
     published=_PUBLISHED,
     recipe=_RECIPE,
+    load_pretrained=load_pretrained_vmamba,  # model.pretrained: a VMamba-S v0 ImageNet checkpoint
 )
 def vmunet(num_classes: int = 1, in_chans: int = 3, **overrides: Any) -> VMUNet:
     """Build VM-UNet in the paper configuration; ``overrides`` go to :class:`VMUNet`."""

@@ -2,7 +2,8 @@
 
 Written for clarity, not speed: it materialises the (batch, dim, L, N) discretised tensors and
 loops over time. Run it in float64 to check the fast backends. Semantics follow mamba-ssm's
-``selective_scan_ref`` (see ``shared/spec/selective_scan.md`` section 1).
+``selective_scan_ref`` (``state-spaces/mamba`` tag ``v1.0.1``, VM-UNet's pin,
+``mamba_ssm/ops/selective_scan_interface.py``; unchanged at ``v2.3.2.post1``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Fast pure-PyTorch selective scan with a hand-written, recomputing backward.
 
-Why this shape (measurements in ``shared/spec/selective_scan.md`` section 3):
+Why this shape (measured on a 2-core CPU, torch 2.13.0, fp32 against a float64 loop; ``vmbench
+bench scan`` repeats the timings against mambapy's ``pscan``):
 
 * A sequential loop over time that only multiplies decays exp(delta*A) <= 1 is exact and
   unconditionally stable; closed-form / cumsum scans overflow at VM-UNet's step sizes.
