@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import logging
 import os
 
 import torch
 
 from vmbench.errors import BackendUnavailableError
 from vmbench.ops.determinism import AlertInBackward
+from vmbench.ops.dispatch import choose_backend
 from vmbench.ops.selective_scan_ref import selective_scan_ref
 from vmbench.ops.selective_scan_torch import selective_scan_torch
 
@@ -49,8 +49,6 @@ __all__ = [
     "resolve_backend",
     "selective_scan",
 ]
-
-log = logging.getLogger("vmbench.ops")
 
 ENV_VAR = "VMBENCH_SCAN_BACKEND"
 BACKENDS = ("cuda", "triton", "torch", "reference")
@@ -148,27 +146,20 @@ def resolve_backend(
     Raises :class:`BackendUnavailableError` if an explicitly requested backend cannot run.
     """
     device = torch.device(device)
-    source = "argument"
-    if backend is None:
-        backend = os.environ.get(ENV_VAR) or None
-        source = f"${ENV_VAR}"
-    if backend is None or backend == "auto":
+
+    def unavailable(name: str) -> str | None:
+        reason = _unavailable_reason(name, device)
+        if reason is None and name == "triton" and dtype == torch.float64:
+            reason = "it computes in fp32 and does not take fp64 inputs; use 'torch' or 'reference' for fp64"
+        return reason
+
+    def automatic() -> tuple[str, str]:
         chosen, why = _automatic(device)
         if chosen == "triton" and dtype == torch.float64:
             chosen, why = "torch", "automatic; fp64 inputs, which the Triton kernels do not take"
-    else:
-        backend = backend.strip().lower()
-        reason = _unavailable_reason(backend, device)
-        if reason is None and backend == "triton" and dtype == torch.float64:
-            reason = "it computes in fp32 and does not take fp64 inputs; use 'torch' or 'reference' for fp64"
-        if reason is not None:
-            raise BackendUnavailableError(f"selective-scan backend {backend!r} (from {source}) is unavailable: {reason}")
-        chosen, why = backend, f"from {source}"
-    key = (chosen, device.type)
-    if key not in _logged:
-        _logged.add(key)
-        log.info("selective scan on %s uses the %r backend (%s)", device.type, chosen, why)
-    return chosen
+        return chosen, why
+
+    return choose_backend("selective-scan", backend, ENV_VAR, device, BACKENDS, unavailable, automatic, _logged)
 
 
 def _automatic(device: torch.device) -> tuple[str, str]:

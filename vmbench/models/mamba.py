@@ -1,0 +1,166 @@
+"""The Mamba block (Gu & Dao 2023) on vmbench's own ops: no mamba-ssm or causal-conv1d build needed.
+
+:class:`Mamba` takes the constructor arguments of ``mamba_ssm.modules.mamba_simple.Mamba``
+(state-spaces/mamba, ``mamba_ssm/modules/mamba_simple.py``, commit e9594ce1 = 2.3.2.post1; the
+same layout in 1.0.1) and has the same parameters, names, shapes and initialisation, so official
+checkpoints load with ``strict=True``. Its forward is that file's unfused path: in_proj -> causal
+depthwise conv1d + SiLU -> x_proj split into (dt, B, C) -> dt_proj (without bias) -> selective
+scan with D, the gate SiLU(z), the dt_proj bias and softplus -> out_proj. mamba-ssm's fused
+``mamba_inner_fn`` computes the same function.
+
+The conv runs on :func:`vmbench.ops.causal_conv1d` and the scan on
+:func:`vmbench.ops.selective_scan`, each on the backend named by ``conv_backend`` /
+``scan_backend`` (constructor arguments and attributes), else its environment variable, else
+chosen automatically (logged once). UltraLight VM-UNet, LightM-UNet and U-Mamba build on this block.
+
+Differences from the official class, on purpose:
+
+* ``use_fast_path`` is kept as an attribute but selects nothing: vmbench has one (unfused) path.
+* No incremental decoding (``inference_params``, ``step``): segmentation models never decode.
+* ``A_log``, ``D`` and the dt bias enter the scan in fp32, as in the official code, except when
+  the block runs in fp64 (the tests' precision), where they stay fp64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vmbench.ops import causal_conv1d, selective_scan
+
+__all__ = ["Mamba", "inverse_softplus"]
+
+
+def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """x with softplus(x) = y, for y > 0: x = y + log(1 - exp(-y)), stable for small y."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+class Mamba(nn.Module):
+    """Mamba-1 block: (batch, seqlen, d_model) -> (batch, seqlen, d_model).
+
+    Arguments as ``mamba_ssm.modules.mamba_simple.Mamba``; ``scan_backend`` and ``conv_backend``
+    (None: the environment variable or the automatic choice) pick the ops' backends and may be
+    changed on the instance at any time.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        use_fast_path: bool = True,
+        layer_idx: int | None = None,
+        device=None,
+        dtype=None,
+        *,
+        scan_backend: str | None = None,
+        conv_backend: str | None = None,
+    ):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.use_fast_path = use_fast_path
+        self.layer_idx = layer_idx
+        self.scan_backend = scan_backend
+        self.conv_backend = conv_backend
+        self.activation = "silu"
+
+        # Submodules are created in the official order, so that one seed gives the same weights.
+        self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory_kwargs)
+        self.conv1d = nn.Conv1d(
+            self.d_inner,
+            self.d_inner,
+            kernel_size=d_conv,
+            groups=self.d_inner,
+            padding=d_conv - 1,
+            bias=conv_bias,
+            **factory_kwargs,
+        )
+        self.act = nn.SiLU()
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + d_state * 2, bias=False, **factory_kwargs)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory_kwargs)
+
+        # dt_proj.weight: keeps the variance of dt at init.
+        dt_init_std = self.dt_rank**-0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_init_std)
+        elif dt_init == "random":
+            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        else:
+            raise NotImplementedError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        # dt_proj.bias: softplus(bias) log-uniform in [dt_min, dt_max] (floored at dt_init_floor).
+        dt = torch.exp(
+            torch.rand(self.d_inner, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inverse_softplus(dt))
+        # Initialisers that zero every Linear bias must leave this one alone (mamba-ssm's convention).
+        self.dt_proj.bias._no_reinit = True
+
+        # S4D-real initialisation: A = -(1, 2, ..., d_state) for every channel, kept in fp32.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # skip connection, fp32
+        self.D._no_weight_decay = True
+
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory_kwargs)
+
+    def forward(self, hidden_states: torch.Tensor, inference_params=None) -> torch.Tensor:
+        """(batch, seqlen, d_model) -> (batch, seqlen, d_model)."""
+        if inference_params is not None:
+            raise NotImplementedError("vmbench's Mamba block has no incremental decoding (inference_params)")
+        batch, seqlen, _ = hidden_states.shape
+        # in_proj as one (2*d_inner, d_model) @ (d_model, batch*seqlen) product, straight into the
+        # channels-first layout the conv and the scan take.
+        xz = (self.in_proj.weight @ hidden_states.reshape(batch * seqlen, -1).t()).reshape(-1, batch, seqlen)
+        xz = xz.transpose(0, 1)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
+        x, z = xz.chunk(2, dim=1)
+
+        scan_dtype = torch.float64 if hidden_states.dtype == torch.float64 else torch.float32
+        A = -torch.exp(self.A_log.to(scan_dtype))
+        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation, self.conv_backend)
+
+        x_dbl = self.x_proj(x.transpose(1, 2).reshape(batch * seqlen, self.d_inner))
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (self.dt_proj.weight @ dt.t()).reshape(self.d_inner, batch, seqlen).transpose(0, 1)
+        B = B.reshape(batch, seqlen, self.d_state).transpose(1, 2).contiguous()
+        C = C.reshape(batch, seqlen, self.d_state).transpose(1, 2).contiguous()
+        y = selective_scan(
+            x,
+            dt,
+            A,
+            B,
+            C,
+            self.D.to(scan_dtype),
+            z=z,
+            delta_bias=self.dt_proj.bias.to(scan_dtype),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        )
+        return self.out_proj(y.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
+            f"dt_rank={self.dt_rank}, scan_backend={self.scan_backend}, conv_backend={self.conv_backend}"
+        )
