@@ -26,6 +26,9 @@ __all__ = [
     "PRUNED",
     "STAGE_FINAL",
     "STAGE_SEARCH",
+    "STAGE_SINGLE",
+    "TAG_RUN_DIR",
+    "TAG_RUN_KEY",
     "TAG_ATTEMPTS",
     "TAG_DATASET",
     "TAG_DATASETS",
@@ -33,6 +36,7 @@ __all__ = [
     "TAG_FINAL_KEY",
     "TAG_FOLD",
     "TAG_FOLDS",
+    "TAG_CV_SEARCH",
     "TAG_GIT_SHA",
     "TAG_GPU",
     "TAG_GPU_IDS",
@@ -76,8 +80,11 @@ TAG_MODEL = "vmbench.model"
 TAG_DATASET = "vmbench.dataset"
 TAG_PROTOCOL = "vmbench.protocol"
 TAG_SEED = "vmbench.seed"
+TAG_RUN_DIR = "vmbench.run_dir"  # `vmbench train`: the run folder (absolute)
+TAG_RUN_KEY = "vmbench.run_key"  # `vmbench train`: the run's key (its folder's mlflow_run.json), found again on --resume
 TAG_FOLD = "vmbench.fold"  # protocol cv: the fold a run trained (0 .. folds-1); absent otherwise
 TAG_FOLDS = "vmbench.folds"  # protocol cv: the number of folds
+TAG_CV_SEARCH = "vmbench.cv_search"  # protocol cv: what search trials scored (one-fold | mean)
 TAG_SCAN_BACKEND = "vmbench.scan_backend"
 TAG_HARDWARE = "vmbench.hardware"
 TAG_NODE = "vmbench.node"
@@ -101,6 +108,7 @@ TAG_SOURCE = "vmbench.source"
 # Kinds and stages (values of TAG_KIND and TAG_STAGE).
 KIND_SWEEP, KIND_TRIAL = "sweep", "trial"
 STAGE_SEARCH, STAGE_FINAL = "search", "final"
+STAGE_SINGLE = "single"  # one `vmbench train` run, evaluated on the test split like a final run
 
 # Values of TAG_OUTCOME.
 PRUNED, COMPLETED, FAILED = "pruned", "completed", "failed"

@@ -71,24 +71,30 @@ def find_run(mlflow_client, experiment_id: str, tag: str, value: str):
 
 
 class TrialRun:
-    """The MLflow child run of one trial or final run, identified by ``key_tag = key``.
+    """The MLflow child run of one trial or final run, identified by ``key_tag = key`` (a top-level
+    run when ``parent_run_id`` is None: ``vmbench train``).
 
     A retried trial (lost node, error) or a resumed sweep reattaches to its run: status RUNNING
     again, ``vmbench.attempts`` incremented and the node/GPU tags replaced by the new attempt's,
-    never a second run.
+    never a second run. A retry resumes from its last checkpoint, which may be older than the last
+    epoch it logged: :meth:`log_metrics` skips every (metric, step) the run already has, so each
+    step stays in the history once (MLflow keeps every value logged; the first attempt's stay).
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, *, key_tag: str, key: str,
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str | None, *, key_tag: str, key: str,
                  run_name: str, tags: dict[str, str], params: dict[str, Any]):
         self.client = client(tracking_uri)
         existing = find_run(self.client, experiment_id, key_tag, key)
         self.resumed = existing is not None
+        self._logged: set[tuple[str, int]] = set()  # (metric, step) already in the run's history
         if existing is None:
-            tags = {**tags, key_tag: key, TAG_PARENT: parent_run_id, TAG_ATTEMPTS: "1"}
+            tags = {**tags, key_tag: key, TAG_ATTEMPTS: "1", **({TAG_PARENT: parent_run_id} if parent_run_id else {})}
             self.run_id = self.client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
             self._log_params(params)
             return
         self.run_id = existing.info.run_id
+        self._logged = {(name, m.step) for name in existing.data.metrics
+                        for m in self.client.get_metric_history(self.run_id, name)}
         self.client.update_run(self.run_id, status="RUNNING")
         attempts = int(existing.data.tags.get(TAG_ATTEMPTS, "1")) + 1
         self.client.set_tag(self.run_id, TAG_ATTEMPTS, str(attempts))
@@ -104,17 +110,19 @@ class TrialRun:
             self.client.log_batch(self.run_id, params=items[start : start + _PARAMS_PER_BATCH])
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        """Log the numeric entries of ``metrics`` (others are skipped) at ``step``."""
+        """Log the numeric entries of ``metrics`` (others are skipped) at ``step``, except those the
+        run already has at that step."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now, step = int(time.time() * 1000), step or 0
         items = [
-            Metric(k, float(v), now, step or 0)
+            Metric(k, float(v), now, step)
             for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and (k, step) not in self._logged
         ]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
+            self._logged.update((m.key, step) for m in items)
 
     def log_bytes(self, data: bytes, name: str, artifact_path: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,81 @@
+"""The ``vmbench`` command: parses, calls, prints.
+
+Every message meant for the user is a :class:`vmbench.errors.VmbenchError`, printed as one line
+(``-v`` adds its traceback); any other exception is a bug or an environment failure and keeps its
+traceback. Log lines go through tqdm, so they never break a progress bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+from vmbench.errors import VmbenchError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vmbench import __version__, leaderboard
+    from vmbench.cli import bench, data, run, sweep
+
+    parser = argparse.ArgumentParser(
+        prog="vmbench",
+        description="Benchmark medical image segmentation models: train, tune (Ray Tune + Optuna), track (MLflow), compare.",
+        epilog="Start: vmbench models; vmbench train --model unet --epochs 2 --img-size 64; vmbench leaderboard; vmbench ui",
+    )
+    parser.add_argument("--version", action="version", version=f"vmbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at INFO level (e.g. the scan backend chosen) and show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run.add_parsers(sub)
+    sweep.add_parsers(sub)
+    leaderboard.add_parser(sub)
+    _add_report(sub)
+    data.add_parsers(sub)
+    bench.add_parsers(sub)
+    return parser
+
+
+def _add_report(sub) -> None:
+    try:
+        from vmbench.report.cli import add_parser
+    except ModuleNotFoundError as err:
+        if err.name is None or not err.name.startswith("vmbench.report"):
+            raise
+        return  # the report package is not part of this checkout yet
+    add_parser(sub)
+
+
+def _check_tracking_uri(args: argparse.Namespace) -> None:
+    """A server given with --tracking-uri that does not answer fails now, not after MLflow's retries."""
+    uri = getattr(args, "tracking_uri", None)
+    if uri and not getattr(args, "no_track", False) and not getattr(args, "dry_run", False):
+        from vmbench.tracking.reach import check_tracking_uri
+
+        check_tracking_uri(uri)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not args.verbose:  # MLflow logs its database migrations at INFO through its own handler
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    try:
+        with logging_redirect_tqdm():
+            _check_tracking_uri(args)
+            return args.func(args)
+    except VmbenchError as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"vmbench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vmbench: interrupted", file=sys.stderr)
+        return 130

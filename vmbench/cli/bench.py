@@ -1,0 +1,73 @@
+"""``vmbench bench scan|tune|model``: speed and memory, measured side by side in one run."""
+
+from __future__ import annotations
+
+import argparse
+
+from vmbench.cli.options import positive_float, positive_int, shape
+
+
+def add_parsers(sub) -> None:
+    bench = sub.add_parser("bench", help="speed and memory benchmarks").add_subparsers(
+        dest="bench_command", required=True, metavar="WHAT"
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    common.add_argument("--backend", action="append",
+                        help="selective-scan backend to measure: cuda, triton, torch, reference (repeatable; default: all available)")
+    common.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
+
+    p = bench.add_parser("scan", parents=[common],
+                         help="selective scan fwd and fwd+bwd time and peak memory per backend vs mambapy")
+    p.add_argument("--shapes", type=shape, nargs="+", help="CHANNELS:LENGTH pairs (default: VM-UNet's 4 stages)")
+    p.add_argument("--batch-size", type=positive_int, default=1)
+    p.add_argument("--repeats", type=positive_int, default=2, help="timed runs per case; the best is reported")
+    p.add_argument("--no-mambapy", action="store_true", help="skip the mambapy pscan comparison")
+    p.add_argument("--peak-gbps", type=positive_float, help="CUDA: peak memory bandwidth for the %%peak and floor "
+                   "columns (default: a device-to-device copy measured in the same run)")
+    p.set_defaults(func=cmd_bench_scan)
+
+    p = bench.add_parser("tune", help="time Triton scan tile configurations on this GPU and print the fastest setting")
+    p.add_argument("--device", default="cuda", help="cuda[:N] (default cuda; cpu only under TRITON_INTERPRET=1)")
+    p.add_argument("--config", action="append", help="a VMBENCH_TRITON_SCAN_CONFIG text to try, e.g. "
+                   "'block_t=16,bwd_warps=8' (repeatable; default: vmbench's candidate list); the defaults always run")
+    p.add_argument("--shapes", type=shape, nargs="+", help="CHANNELS:LENGTH pairs (default: VM-UNet's 4 stages)")
+    p.add_argument("--batch-size", type=positive_int, help="default 32 on CUDA (VM-UNet's training batch), 1 on CPU")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per case; the best is reported")
+    p.set_defaults(func=cmd_bench_tune)
+
+    p = bench.add_parser("model", parents=[common], help="training images/s and peak memory of a model, per scan backend")
+    p.add_argument("--model", default="vmunet", help="a registered model (vmbench models), default vmunet")
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[64, 256], help="square input sides (default 64 256)")
+    p.add_argument("--batch-size", type=positive_int, help="default: 32 on CUDA; 8 (64px) or 2 (larger) on CPU")
+    p.add_argument("--steps", type=positive_int, default=3, help="timed training steps after one warm-up step")
+    p.add_argument("--bf16", choices=["off", "on", "both"], default="off", help="bf16 autocast")
+    p.set_defaults(func=cmd_bench_model)
+
+
+def cmd_bench_scan(args: argparse.Namespace) -> int:
+    from vmbench.bench import STAGE_SHAPES, bench_scan
+
+    bench_scan(
+        backends=args.backend, shapes=tuple(args.shapes) if args.shapes else STAGE_SHAPES, batch=args.batch_size,
+        device=args.device, repeats=args.repeats, compare_mambapy=not args.no_mambapy, threads=args.threads,
+        peak_gbps=args.peak_gbps,
+    )
+    return 0
+
+
+def cmd_bench_tune(args: argparse.Namespace) -> int:
+    from vmbench.bench import STAGE_SHAPES, bench_tune
+
+    bench_tune(configs=args.config, shapes=tuple(args.shapes) if args.shapes else STAGE_SHAPES, batch=args.batch_size,
+               device=args.device, repeats=args.repeats)
+    return 0
+
+
+def cmd_bench_model(args: argparse.Namespace) -> int:
+    from vmbench.bench import bench_model
+
+    amp_modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.bf16]
+    bench_model(model=args.model, sizes=tuple(args.sizes), batch=args.batch_size, steps=args.steps, device=args.device,
+                backends=args.backend, amp_modes=amp_modes, threads=args.threads)
+    return 0

@@ -1,0 +1,112 @@
+"""``vmbench models`` and ``vmbench data synth|prepare|list``."""
+
+from __future__ import annotations
+
+import argparse
+
+from vmbench.cli.options import nonnegative_int, positive_int, writable_folder
+
+MAPPING_HELP = (
+    "which organ each of the 8 Synapse label ids means (BTCV ids in brackets). "
+    "A (default; SAMed's re-creation of the preprocessing): 1 spleen [1], 2 right kidney [2], 3 left kidney [3], "
+    "4 gallbladder [4], 5 liver [6], 6 stomach [7], 7 aorta [8], 8 pancreas [11]. "
+    "B (the papers' table order): 1 aorta [8], 2 gallbladder [4], 3 left kidney [3], 4 right kidney [2], "
+    "5 liver [6], 6 pancreas [11], 7 spleen [1], 8 stomach [7]. Other BTCV organs become background."
+)
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("models", help="list registered models with parameter counts and native input sizes")
+    p.add_argument("--num-classes", type=positive_int, default=1, help="classes for the parameter count (default 1)")
+    p.set_defaults(func=cmd_models)
+
+    data = sub.add_parser("data", help="generate, prepare and list datasets").add_subparsers(
+        dest="data_command", required=True, metavar="WHAT"
+    )
+    p = data.add_parser("synth", help="write generated data in the real ISIC or raw Synapse (NIfTI) layout")
+    p.add_argument("kind", choices=["isic", "synapse"])
+    p.add_argument("--out", required=True, help="an empty (or new) folder")
+    p.add_argument("--n", type=positive_int, default=100, help="images (isic, >= 3) or cases (synapse, <= 30)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--layout", choices=["challenge", "prepared"], default="challenge",
+                   help="isic only: the official archive folders, or VM-UNet's prepared train/val folders")
+    p.add_argument("--year", type=int, choices=[2017, 2018], default=2018, help="isic only")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(func=cmd_data_synth)
+
+    p = data.add_parser("prepare", help="raw BTCV NIfTI -> the TransUNet Synapse layout")
+    p.add_argument("kind", choices=["synapse"])
+    p.add_argument("--raw", required=True, help="folder with img0001.nii.gz / label0001.nii.gz (or img/ label/)")
+    p.add_argument("--out", required=True, help="the prepared folder to write (train_npz/, test_vol_h5/, lists/)")
+    p.add_argument("--mapping", choices=["A", "B"], default="A", help=MAPPING_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = data.add_parser("list", help="registered datasets")
+    p.set_defaults(func=cmd_data_list)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
+    import vmbench
+
+    rows = []
+    for name in vmbench.list_models():
+        info = vmbench.model_info(name)
+        # Built on the meta device: counts parameters without allocating or initialising them.
+        with torch.device("meta"):
+            model = vmbench.create_model(name, num_classes=args.num_classes)
+        params = sum(p.numel() for p in model.parameters())
+        paper = info.paper if len(info.paper) <= 72 else info.paper[:71] + "…"
+        rows.append((name, info.family, f"{params:,}", "x".join(map(str, info.input_size)), paper))
+    header = ("model", "family", f"params ({args.num_classes} cl.)", "input", "paper")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths + [0])).rstrip())
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths + [0])).rstrip())
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from vmbench.data import synth_isic, synth_synapse
+
+    out = writable_folder(args.out, "--out")
+    if args.kind == "isic":
+        report = synth_isic(out, n=args.n, seed=args.seed, layout=args.layout, year=args.year,
+                            overwrite=args.overwrite, progress=True)
+        counts = ", ".join(f"{split} {n}" for split, n in report["counts"].items())
+        print(f"wrote {args.n} generated ISIC{args.year}-like images ({args.layout} layout: {counts}) to {out}")
+    else:
+        report = synth_synapse(out, n_cases=args.n, seed=args.seed, overwrite=args.overwrite, progress=True)
+        print(f"wrote {len(report['cases'])} generated CT cases (raw BTCV NIfTI layout) to {out}; "
+              f"next: vmbench data prepare synapse --raw {out} --out DIR")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from vmbench.data import prepare_synapse
+
+    from tqdm.auto import tqdm
+
+    out = writable_folder(args.out, "--out")
+    with tqdm(desc=f"preparing {out.name}", unit="case", leave=False, disable=None) as bar:
+        report = prepare_synapse(args.raw, out, mapping=args.mapping, overwrite=args.overwrite,
+                                 progress=lambda case: bar.update(1))
+    print(report.summary())
+    for label, items in (("not in the official lists, skipped", report.skipped), ("listed but missing", report.missing)):
+        if items:
+            print(f"{label}: {', '.join(items)}")
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    import vmbench
+
+    for name in vmbench.list_datasets():
+        info = vmbench.dataset_info(name)
+        size = "x".join(map(str, info.img_size))
+        protocols = ",".join(info.protocols)
+        print(f"{name:<18} {info.task:<10} {info.num_classes:>2} cl.  {size:<8} {info.evaluation:<9} {protocols:<18} "
+              f"{info.description}")
+    return 0

@@ -1,0 +1,198 @@
+"""``vmbench train``, ``vmbench evaluate`` and ``vmbench predict``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vmbench.cli.options import existing_file, nonnegative_int, open_fraction, positive_float, positive_int, writable_folder
+from vmbench.errors import ConfigError
+from vmbench.protocols import RUN_PROTOCOLS
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train", help="train one model on one dataset, tracked in MLflow (checkpoints every epoch, test at the end)")
+    p.add_argument("--config", help="experiment YAML (sections data, model, optim, scheduler, loss, train)")
+    p.add_argument("--model", help="registered model name (default vmunet; list: vmbench models)")
+    p.add_argument("--dataset", help="registered dataset name (default synthetic-isic; list: vmbench data list)")
+    p.add_argument("--data-root", help="dataset folder (default: the dataset's own; generated data need none)")
+    p.add_argument("--protocol", choices=RUN_PROTOCOLS, help="holdout (default), paper, or cv (with --set data.fold=K)")
+    p.add_argument("--img-size", type=positive_int, help="square input side (default: the dataset's)")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--seed", type=nonnegative_int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision (CUDA only)")
+    p.add_argument("--pretrained", help="local pretrained weights for the model's loader")
+    p.add_argument("--workers", type=nonnegative_int, help="DataLoader workers")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.weight_decay=0.05")
+    p.add_argument("--out", help="run folder (default vmbench-runs/train/MODEL_DATASET)")
+    p.add_argument("--resume", action="store_true", help="continue the run folder's training from its last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _tracking_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint: per-case CSV and summary JSON (attached to its MLflow run)")
+    p.add_argument("--checkpoint", required=True, help="a vmbench checkpoint (RUN/checkpoints/best.pt)")
+    p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
+    p.add_argument("--data-root")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--protocol", choices=RUN_PROTOCOLS, help="default: the training protocol")
+    p.add_argument("--out", help="output folder (default: RUN/eval/SPLIT, or RUN/eval/DATASET-SPLIT for another dataset)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-track", action="store_true", help="do not attach the results to the checkpoint's MLflow run")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="masks for images (PNG) or NIfTI volumes (NIfTI) from a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("inputs", nargs="+", help="image or NIfTI files, or folders of them")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--threshold", type=open_fraction, default=0.5,
+                   help="probability threshold for binary masks, strictly between 0 and 1 (default 0.5)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+
+def _tracking_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", default="vmbench-train", help="MLflow experiment (default vmbench-train)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or vmbench-runs/mlflow.db)")
+    p.add_argument("--runs-dir", default="vmbench-runs", help="folder of the default MLflow store")
+    p.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
+
+
+def _parse_value(text: str):
+    """A --set value: YAML scalar/list syntax (numbers, true/false, null, [1, 2])."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set value {text!r} is not a YAML value: {' '.join(str(err).split())}") from None
+
+
+def _load_config_file(path: str) -> dict:
+    import yaml
+
+    file = existing_file(path, "--config", "file")
+    try:
+        values = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{file}: not valid YAML: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not a text (YAML) file") from None
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{file}: expected a mapping of sections (data, model, ...), got {type(values).__name__}")
+    return values or {}
+
+
+_FLAGS = (
+    ("model", "model.name"), ("dataset", "data.name"), ("data_root", "data.root"), ("protocol", "data.protocol"),
+    ("img_size", "data.img_size"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
+    ("lr", "optim.lr"), ("seed", "train.seed"), ("device", "train.device"), ("amp", "train.amp"),
+    ("pretrained", "model.pretrained"), ("workers", "data.num_workers"),
+)
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """The ExperimentConfig of ``vmbench train``: defaults < --config file < flags < --set."""
+    from vmbench.config import ExperimentConfig
+
+    base = _load_config_file(args.config) if args.config else {}
+    cfg = ExperimentConfig.from_dict(base, source=args.config or "defaults")
+    overrides = {key: getattr(args, flag) for flag, key in _FLAGS if getattr(args, flag) is not None}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.weight_decay=0.05")
+        overrides[key.strip()] = _parse_value(value)
+    if args.no_progress:
+        overrides["train.progress"] = False
+    cfg = cfg.with_overrides(overrides, source="command line")
+    out = args.out or (base.get("out_dir") if args.config else None)
+    cfg.out_dir = str(out or Path("vmbench-runs") / "train" / f"{cfg.model.name}_{cfg.data.name}")
+    return cfg
+
+
+def _check_run_folder(cfg, resume: bool) -> str:
+    """The message to print before training; refuses a folder that holds another run or nothing to resume."""
+    from vmbench.engine import load_state
+
+    out = writable_folder(cfg.out_dir, "--out")
+    last = out / "checkpoints" / "last.pt"
+    if not resume:
+        if last.exists():
+            raise ConfigError(f"--out {out} already holds a run ({last}); pass --resume to continue it, or --out for a new folder")
+        return f"training {cfg.model.name} on {cfg.data.name} ({cfg.data.protocol} protocol) -> {out}"
+    if not last.exists():
+        raise ConfigError(f"--resume: {last} does not exist, so there is nothing to resume (drop --resume to start)")
+    done = load_state(last).epoch
+    if done >= cfg.train.epochs:
+        return f"{out}: all {cfg.train.epochs} epochs are done (last.pt at epoch {done}); evaluating the selected checkpoint"
+    return f"resuming {cfg.model.name} on {cfg.data.name} from epoch {done} of {cfg.train.epochs} ({last})"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vmbench.engine import fit
+
+    cfg = train_config_from_args(args)
+    print(_check_run_folder(cfg, args.resume))
+    if args.no_track:
+        result = fit(cfg, resume=args.resume)
+    else:
+        from vmbench.engine.tracked import train_tracked
+
+        result, tracked = train_tracked(cfg, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                                        runs_dir=args.runs_dir, resume=args.resume)
+        print(f"MLflow run {tracked.run.run_id} in experiment {tracked.experiment!r} ({tracked.tracking_uri}); "
+              "compare with `vmbench leaderboard`, browse with `vmbench ui`")
+    print(f"best epoch {result.best_epoch}: {result.select_metric} = {result.best_value:.4f} ({result.best_checkpoint})")
+    if result.test is not None:
+        print("test:", json.dumps(headline(cfg.data.name, result.test)))
+        print(f"per-case table and summary: {Path(cfg.out_dir) / 'eval' / 'test'}")
+    return 0
+
+
+def headline(dataset: str, summary: dict) -> dict:
+    """The dataset's headline metrics (vmbench.protocols), rounded for the terminal."""
+    import vmbench
+
+    keys = vmbench.dataset_info(dataset).kind.headline
+    return {k: round(float(summary[k]), 4) for k in keys if k in summary}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vmbench.engine import evaluate_checkpoint, load_state
+
+    checkpoint = existing_file(args.checkpoint, "--checkpoint", "checkpoint file")
+    state = load_state(checkpoint)  # a bad file fails here, before any folder is made
+    trained_on = state.config["data"]["name"]
+    dataset = args.dataset or trained_on
+    name = args.split if dataset == trained_on else f"{dataset}-{args.split}"
+    run_dir = checkpoint.parent.parent
+    out = writable_folder(args.out or run_dir / "eval" / name, "--out")
+    result = evaluate_checkpoint(
+        checkpoint, dataset=args.dataset, root=args.data_root, split=args.split, protocol=args.protocol,
+        out_dir=out, device=args.device, progress=not args.no_progress,
+    )
+    print(json.dumps(headline(dataset, result.summary)))
+    print(f"wrote {out / 'per_case.csv'} and {out / 'summary.json'}")
+    if not args.no_track:
+        from vmbench.engine.tracked import attach_evaluation
+
+        pointer = attach_evaluation(run_dir, name, result.summary, out)
+        if pointer is not None:
+            print(f"attached to MLflow run {pointer['run_id']} as eval_{name}_* metrics and eval/{name}/ artifacts")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from vmbench.predict import predict_paths
+
+    checkpoint = existing_file(args.checkpoint, "--checkpoint", "checkpoint file")
+    out = writable_folder(args.out, "--out")
+    for p in predict_paths(checkpoint, args.inputs, out, device=args.device, threshold=args.threshold):
+        print(f"{p.source} -> {p.output} ({p.kind}, foreground {p.foreground_fraction:.1%})")
+    return 0
