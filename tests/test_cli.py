@@ -53,3 +53,36 @@ def test_models_lists_vmunet_and_baselines_with_counts(capsys):
     assert main(["models", "--num-classes", "9"]) == 0
     rows9 = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert "27,427,761" in rows9["vmunet"] and "27,168,900" in rows9["swin-unet"]
+
+
+def _subcommand_paths(parser, prefix=()):
+    """Every (sub)command path of the parser, discovered from argparse itself."""
+    import argparse
+
+    paths = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths += _subcommand_paths(sub, prefix + (name,))
+    return paths
+
+
+def test_every_help_page_and_the_version(capsys):
+    import pytest
+
+    from vmbench import __version__
+    from vmbench.cli import build_parser
+
+    paths = _subcommand_paths(build_parser())
+    assert ("leaderboard",) in paths and ("bench", "scan") in paths and ("data", "synth") in paths
+    for argv in [["--help"], ["-h"], *[[*path, "--help"] for path in paths if path]]:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        out = capsys.readouterr()
+        assert exit_.value.code == 0, (argv, out.err)
+        assert out.out.startswith("usage: vmbench"), argv
+        assert "%%" not in out.out and "%(" not in out.out, (argv, out.out)
+        assert "see docs" not in out.out, argv  # every option is explained where it is offered
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"vmbench {__version__}"
