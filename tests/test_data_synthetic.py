@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import vmbench
-from vmbench.data import build_dataset, synth_isic, synth_synapse, synthetic
+from vmbench.data import build_dataset, synth_isic, synth_synapse
 from vmbench.data.isic import CHALLENGE_FOLDERS
 
 
@@ -87,7 +87,7 @@ def test_synthetic_isic_builds_into_the_cache_once(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("regenerated")
 
-    monkeypatch.setattr(synthetic, "synth_isic", boom)
+    monkeypatch.setattr("vmbench.data.generated_isic.synth_isic", boom)
     again = build_dataset("synthetic-isic", split="train", protocol="paper", img_size=32, n=12)
     assert len(again) == round(0.7 * 8) and again.val_is_test
     info, real = vmbench.dataset_info("synthetic-isic"), vmbench.dataset_info("isic2018")
@@ -111,7 +111,7 @@ def test_synthetic_synapse_builds_into_the_cache_once(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("regenerated")
 
-    monkeypatch.setattr(synthetic, "synth_synapse", boom)
+    monkeypatch.setattr("vmbench.data.generated_synapse.synth_synapse", boom)
     test = build_dataset("synthetic-synapse", split="test", protocol="paper", **kw)
     assert test.ids == ["case0001"]
 
@@ -126,7 +126,7 @@ def test_generation_failure_leaves_no_cache(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
 
-    monkeypatch.setattr(synthetic, "_isic_sample", flaky)
+    monkeypatch.setattr("vmbench.data.generated_isic._isic_sample", flaky)
     with pytest.raises(RuntimeError, match="disk full"):
         build_dataset("synthetic-isic", n=5)
     assert list((tmp_path / "cache").iterdir()) == []  # neither the folder nor a temp copy

@@ -85,7 +85,7 @@ def predict_image(model, path: Path, preprocess: dict, img_size, device, thresho
 def predict_nifti(model, path: Path, out_path: Path, img_size, device) -> tuple[tuple[int, ...], float]:
     import nibabel as nib
 
-    from vmbench.data.synapse import hu_to_unit, load_nifti
+    from vmbench.data.synapse_prepare import hu_to_unit, load_nifti
 
     img, hu = load_nifti(path)  # the reader `vmbench data prepare synapse` uses
     volume = hu_to_unit(hu).transpose(2, 1, 0)  # nibabel (x, y, z) -> (z, y, x), as prepare_synapse

@@ -22,12 +22,11 @@ from vmbench.data.synapse import (
     HOLDOUT_VAL_CASES,
     PAPER_TEST_CASES,
     PAPER_TRAIN_CASES,
-    PrepareReport,
     SynapseSliceDataset,
     SynapseVolumeDataset,
     build_synapse,
-    prepare_synapse,
 )
+from vmbench.data.synapse_prepare import PrepareReport, prepare_synapse
 from vmbench.data.synthetic import synth_isic, synth_synapse, synthetic_isic_root, synthetic_synapse_root
 from vmbench.data.splits import check_fold
 from vmbench.data.transforms import seed_worker

@@ -20,6 +20,8 @@ __all__ = [
     "atomic_dir",
     "atomic_write_bytes",
     "check_split_protocol",
+    "check_empty_output",
+    "progress_bar",
     "split_by_hash",
 ]
 
@@ -104,3 +106,21 @@ def split_by_hash(ids: Sequence[str], fractions: Sequence[float], seed: int) -> 
         parts.append(sorted(ranked[start:stop]))
         start = stop
     return parts
+
+
+def check_empty_output(out_dir: Path, overwrite: bool) -> None:
+    """A folder that generated or prepared data may be written to (new, empty, or replaced)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"output folder {out_dir} is a file")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise DataError(f"output folder {out_dir} already exists and is not empty: choose an empty folder, or replace "
+                        "it (--overwrite on the command line, overwrite=True in Python)")
+
+
+def progress_bar(items, total: int | None, desc: str, enabled: bool, unit: str = "it"):
+    """A progress bar on a terminal (tqdm hides itself elsewhere); the plain iterable when disabled."""
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, desc=desc, unit=unit, leave=False, disable=None, dynamic_ncols=True)
