@@ -27,8 +27,12 @@ from vmbench.leaderboard.columns import COST_METRICS
 from vmbench.leaderboard.store import build_filter
 
 
-def synthetic_runs(n_runs: int, seed: int = 0) -> pd.DataFrame:
-    """A frame shaped like ``load_runs`` output with ``n_runs`` final Synapse/ISIC runs."""
+def synthetic_runs(n_runs: int, seed: int = 0, search_fraction: float = 0.0) -> pd.DataFrame:
+    """A frame shaped like ``load_runs`` output with ``n_runs`` Synapse/ISIC trial runs.
+
+    All final runs by default; ``search_fraction`` of them become search trials (a fifth of those
+    pruned by ASHA), as in a sweep, where most runs are search trials.
+    """
     rng = np.random.default_rng(seed)
     models = ["vmunet", "unet", "att-unet", "swin-unet", "transfuse-s"]
     datasets = ["synapse", "isic2017", "isic2018"]
@@ -49,6 +53,10 @@ def synthetic_runs(n_runs: int, seed: int = 0) -> pd.DataFrame:
             f"tags.{tracking.TAG_HARDWARE}": "synthetic",
         }
     )
+    search = rng.random(n_runs) < search_fraction
+    frame[f"tags.{tracking.TAG_STAGE}"] = np.where(search, tracking.STAGE_SEARCH, tracking.STAGE_FINAL)
+    frame[f"tags.{tracking.TAG_OUTCOME}"] = np.where(
+        search & (rng.random(n_runs) < 0.2), tracking.PRUNED, tracking.COMPLETED)
     organs = vmbench.dataset_info("synapse").foreground_classes
     metric_names = ["dsc", "miou", "acc", "spe", "sen", "per_image_dice", "hd95", "dsc_strict", "hd95_strict"]
     metric_names += [f"dsc_{o}" for o in organs] + [f"hd95_{o}" for o in organs]
@@ -120,12 +128,15 @@ def bench_aggregation(n_runs: int) -> None:
     print(f"aggregate {n_runs} runs (DataFrame in memory) -> {len(board)} rows: {t_agg:.3f} s; render md+csv+json: {t_render:.3f} s")
 
 
-def build_store(db_path: Path, n_runs: int, logged: int) -> str:
-    """An SQLite store with ``n_runs`` trial runs: ``logged`` through MlflowClient, the rest SQL copies."""
+def build_store(db_path: Path, n_runs: int, logged: int, search_fraction: float = 0.0) -> str:
+    """An SQLite store with ``n_runs`` trial runs: ``logged`` through MlflowClient, the rest SQL copies.
+
+    Each run has a 20-epoch history of ``val_dsc``, ``train_loss`` and ``epoch_time_s``.
+    """
     import mlflow
     from mlflow.entities import Metric, Param
 
-    frame = synthetic_runs(n_runs)
+    frame = synthetic_runs(n_runs, search_fraction=search_fraction)
     uri = f"sqlite:///{db_path.resolve()}"
     client = mlflow.MlflowClient(uri)
     exp = tracking.get_or_create_experiment(client, "bench", (db_path.parent / "art").as_uri())
@@ -142,14 +153,17 @@ def build_store(db_path: Path, n_runs: int, logged: int) -> str:
             tags[tracking.TAG_PARENT] = parent
             run = client.create_run(exp, tags=tags)
             ms = [Metric(c[8:], float(row[c]), 0, 0) for c in metric_cols]
-            ms += [Metric("val_dsc", 0.5 + e / 1000, 0, e) for e in range(20)]  # a per-epoch history
+            for e in range(1, 21):  # a per-epoch history
+                ms += [Metric("val_dsc", 0.5 + e / 100, 0, e), Metric("train_loss", 1.0 / e, 0, e),
+                       Metric("epoch_time_s", 30.0, 0, e)]
             ps = [Param(f"cfg.p{j}", str(j * 0.1)) for j in range(40)]  # a flattened config's worth of params
+            ps += [Param("optim.lr", "0.001"), Param("search.optim.lr", str(10 ** -(2 + i % 3)))]
             client.log_batch(run.info.run_id, metrics=ms, params=ps)
             client.set_terminated(run.info.run_id, status=row["status"])
         dt = time.perf_counter() - t0
         print(f"logged {to_log} runs through MlflowClient in {dt:.1f} s ({1000 * dt / to_log:.0f} ms per run)")
     total = clone_sqlite_runs(db_path, exp, n_runs)
-    print(f"store: {uri}, {total} trial runs (35 metrics, 40 params, 11 tags each)")
+    print(f"store: {uri}, {total} trial runs (35 metrics + 3 x 20-epoch histories, 42 params, 12 tags each)")
     return uri
 
 

@@ -54,6 +54,16 @@ def _t975_df2() -> float:
     return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
 
 
+def _logit_t_by_hand(fractions: list[float]) -> tuple[float, float]:
+    """t-interval (3 values: t(0.975, 2)) of the mean logit, mapped back with the logistic function."""
+    assert len(fractions) == 3
+    z = [math.log(f / (1 - f)) for f in fractions]
+    mean = sum(z) / 3
+    sd = math.sqrt(sum((v - mean) ** 2 for v in z) / 2)
+    half = _t975_df2() * sd / math.sqrt(3)
+    return 1 / (1 + math.exp(-(mean - half))), 1 / (1 + math.exp(-(mean + half)))
+
+
 class Store:
     def __init__(self, root: Path):
         self.root = root
@@ -79,13 +89,21 @@ class Store:
         val_is_test: bool = False,
         hardware: str = "NVIDIA H100 (cuda:0)",
         experiment: str | None = None,
+        fold: int | None = None,
+        folds: int | None = None,
+        val_per_case: pd.DataFrame | None = None,
+        history: dict[str, list[float]] | None = None,
+        params: dict[str, object] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> str:
+        """One trial run; ``history``: key -> per-epoch values logged at steps 1, 2, ...; ``params``
+        replace the default ones; ``tags`` are added (e.g. the outcome of a search trial)."""
         from mlflow.entities import Metric, Param
 
         exp = self.exp if experiment is None else tracking.get_or_create_experiment(
             self.client, experiment, (self.root / "art").as_uri()
         )
-        tags = {
+        run_tags = {
             tracking.TAG_KIND: "trial",
             tracking.TAG_STAGE: stage,
             tracking.TAG_MODEL: model,
@@ -96,20 +114,32 @@ class Store:
             tracking.TAG_VAL_IS_TEST: "true" if val_is_test else "false",
             tracking.TAG_HARDWARE: hardware,
             tracking.TAG_PARENT: self.parent,
+            tracking.TAG_STUDY: f"{dataset}__{model}",
+            **({tracking.TAG_FOLD: str(fold), tracking.TAG_FOLDS: str(folds)} if fold is not None else {}),
+            **(tags or {}),
         }
-        run_id = self.client.create_run(exp, tags=tags).info.run_id
+        run_id = self.client.create_run(exp, tags=run_tags).info.run_id
+        metric_items = [Metric(k, float(v), 0, 0) for k, v in metrics.items()]
+        for key, values in (history or {}).items():
+            metric_items += [Metric(key, float(v), 0, step) for step, v in enumerate(values, start=1)]
+        default_params = {"optim.lr": "0.001", "model.name": model, "train.seed": str(seed)}
         self.client.log_batch(
             run_id,
-            metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()],
-            params=[Param("optim.lr", "0.001"), Param("model.name", model), Param("train.seed", str(seed))],
+            metrics=metric_items,
+            params=[Param(k, str(v)) for k, v in (params if params is not None else default_params).items()],
         )
-        if per_case is not None:
-            folder = self.root / "upload" / run_id
-            folder.mkdir(parents=True)
-            per_case.to_csv(folder / "per_case.csv", index=False)
-            self.client.log_artifact(run_id, str(folder / "per_case.csv"), artifact_path="eval")
+        for table, artifact in ((per_case, tracking.PER_CASE_ARTIFACT), (val_per_case, tracking.PER_CASE_VAL_ARTIFACT)):
+            if table is not None:
+                folder = self.root / "upload" / run_id / Path(artifact).parent
+                folder.mkdir(parents=True)
+                table.to_csv(folder / Path(artifact).name, index=False)
+                self.client.log_artifact(run_id, str(folder / Path(artifact).name), artifact_path=str(Path(artifact).parent))
         self.client.set_terminated(run_id, status=status)
         return run_id
+
+    def log_study(self, study: str, best: dict[str, object]) -> None:
+        """The sweep parent's ``studies/<study>.json``, as the sweep driver writes it."""
+        self.client.log_dict(self.parent, {"best": best, "trials": {}, "final": []}, f"studies/{study}.json")
 
 
 COST = {"n_params": 27_427_561, "gmacs": 4.11, "latency_ms": 12.0, "peak_mem_mb": 900.0, "epochs": 300}
@@ -223,12 +253,14 @@ def test_means_std_ci_and_counts_by_hand(board):
     assert vm["n"] == 3 and vm["failed"] == 1 and vm["running"] == 1 and vm["seeds"] == 3
     # DSC in percent: 80, 82, 87 -> mean 83, squared deviations 9 + 1 + 16 = 26, variance 26/2.
     std = math.sqrt(13.0)
-    half = _t975_df2() * std / math.sqrt(3)
     assert vm["dsc_pct_mean"] == pytest.approx(83.0)
     assert vm["dsc_pct_std"] == pytest.approx(std)
-    assert vm["dsc_pct_ci_lo"] == pytest.approx(83.0 - half)
-    assert vm["dsc_pct_ci_hi"] == pytest.approx(83.0 + half)
-    assert half == pytest.approx(8.957, abs=1e-3)  # table value t(0.975, 2) = 4.303
+    # 95% CI: t-interval on the logit scale of the fractions, mapped back (written out here).
+    lo, hi = _logit_t_by_hand([0.80, 0.82, 0.87])
+    assert vm["dsc_pct_ci_lo"] == pytest.approx(100 * lo)
+    assert vm["dsc_pct_ci_hi"] == pytest.approx(100 * hi)
+    assert 0 < vm["dsc_pct_ci_lo"] < 80 and 87 < vm["dsc_pct_ci_hi"] < 100
+    assert _t975_df2() == pytest.approx(4.303, abs=1e-3)  # table value t(0.975, 2)
     assert vm["miou_pct_mean"] == pytest.approx(73.0)
     # Cost: parameters, GMACs, mean training time and device-hours, latency.
     assert vm["n_params"] == 27_427_561 and vm["gmacs"] == pytest.approx(4.11)
@@ -729,3 +761,299 @@ def test_user_errors_are_vmbench_errors_naming_the_option(store, tmp_path, capsy
     assert run_cli(["--tracking-uri", store.uri, "--experiment", "nope"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no MLflow experiment named 'nope'" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------
+# Rigorous comparison: Holm, bounded intervals, protocol cv, rankings, budget audit
+# --------------------------------------------------------------------------------------------
+
+CV_FOLDS, CV_SEEDS = 3, (0, 1)
+CV_TEST_IDS = ["T1", "T2", "T3", "T4", "T5", "T6"]
+CV_POOL_IDS = ["P1", "P2", "P3", "P4", "P5", "P6"]  # fold f validates P(2f+1) and P(2f+2)
+CV_TEST = {  # per-case test dice averaged over folds and seeds
+    "vmunet": [0.70, 0.80, 0.60, 0.90, 0.50, 0.75],
+    "unet": [0.71, 0.82, 0.63, 0.94, 0.55, 0.81],  # +0.01 ... +0.06: all better
+    "att-unet": [0.72, 0.79, 0.63, 0.86, 0.55, 0.81],  # +0.02 -0.01 +0.03 -0.04 +0.05 +0.06
+}
+CV_VAL = {  # per-case validation dice averaged over seeds
+    "vmunet": [0.60, 0.70, 0.80, 0.65, 0.75, 0.85],
+    "unet": [0.65, 0.75, 0.85, 0.70, 0.80, 0.90],
+    "att-unet": [0.58, 0.68, 0.78, 0.63, 0.73, 0.83],
+}
+CV_DSC = {"vmunet": 0.80, "unet": 0.83, "att-unet": 0.78}  # test_dsc = this + 0.01 fold + 0.02 seed
+CV_SEARCH = {  # model -> (outcome, status, per-epoch seconds) of each search trial
+    "vmunet": [("completed", "FINISHED", [10, 10, 10]), ("completed", "FINISHED", [10, 10, 10]),
+               ("pruned", "FINISHED", [10]), ("failed", "FAILED", [10, 20])],
+    "unet": [("completed", "FINISHED", [5, 5, 5]), ("completed", "FINISHED", [5, 5, 5])],
+}
+CV_FINAL_COST = {"train_time_s": 36.0, "device_hours": 0.02, "epochs": 3}  # 2 devices per run
+
+
+def _offset(fold: int, seed: int) -> float:
+    """Per-run noise that averages to 0 over the 3 folds and 2 seeds."""
+    return 0.01 * (fold - 1) + 0.005 * (2 * seed - 1)
+
+
+def build_cv_store(root: Path) -> Store:
+    """Protocol cv on isic2018: 3 models x 3 folds x 2 seeds of final runs (test and validation
+    per-case files, learning curves), search trials with epoch-time histories, one study JSON."""
+    s = Store(root)
+    for model in CV_TEST:
+        for fold in range(CV_FOLDS):
+            for seed in CV_SEEDS:
+                noise = _offset(fold, seed)
+                test = _isic_case(CV_TEST_IDS, [v + noise for v in CV_TEST[model]])
+                val_ids = CV_POOL_IDS[2 * fold: 2 * fold + 2]
+                val_values = CV_VAL[model][2 * fold: 2 * fold + 2]
+                val = _isic_case(val_ids, [v + 0.01 * (2 * seed - 1) for v in val_values])
+                metrics = _isic_metrics(CV_DSC[model] + 0.01 * fold + 0.02 * seed, 0, 0)
+                metrics.update(CV_FINAL_COST)
+                history = {"val_dsc": [0.5, 0.6, 0.7 + 0.01 * fold], "train_loss": [1.0, 0.7, 0.5],
+                           "epoch_time_s": [12.0, 12.0, 12.0]}
+                params = {"optim.lr": 0.002, "model.name": model, "train.seed": seed}
+                s.log(model, "isic2018", "cv", seed, metrics, per_case=test, val_per_case=val, fold=fold,
+                      folds=CV_FOLDS, history=history, params=params)
+    for model, trials in CV_SEARCH.items():
+        for i, (outcome, status, seconds) in enumerate(trials):
+            params = {"optim.lr": 1e-3, "search.optim.lr": 1e-3 * (i + 1), "search.model.overrides.drop_path_rate": 0.1}
+            s.log(model, "isic2018", "cv", i, {"val_dsc": 0.7}, stage="search", status=status,
+                  history={"epoch_time_s": seconds, "val_dsc": [0.6] * len(seconds)}, params=params,
+                  tags={tracking.TAG_OUTCOME: outcome})
+    s.log_study("isic2018__vmunet", {"optim.lr": 3e-4, "model.overrides.drop_path_rate": 0.1})
+    return s
+
+
+@pytest.fixture(scope="module")
+def cv_store(tmp_path_factory) -> Store:
+    return build_cv_store(tmp_path_factory.mktemp("cv"))
+
+
+@pytest.fixture(scope="module")
+def cv_board(cv_store) -> pd.DataFrame:
+    return lb.leaderboard(lb.load_runs(cv_store.uri), reference="vmunet", with_published=False,
+                          budget=lb.audit_store(cv_store.uri))
+
+
+def _t975(df: int) -> float:
+    """Student-t 97.5 % quantile in closed form: df 1 (Cauchy) and df 2."""
+    return {1: math.tan(math.pi * 0.475), 2: _t975_df2()}[df]
+
+
+def _holm_by_hand(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment written out: sort, multiply by m, m-1, ..., running max, cap at 1."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def test_cv_rows_pool_folds_and_seeds(cv_board):
+    import statistics as stdlib
+
+    unet = _row(cv_board, "isic2018", "unet")
+    assert (unet["protocol"], unet["n"], unet["folds"], unet["seeds"]) == ("cv", 6, 3, 2)
+    runs = [100 * (CV_DSC["unet"] + 0.01 * f + 0.02 * s) for f in range(3) for s in CV_SEEDS]
+    assert unet["dsc_pct_mean"] == pytest.approx(stdlib.mean(runs))
+    assert unet["dsc_pct_std"] == pytest.approx(stdlib.stdev(runs))
+    # CI over seeds of the fold-averaged score: 0.84 and 0.86, logit-t with one degree of freedom.
+    seed_means = [CV_DSC["unet"] + 0.01 + 0.02 * s for s in CV_SEEDS]
+    z = [math.log(v / (1 - v)) for v in seed_means]
+    half = _t975(1) * stdlib.stdev(z) / math.sqrt(2)
+    assert unet["dsc_pct_ci_lo"] == pytest.approx(100 / (1 + math.exp(-(stdlib.mean(z) - half))))
+    assert unet["dsc_pct_ci_hi"] == pytest.approx(100 / (1 + math.exp(-(stdlib.mean(z) + half))))
+    (table,) = lb.split_tables(cv_board)
+    assert any("folds x seeds" in n and "not independent" in n for n in table.notes)
+    shown = lb.display_frame(table, "vmunet")
+    assert list(shown.loc[shown["Model"] == "unet", "Folds"]) == ["3"]
+
+
+def test_cv_paired_tests_average_folds_and_seeds_and_holm(cv_board):
+    unet, att = _row(cv_board, "isic2018", "unet"), _row(cv_board, "isic2018", "att-unet")
+    d_unet = [a - b for a, b in zip(CV_TEST["unet"], CV_TEST["vmunet"])]
+    d_att = [a - b for a, b in zip(CV_TEST["att-unet"], CV_TEST["vmunet"])]
+    p_unet, p_att = _exact_wilcoxon_two_sided(d_unet), _exact_wilcoxon_two_sided(d_att)
+    assert p_unet == pytest.approx(2 / 2**6)
+    assert unet["wilcoxon_p"] == pytest.approx(p_unet) and att["wilcoxon_p"] == pytest.approx(p_att)
+    assert unet["wilcoxon_pairs"] == 6 and unet["dsc_diff_pp"] == pytest.approx(100 * sum(d_unet) / 6)
+    holm_unet, holm_att = _holm_by_hand([p_unet, p_att])
+    assert unet["wilcoxon_p_holm"] == pytest.approx(holm_unet) and att["wilcoxon_p_holm"] == pytest.approx(holm_att)
+    assert holm_unet == pytest.approx(2 * p_unet)  # the smaller p is multiplied by m = 2
+    (table,) = lb.split_tables(cv_board)
+    assert any("Holm" in n and "2 comparisons" in n for n in table.notes)
+    shown = lb.display_frame(table, "vmunet")
+    assert "p Holm" in shown.columns and list(shown.loc[shown["Model"] == "vmunet", "p Holm"]) == ["ref"]
+
+
+def test_holm_over_the_comparisons_of_each_table_only():
+    # In memory: three challengers against vmunet on 7 cases, a fourth table (isic2017) apart.
+    cases = [f"c{i}" for i in range(7)]
+    ref = [0.5 + 0.05 * i for i in range(7)]
+    gains = {"unet": [0.01 * (i + 1) for i in range(7)], "att-unet": [0.02, -0.01, 0.03, 0.015, -0.05, 0.04, 0.06],
+             "swin-unet": [-0.01, 0.02, -0.03, 0.04, -0.05, 0.06, -0.07]}
+    tables = {"r0": _isic_case(cases, ref)}
+    rows = [{"model": "vmunet", "metrics": {"test_dsc": 0.8}}]
+    for i, (model, g) in enumerate(gains.items(), start=1):
+        tables[f"run{i}"] = _isic_case(cases, [a + b for a, b in zip(ref, g)])
+        rows.append({"model": model, "metrics": {"test_dsc": 0.8}})
+    rows.append({"model": "unet", "dataset": "isic2017", "metrics": {"test_dsc": 0.8}})  # its own table, no ref
+    frame = _frame(rows)
+    frame.loc[0, "run_id"] = "r0"
+    board = lb.leaderboard(frame, per_case_loader=tables.get, with_published=False)
+    raw = {m: _exact_wilcoxon_two_sided(g) for m, g in gains.items()}
+    holm = dict(zip(raw, _holm_by_hand(list(raw.values()))))
+    for model in gains:
+        row = _row(board, "isic2018", model)
+        assert row["wilcoxon_p"] == pytest.approx(raw[model]) and row["wilcoxon_p_holm"] == pytest.approx(holm[model])
+    assert math.isnan(_row(board, "isic2017", "unet")["wilcoxon_p_holm"])
+
+
+def test_hd95_interval_on_the_log_scale_and_percent_inside_0_100():
+    rows = [{"dataset": "synapse", "metrics": {"test_dsc": d, "test_hd95": h}} for d, h in ((0.5997, 10.0), (0.9993, 40.0))]
+    board = lb.leaderboard(_frame(rows), per_case_loader=False, with_published=False)
+    vm = _row(board, "synapse", "vmunet")
+    # log-scale t-interval of HD95 10 and 40 voxels: geometric mean 20, factor exp(t1 * sd(log) / sqrt 2).
+    sd = abs(math.log(40) - math.log(10)) / math.sqrt(2)
+    factor = math.exp(_t975(1) * sd / math.sqrt(2))
+    assert vm["hd95_vox_ci_lo"] == pytest.approx(20 / factor) and vm["hd95_vox_ci_hi"] == pytest.approx(20 * factor)
+    assert 0 < vm["dsc_pct_ci_lo"] < 59.97 and 99.93 < vm["dsc_pct_ci_hi"] <= 100  # a plain t-interval reads 104.9
+    zero = lb.leaderboard(_frame([{"dataset": "synapse", "metrics": {"test_dsc": 0.7, "test_hd95": h}} for h in (0.0, 5.0)]),
+                          per_case_loader=False, with_published=False)
+    assert math.isnan(_row(zero, "synapse", "vmunet")["hd95_vox_ci_lo"])  # no log-scale interval with a 0
+
+
+def test_cv_validation_pool_and_test_split_rankings(cv_store):
+    ranks = lb.rankings(lb.load_runs(cv_store.uri), n_boot=200, seed=3)
+    test, pool = ranks.find("isic2018", "cv", "test"), ranks.find("isic2018", "cv", "cv-val")
+    assert test is not None and pool is not None and test.n_cases == 6 and pool.n_cases == 6
+    # Each pool case was validated by one fold per seed; averaged over the two seeds it is CV_VAL.
+    for model, values in CV_VAL.items():
+        assert pool.scores[model].to_dict() == pytest.approx(dict(zip(CV_POOL_IDS, values)))
+        assert test.scores[model].to_dict() == pytest.approx(dict(zip(CV_TEST_IDS, CV_TEST[model])))
+    assert pool.ranks["aggregate-then-rank"].to_dict() == {"unet": 1, "vmunet": 2, "att-unet": 3}
+    assert pool.runs["unet"] == "3 folds x 2 seeds" and not pool.notes
+    # The unet > vmunet > att-unet order holds on every pool case: every resample agrees.
+    assert pool.stability.p_first["unet"] == 1.0 and np.all(pool.stability.kendall_tau == 1.0)
+    assert ranks.consensus == {}  # one dataset: no consensus to form
+
+
+def _ranks_by_hand(table: dict[str, list[float]]) -> dict[str, dict[str, int]]:
+    """aggregate-then-rank and rank-then-aggregate written out with plain Python (ties share the best rank)."""
+    models, n = list(table), len(next(iter(table.values())))
+
+    def min_ranks(score: dict[str, float]) -> dict[str, int]:
+        return {m: 1 + sum(score[o] > score[m] for o in models) for m in models}
+
+    means = {m: sum(v) / n for m, v in table.items()}
+    per_case = [min_ranks({m: table[m][i] for m in models}) for i in range(n)]
+    mean_rank = {m: sum(r[m] for r in per_case) / n for m in models}
+    return {"aggregate-then-rank": min_ranks(means), "rank-then-aggregate": min_ranks({m: -v for m, v in mean_rank.items()})}
+
+
+def test_rankings_schemes_and_consensus_by_hand():
+    tables = {
+        "isic2018": {"A": [0.9, 0.8, 0.7, 0.9, 0.6, 0.8], "B": [0.8, 0.85, 0.6, 0.7, 0.65, 0.8], "C": [0.5, 0.9, 0.9, 0.6, 0.7, 0.5]},
+        "isic2017": {"A": [0.6, 0.5, 0.4, 0.7], "B": [0.9, 0.8, 0.7, 0.6], "C": [0.7, 0.6, 0.5, 0.8]},
+    }
+    rows, loads = [], {}
+    for dataset, table in tables.items():
+        for model, values in table.items():
+            loads[f"run{len(rows)}"] = _isic_case([f"{dataset}-{i}" for i in range(len(values))], values)
+            rows.append({"model": model, "dataset": dataset, "metrics": {"test_dsc": 0.8}})
+    ranks = lb.rankings(_frame(rows), per_case_loader=loads.get, n_boot=100, seed=0)
+    expected_consensus = {}
+    for dataset, table in tables.items():
+        got = ranks.find(dataset, "holdout")
+        by_hand = _ranks_by_hand(table)
+        for scheme, expected in by_hand.items():
+            assert got.ranks[scheme].to_dict() == expected, (dataset, scheme)
+        for model, rank in by_hand["aggregate-then-rank"].items():
+            expected_consensus.setdefault(model, []).append(rank)
+        assert got.stability.rank_counts.sum(axis=1).eq(100).all()
+        case_mean = got.case_mean.loc["A", "mean"]
+        assert case_mean == pytest.approx(100 * sum(table["A"]) / len(table["A"]))
+        assert got.case_mean.loc["A", "ci_lo"] <= case_mean <= got.case_mean.loc["A", "ci_hi"]
+    consensus = ranks.consensus[("holdout", "test")]
+    assert consensus["mean_rank"].to_dict() == pytest.approx({m: sum(r) / 2 for m, r in expected_consensus.items()})
+    # isic2018: A 1, B 2, C 3; isic2017: B 1, C 2, A 3 -> mean A 2, B 1.5, C 2.5.
+    assert consensus["consensus_rank"].to_dict() == {"B": 1, "A": 2, "C": 3}
+    text = lb.render_rankings(ranks, "md")
+    assert "Consensus rank | protocol: holdout" in text and "P(rank 1)" in text and "Kendall's tau-b" in text
+
+
+def test_validation_cases_scored_by_two_folds_are_named():
+    val = {"r0": _isic_case(["a", "b"], [0.5, 0.6]), "r1": _isic_case(["b", "c"], [0.8, 0.7])}
+    rows = [{"model": "vmunet", "metrics": {"test_dsc": 0.8}}, {"model": "vmunet", "metrics": {"test_dsc": 0.8}}]
+    frame = _frame(rows).assign(**{"run_id": ["r0", "r1"], f"tags.{tracking.TAG_PROTOCOL}": "cv",
+                                   f"tags.{tracking.TAG_SEED}": "0", f"tags.{tracking.TAG_FOLD}": ["0", "1"]})
+    cases = lb.case_tables(frame, lb.finished_runs(frame), val.get, val.get)
+    scores, note = cases.model_scores(("isic2018", "cv", "vmunet"), "cv-val")
+    assert scores.to_dict() == pytest.approx({"a": 0.5, "b": 0.7, "c": 0.7}) and "1 validation cases scored by more than one fold" in note
+
+
+def test_budget_audit_counts_costs_and_recipe_distance(cv_store, cv_board):
+    audit = lb.audit_store(cv_store.uri).set_index("model")
+    vm, unet, att = audit.loc["vmunet"], audit.loc["unet"], audit.loc["att-unet"]
+    assert (vm["trials"], vm["pruned"], vm["failed"]) == (4, 1, 1)
+    assert vm["search_epochs"] == 3 + 3 + 1 + 2  # steps of each trial's epoch_time_s history
+    devices = CV_FINAL_COST["device_hours"] / (CV_FINAL_COST["train_time_s"] / 3600)  # = 2
+    assert vm["search_device_hours"] == pytest.approx((30 + 30 + 10 + 30) / 3600 * devices)
+    assert (vm["final_runs"], vm["final_epochs"]) == (6, 18)
+    assert vm["final_device_hours"] == pytest.approx(6 * 0.02)
+    assert vm["device_hours_total"] == pytest.approx(vm["search_device_hours"] + 0.12)
+    # Study JSON: lr 3e-4 against the recipe's 1e-3 (|log10 0.3| decades) beats drop path 0.1 vs 0.2 (0.5 relative).
+    assert vm["recipe_key"] == "optim.lr" and vm["recipe_distance"] == pytest.approx(abs(math.log10(0.3)))
+    assert vm["best_source"] == "study JSON"
+    # No study JSON for unet: the final runs' lr 0.002 (the searched key's value) against 1e-3.
+    assert unet["best_source"] == "final runs' params" and unet["recipe_distance"] == pytest.approx(math.log10(2))
+    assert unet["search_device_hours"] == pytest.approx(30 / 3600 * devices) and unet["trials"] == 2
+    assert att["trials"] == 0 and att["recipe_text"] == "no searched keys logged"
+    (table,) = lb.split_tables(cv_board)
+    flag = next(n for n in table.notes if "unequal budgets" in n)
+    assert "search trials: att-unet 0, unet 2, vmunet 4" in flag
+
+
+def test_recipe_lookup_and_distance():
+    from vmbench.leaderboard.budget import lookup_recipe, recipe_distance
+
+    recipe = {"optimizer": {"lr": 1e-3}, "drop_path_rate": 0.2, "datasets": {"synapse": {"T_max": 100}}, "batch_size": 8}
+    assert lookup_recipe(recipe, "optim.lr") == 1e-3
+    assert lookup_recipe(recipe, "model.overrides.drop_path_rate") == 0.2
+    assert lookup_recipe(recipe, "scheduler.t_max", "synapse") == 100 and lookup_recipe(recipe, "scheduler.t_max", "isic") is None
+    assert lookup_recipe(recipe, "train.batch_size") == 8
+    assert recipe_distance("optim.lr", 1e-2, 1e-3) == (pytest.approx(1.0), "decades")
+    assert recipe_distance("train.batch_size", 16, 8) == (pytest.approx(1.0), "relative")
+
+
+def test_budget_flags_respect_the_tolerance():
+    audit = pd.DataFrame({"dataset": "d", "protocol": "holdout", "model": ["a", "b"], "trials": [20, 19],
+                          "device_hours_total": [10.0, 8.5]})
+    flags = lb.budget_flags(audit, 0.10)[("d", "holdout")][0]
+    assert "device-hours" in flags and "search trials" not in flags  # 1/20 = 5 % < 10 %; 1.5/10 = 15 % > 10 %
+    assert lb.budget_flags(audit, 0.20) == {}
+
+
+def test_metric_histories_sql_reader_matches_mlflow(cv_store):
+    runs = lb.load_runs(cv_store.uri, stage="all")
+    ids = list(runs["run_id"][:5])
+    via_sql = lb.metric_histories(cv_store.uri, ids, ["val_dsc", "epoch_time_s"], engine="sql")
+    via_mlflow = lb.metric_histories(cv_store.uri, ids, ["val_dsc", "epoch_time_s"], engine="mlflow")
+    assert len(via_sql) > 0
+    pd.testing.assert_frame_equal(via_sql, via_mlflow, check_dtype=False)
+
+
+def test_cli_ranks_and_budget_notes(cv_store, capsys):
+    argv = ["--tracking-uri", cv_store.uri, "--no-published", "--bootstrap", "50"]
+    assert run_cli([*argv, "--ranks", "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol: cv" in out and "p Holm" in out and "unequal budgets" in out
+    assert "Ranks | isic2018 | protocol: cv | test split" in out and "cross-validation pool" in out
+    assert run_cli([*argv, "--ranks", "--format", "json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert {t["split"] for t in payload["rankings"]["tables"]} == {"test", "cv-val"}
+    assert payload["rankings"]["tables"][0]["bootstrap"]["n_boot"] == 50
+    assert run_cli([*argv, "--ranks", "--format", "csv"]) == 1
+    assert "--ranks with --format csv" in capsys.readouterr().err
+    assert run_cli([*argv, "--budget-tolerance", "0.9", "--format", "md"]) == 0
+    assert "unequal budgets" in capsys.readouterr().out  # 4 vs 0 trials: a spread of 100 %

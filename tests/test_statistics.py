@@ -111,3 +111,79 @@ def test_intervals_stay_in_range():
     values = np.random.default_rng(2).uniform(0.7, 0.8, 40)
     lo, hi = S.bootstrap_mean_ci(values, n_boot=500, seed=0)
     assert values.min() <= lo < values.mean() < hi <= values.max()
+
+
+def test_wilcoxon_signed_rank_methods_against_scipy():
+    rng = np.random.default_rng(11)
+    d = rng.normal(0.01, 0.03, 15)
+    p, method = S.wilcoxon_signed_rank(d)
+    assert method == "exact" and p == pytest.approx(stats.wilcoxon(d, method="exact").pvalue)
+    tied = np.array([0.01, 0.01, 0.02, -0.03, 0.04, 0.05, 0.0])  # a tie and a zero
+    p, method = S.wilcoxon_signed_rank(tied)
+    assert method == "asymptotic"
+    assert p == pytest.approx(stats.wilcoxon(tied[tied != 0], method="approx").pvalue)
+    # Averaging seeds leaves floating-point noise: 0.3 - 0.1 - 0.2 is not 0, but is no evidence either.
+    noisy = np.array([0.3 - 0.1 - 0.2, 0.02, 0.04, -0.01])
+    assert S.wilcoxon_signed_rank(noisy)[0] == pytest.approx(stats.wilcoxon([0.02, 0.04, -0.01], method="exact").pvalue)
+    assert math.isnan(S.wilcoxon_signed_rank([0.0, 0.0])[0])
+    one_sided = S.wilcoxon_signed_rank(d, "greater")[0]
+    assert one_sided == pytest.approx(stats.wilcoxon(d, method="exact", alternative="greater").pvalue)
+
+
+def test_wilcoxon_min_p_by_enumeration():
+    import itertools
+
+    for n in range(1, 9):
+        # Rank sums of all 2^n sign patterns; the most extreme is every sign the same.
+        sums = [sum(r for r, s in zip(range(1, n + 1), signs) if s) for signs in itertools.product((0, 1), repeat=n)]
+        top = n * (n + 1) // 2
+        expected = min(1.0, 2 * sum(w >= top for w in sums) / 2**n)
+        assert S.wilcoxon_min_p(n) == pytest.approx(expected)
+        assert S.wilcoxon_min_p(n, "greater") == pytest.approx(expected / 2 if n > 1 or expected < 1 else 0.5)
+    assert S.wilcoxon_min_p(5) > 0.05 > S.wilcoxon_min_p(6)  # 0.0625 vs 0.03125
+    assert S.wilcoxon_min_p(6) == pytest.approx(stats.wilcoxon(np.arange(1, 7) / 10, method="exact").pvalue)
+
+
+def test_log_scale_t_interval_by_hand():
+    values = np.array([10.0, 40.0])
+    # log 10, log 40: mean log 20, sd |log 4| / sqrt 2; t(0.975, 1) = tan(0.475 pi).
+    factor = math.exp(math.tan(math.pi * 0.475) * (math.log(4) / math.sqrt(2)) / math.sqrt(2))
+    lo, hi = S.log_t_interval(values)
+    assert lo == pytest.approx(20 / factor) and hi == pytest.approx(20 * factor) and lo > 0
+    assert all(math.isnan(v) for v in S.log_t_interval([0.0, 3.0]))  # no log of 0
+    assert S.t_interval([0.5997, 0.9993], "logit") == S.logit_t_interval([0.5997, 0.9993])
+    plain = S.t_interval([1.0, 3.0], "linear")
+    assert plain == pytest.approx((2 - math.tan(math.pi * 0.475), 2 + math.tan(math.pi * 0.475)))
+    with pytest.raises(ValueError, match="scale 'cube'"):
+        S.to_scale([1.0], "cube")
+
+
+def test_pareto_optimal_by_hand():
+    # cost, score: A (1, 0.70) B (2, 0.80) C (3, 0.75: B is cheaper and better) D (2, 0.80: ties B) E (NaN)
+    costs = [1, 2, 3, 2, np.nan]
+    scores = [0.70, 0.80, 0.75, 0.80, 0.99]
+    assert S.pareto_optimal(costs, scores).tolist() == [True, True, False, True, False]
+    # Two costs: F is cheaper on one axis only, so it stays on the front.
+    two = S.pareto_optimal([[1, 5], [2, 1], [3, 6]], [0.7, 0.7, 0.6])
+    assert two.tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("scheme", ["aggregate-then-rank", "rank-then-aggregate"])
+def test_vectorised_bootstrap_matches_a_plain_loop(scheme):
+    rng = np.random.default_rng(4)
+    table = pd.DataFrame(rng.uniform(0.5, 0.9, (17, 4)).round(2), columns=list("ABCD"))  # rounded: some ties
+    result = S.bootstrap_rank_stability(table, scheme, n_boot=150, seed=9)
+    draws = np.random.default_rng(9)
+    counts = pd.DataFrame(0, index=list("ABCD"), columns=range(1, 5))
+    for _ in range(150):
+        sample = table.iloc[draws.integers(0, 17, 17)].reset_index(drop=True)
+        if scheme == "aggregate-then-rank":
+            score = {m: sample[m].mean() for m in "ABCD"}
+            ranks = {m: 1 + sum(score[o] > score[m] + 1e-12 for o in "ABCD") for m in "ABCD"}
+        else:
+            per_case = [{m: 1 + sum(row[o] > row[m] for o in "ABCD") for m in "ABCD"} for _, row in sample.iterrows()]
+            mean_rank = {m: sum(r[m] for r in per_case) / 17 for m in "ABCD"}
+            ranks = {m: 1 + sum(mean_rank[o] < mean_rank[m] - 1e-12 for o in "ABCD") for m in "ABCD"}
+        for m, r in ranks.items():
+            counts.at[m, r] += 1
+    pd.testing.assert_frame_equal(result.rank_counts, counts, check_dtype=False, check_names=False)

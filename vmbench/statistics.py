@@ -16,8 +16,11 @@ challenge-ranking literature:
   ranks flip with the test cases);
 * a consensus rank over data sets: the mean of each model's ranks, ranked again;
 * intervals that respect a metric's range: percentile bootstrap of a mean over cases, and for
-  bounded quantities measured a few times (a fraction over seeds) a t-interval on the logit scale,
-  mapped back, so that it never leaves [0, 1] as a plain t-interval over two seeds does.
+  quantities measured a few times (a fraction or a distance over seeds) a t-interval on the logit
+  scale (fractions) or the log scale (positive values such as HD95), mapped back, so that it never
+  leaves [0, 1] or (0, inf) as a plain t-interval over two seeds does;
+* the power limit of the exact signed-rank test (:func:`wilcoxon_min_p`: with n pairs no p-value
+  below 2 / 2**n exists) and the Pareto front of accuracy against cost (:func:`pareto_optimal`).
 """
 
 from __future__ import annotations
@@ -30,18 +33,26 @@ import pandas as pd
 
 __all__ = [
     "RANKING_SCHEMES",
+    "SCALES",
     "RankStability",
     "aggregate_then_rank",
     "bootstrap_mean_ci",
     "bootstrap_rank_stability",
     "consensus_rank",
     "holm",
+    "from_scale",
     "kendall_tau_b",
+    "log_t_interval",
     "logit_t_interval",
     "min_rank",
     "paired_wilcoxon",
+    "pareto_optimal",
     "rank_then_aggregate",
+    "t_interval",
     "test_then_rank",
+    "to_scale",
+    "wilcoxon_min_p",
+    "wilcoxon_signed_rank",
 ]
 
 
@@ -59,27 +70,61 @@ def holm(pvalues) -> np.ndarray:
     return out
 
 
+def wilcoxon_signed_rank(diff, alternative: str = "two-sided") -> tuple[float, str]:
+    """Wilcoxon signed-rank p-value of paired differences, and the method used.
+
+    Zero differences are dropped (Wilcoxon's original method). The exact distribution is used for
+    up to 50 non-zero differences without ties, else the normal approximation with tie
+    correction: named explicitly, so the choice never depends on scipy's defaults. Differences are
+    rounded to 12 decimals first (floating-point noise from averaging seeds must neither break
+    ties nor hide zeros). Returns (NaN, reason) when every difference is zero.
+    """
+    from scipy import stats
+
+    d = np.round(np.asarray(diff, dtype="float64"), 12)
+    d = d[~np.isnan(d) & (d != 0)]
+    if d.size == 0:
+        return float("nan"), "all paired differences are zero"
+    ties = np.unique(np.abs(d)).size < d.size
+    method = "exact" if d.size <= 50 and not ties else "asymptotic"
+    result = stats.wilcoxon(d, alternative=alternative, method="exact" if method == "exact" else "approx")
+    return float(result.pvalue), method
+
+
 def paired_wilcoxon(x, y, alternative: str = "two-sided") -> tuple[float, int]:
     """(p-value, number of pairs) of the Wilcoxon signed-rank test of ``x - y`` (NaN pairs dropped).
 
     All-equal pairs carry no evidence either way: p = 1. Fewer than one informative pair: NaN.
+    The test itself is :func:`wilcoxon_signed_rank`.
     """
-    from scipy import stats
-
     x, y = np.asarray(x, dtype="float64"), np.asarray(y, dtype="float64")
     keep = ~(np.isnan(x) | np.isnan(y))
     x, y = x[keep], y[keep]
     n = int(len(x))
     if n == 0:
         return float("nan"), 0
-    if np.all(x == y):
-        return 1.0, n
-    return float(stats.wilcoxon(x, y, alternative=alternative).pvalue), n
+    p, _ = wilcoxon_signed_rank(x - y, alternative)
+    return (1.0 if np.isnan(p) else p), n
+
+
+def wilcoxon_min_p(n_pairs: int, alternative: str = "two-sided") -> float:
+    """The smallest p-value the exact signed-rank test can give with ``n_pairs`` non-zero differences.
+
+    Every difference of one sign is the most extreme outcome: probability 1 / 2**n under the null,
+    doubled for a two-sided test. With 5 pairs no two-sided p falls below 0.0625.
+    """
+    if n_pairs < 1:
+        return 1.0
+    one_sided = 0.5 ** int(n_pairs)
+    return float(min(1.0, 2 * one_sided if alternative == "two-sided" else one_sided))
 
 
 def min_rank(scores: pd.Series, higher_is_better: bool = True) -> pd.Series:
-    """1 = best; tied scores share the best of their ranks; NaN scores rank last."""
-    values = scores if higher_is_better else -scores
+    """1 = best; tied scores share the best of their ranks; NaN scores rank last.
+
+    Scores are compared to 12 decimals: means of equal sums taken in another order must tie.
+    """
+    values = (scores if higher_is_better else -scores).astype("float64").round(12)
     return values.rank(ascending=False, method="min", na_option="bottom").astype("int64")
 
 
@@ -153,21 +198,27 @@ def bootstrap_rank_stability(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> RankStability:
-    """Rank the models on ``n_boot`` resamples of the cases (with replacement, seeded)."""
+    """Rank the models on ``n_boot`` resamples of the cases (with replacement, seeded).
+
+    Cases with a missing score for any model are left out first. The two mean-based schemes are
+    computed for all resamples at once (the per-case ranks of rank-then-aggregate do not change
+    when cases are resampled); test-then-rank runs its pairwise tests on every resample (slow).
+    """
     rank_fn = RANKING_SCHEMES[scheme]
     table = table.dropna(axis=0, how="any")
     models = list(table.columns)
     full = rank_fn(table, higher_is_better)
     rng = np.random.default_rng(seed)
     n = len(table)
-    boot = np.empty((n_boot, len(models)), dtype="int64")
-    taus = np.empty(n_boot)
-    values = table.to_numpy()
-    for k in range(n_boot):
-        sample = pd.DataFrame(values[rng.integers(0, n, n)], columns=models)
-        ranks = rank_fn(sample, higher_is_better)
-        boot[k] = ranks.to_numpy()
-        taus[k] = kendall_tau_b(full.to_numpy(), boot[k])
+    if scheme in _MEAN_BASED:
+        boot = _mean_based_boot_ranks(table, scheme, higher_is_better, rng, n_boot)
+    else:
+        boot = np.empty((n_boot, len(models)), dtype="int64")
+        values = table.to_numpy()
+        for k in range(n_boot):
+            sample = pd.DataFrame(values[rng.integers(0, n, n)], columns=models)
+            boot[k] = rank_fn(sample, higher_is_better).to_numpy()
+    taus = np.array([kendall_tau_b(full.to_numpy(), row) for row in boot]) if n_boot else np.empty(0)
     counts = pd.DataFrame(
         {r: (boot == r).sum(axis=0) for r in range(1, len(models) + 1)}, index=models, dtype="int64"
     )
@@ -175,13 +226,40 @@ def bootstrap_rank_stability(
         scheme=scheme,
         ranks=full,
         rank_counts=counts,
-        p_first=pd.Series((boot == 1).mean(axis=0), index=models),
-        mean_rank=pd.Series(boot.mean(axis=0), index=models),
+        p_first=pd.Series((boot == 1).mean(axis=0) if n_boot else np.nan, index=models),
+        mean_rank=pd.Series(boot.mean(axis=0) if n_boot else np.nan, index=models),
         kendall_tau=taus,
         n_boot=n_boot,
         n_cases=n,
         seed=seed,
     )
+
+
+_MEAN_BASED = ("aggregate-then-rank", "rank-then-aggregate")
+
+
+def _mean_based_boot_ranks(table: pd.DataFrame, scheme: str, higher_is_better: bool, rng, n_boot: int) -> np.ndarray:
+    """Bootstrap ranks (n_boot x models) of the mean-based schemes, resamples drawn as the loop would.
+
+    Resample k takes ``rng.integers(0, n, n)`` in turn (one (n_boot, n) draw gives the same stream).
+    """
+    from scipy.stats import rankdata
+
+    values = table.to_numpy(dtype="float64")
+    if scheme == "rank-then-aggregate":
+        signed = values if higher_is_better else -values
+        values = rankdata(-signed, method="min", axis=1)  # per-case ranks, 1 = best
+        better_high = False
+    else:
+        better_high = higher_is_better
+    n = len(values)
+    out = np.empty((n_boot, values.shape[1]), dtype="int64")
+    chunk = max(1, 4_000_000 // max(1, n * values.shape[1]))  # bounded memory for big case pools
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        means = np.round(values[rng.integers(0, n, (stop - start, n))].mean(axis=1), 12)  # as min_rank
+        out[start:stop] = rankdata(-means if better_high else means, method="min", axis=1)
+    return out
 
 
 def consensus_rank(ranks_per_dataset: Mapping[str, pd.Series]) -> pd.DataFrame:
@@ -204,18 +282,79 @@ def bootstrap_mean_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
+SCALES = ("linear", "logit", "log")
+
+
+def to_scale(values, scale: str, eps: float = 1e-6) -> np.ndarray:
+    """Values on the scale a t-interval is computed on: fractions -> logit (clipped to [eps, 1 - eps]),
+    positive values -> log (values <= 0 become NaN), or unchanged."""
+    from scipy.special import logit
+
+    x = np.asarray(values, dtype="float64")
+    if scale == "logit":
+        return logit(np.clip(x, eps, 1 - eps))
+    if scale == "log":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(x > 0, np.log(np.where(x > 0, x, 1.0)), np.nan)
+    if scale == "linear":
+        return x
+    raise ValueError(f"scale {scale!r}: expected one of {', '.join(SCALES)}")
+
+
+def from_scale(z, scale: str) -> np.ndarray:
+    """The inverse of :func:`to_scale`."""
+    from scipy.special import expit
+
+    z = np.asarray(z, dtype="float64")
+    return expit(z) if scale == "logit" else np.exp(z) if scale == "log" else z
+
+
+def t_interval(values, scale: str = "linear", level: float = 0.95, eps: float = 1e-6) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` computed on ``scale`` and mapped back.
+
+    ``logit`` keeps a fraction's interval inside (0, 1), ``log`` a positive quantity's above 0
+    (NaN when a value is <= 0: no log-scale interval exists). NaN with fewer than 2 values.
+    """
+    from scipy import stats
+
+    x = np.asarray(values, dtype="float64")
+    x = x[~np.isnan(x)]
+    z = to_scale(x, scale, eps)
+    if len(z) < 2 or np.isnan(z).any():
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(z) - 1) * z.std(ddof=1) / np.sqrt(len(z))
+    lo, hi = from_scale([z.mean() - half, z.mean() + half], scale)
+    return float(lo), float(hi)
+
+
 def logit_t_interval(fractions, level: float = 0.95, eps: float = 1e-6) -> tuple[float, float]:
     """t-interval of the mean on the logit scale, mapped back: inside (0, 1) whatever the spread.
 
     For a few repeated measurements of a fraction (a test DSC over seeds). NaN with fewer than 2.
     """
-    from scipy import stats
-    from scipy.special import expit, logit
+    return t_interval(fractions, "logit", level, eps)
 
-    x = np.asarray(fractions, dtype="float64")
-    x = x[~np.isnan(x)]
-    if len(x) < 2:
-        return float("nan"), float("nan")
-    z = logit(np.clip(x, eps, 1 - eps))
-    half = stats.t.ppf(0.5 + level / 2, len(z) - 1) * z.std(ddof=1) / np.sqrt(len(z))
-    return float(expit(z.mean() - half)), float(expit(z.mean() + half))
+
+def log_t_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """t-interval of the mean on the log scale, mapped back: above 0 (for HD95 over seeds)."""
+    return t_interval(values, "log", level)
+
+
+def pareto_optimal(costs, scores) -> np.ndarray:
+    """Which points no other point dominates (cost no higher on every axis, score no lower, one strictly).
+
+    ``costs``: (n,) or (n, k), lower is better; ``scores``: (n,), higher is better. Points with a
+    NaN are never optimal and never dominate.
+    """
+    c = np.asarray(costs, dtype="float64")
+    c = c[:, None] if c.ndim == 1 else c
+    s = np.asarray(scores, dtype="float64")
+    ok = ~(np.isnan(c).any(axis=1) | np.isnan(s))
+    optimal = ok.copy()
+    for i in np.flatnonzero(ok):
+        others = ok & (np.arange(len(s)) != i)
+        no_worse = (c <= c[i]).all(axis=1) & (s >= s[i])
+        strictly = (c < c[i]).any(axis=1) | (s > s[i])
+        if (others & no_worse & strictly).any():
+            optimal[i] = False
+    return optimal

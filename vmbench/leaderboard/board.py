@@ -5,8 +5,15 @@
 1. :func:`select_runs`: the trial runs of the stage whose metrics are shown, as key columns;
 2. :func:`choose_metrics`: the metric keys per dataset (its registry entry);
 3. :func:`measured_rows`: status counts, statistics over seeds and cost per group;
-4. :func:`vmbench.leaderboard.paired.paired_tests` against the reference model;
-5. :func:`vmbench.leaderboard.published.published_rows`, then ordering.
+4. :func:`vmbench.leaderboard.paired.paired_tests` against the reference model (Holm-corrected
+   per table), on the per-case tables of :func:`case_tables`;
+5. the budget flags of :func:`vmbench.leaderboard.budget.budget_flags` (when an audit is given);
+6. :func:`vmbench.leaderboard.published.published_rows`, then ordering.
+
+Protocol ``cv``: a row pools every fold and seed of a model's final runs (``n`` runs = folds x
+seeds, ``folds`` and ``seeds`` columns); mean and std are over those runs, each scored on the
+untouched test split, and the confidence interval is over seeds of the fold-averaged score (fold
+models share training data: folds are not independent samples).
 """
 
 from __future__ import annotations
@@ -20,11 +27,13 @@ import pandas as pd
 from vmbench import tracking
 from vmbench.errors import ConfigError, few
 from vmbench.leaderboard.columns import COST_METRICS, COUNTS, KEYS, MEASURED, PRIMARY, PUBLISHED, dataset_metrics
+from vmbench.leaderboard.budget import budget_flags
+from vmbench.leaderboard.cases import CaseTables, PerCaseLoader
 from vmbench.leaderboard.paired import paired_tests
 from vmbench.leaderboard.published import published_rows
 from vmbench.leaderboard.stats import group_summary
 from vmbench.leaderboard.store import MlflowPerCaseLoader
-from vmbench.protocols import metric_column, metric_unit
+from vmbench.protocols import CV, metric_column, metric_unit
 
 _FAILED = ("FAILED", "KILLED")
 _FINISHED = "FINISHED"
@@ -60,6 +69,9 @@ def leaderboard(
     prefix: str | None = None,
     published_models: Sequence[str] | None = None,
     published_protocols: Sequence[str] | None = None,
+    budget: pd.DataFrame | None = None,
+    budget_tolerance: float = 0.10,
+    cases: CaseTables | None = None,
 ) -> pd.DataFrame:
     """One row per (dataset, protocol, model) of measured runs, plus published rows.
 
@@ -77,9 +89,17 @@ def leaderboard(
 
     Paired test (``reference`` given, ``per_case_loader`` a callable ``run_id -> per-case
     DataFrame``; ``None`` uses MLflow when ``runs.attrs`` has a tracking URI, ``False`` skips):
-    Wilcoxon signed-rank, two-sided, of per-case DSC (seed-averaged, paired by case id) of each
-    model against the reference in the same dataset and protocol: ``wilcoxon_p``,
-    ``wilcoxon_pairs``, ``dsc_diff_pp`` (mean difference in percentage points) and ``note``.
+    Wilcoxon signed-rank, two-sided, of per-case DSC (seed- and fold-averaged, paired by case id)
+    of each model against the reference in the same dataset and protocol: ``wilcoxon_p`` (raw),
+    ``wilcoxon_p_holm`` (Holm-adjusted over the table's comparisons), ``wilcoxon_pairs``,
+    ``dsc_diff_pp`` (mean difference in percentage points) and ``note``.
+
+    ``cases``: per-case tables already built over the same finished runs (:func:`case_tables`),
+    reused instead of reading the files again (the report shares them with its rankings).
+
+    ``budget``: a :func:`vmbench.leaderboard.budget.budget_audit` frame; tables whose models'
+    search trials or device-hours differ by more than ``budget_tolerance`` (relative to the
+    largest) get a note.
 
     Published rows (``kind == 'published'``, ``source`` set, ``protocol`` from the registry,
     normally 'paper') come from ``vmbench.model_info(m).published`` for the datasets measured.
@@ -95,15 +115,15 @@ def leaderboard(
     choice = choose_metrics(runs, selection.rows, prefix, metrics)
     out, finished = measured_rows(runs, selection.rows, choice, prefix)
     if reference and per_case_loader is not False:
-        loader = per_case_loader
-        if loader is None and runs.attrs.get("tracking_uri"):
-            loader = MlflowPerCaseLoader(runs.attrs["tracking_uri"])
-        paired_tests(out, finished, reference, loader)
+        paired_tests(out, reference, cases if cases is not None else case_tables(runs, finished, per_case_loader))
+    if budget is not None:
+        attrs["budget_flags"] = budget_flags(budget, budget_tolerance)
+        attrs["budget_tolerance"] = budget_tolerance
     if with_published:
         pub = published_rows(choice.evaluations, choice.keys, published_models, published_protocols)
         if not pub.empty:
             out = pd.concat([out, pub], ignore_index=True)
-    for col in (*COUNTS, "seeds", "sweeps", "val_is_test_runs"):
+    for col in (*COUNTS, "seeds", "folds", "sweeps", "val_is_test_runs"):
         out[col] = out[col].astype("Int64")  # counts; missing (<NA>) on published rows
     out = _order(out)
     out.attrs.update(
@@ -139,6 +159,7 @@ def select_runs(runs: pd.DataFrame, stage: str | None, prefix: str) -> Selection
             "protocol": tag(tracking.TAG_PROTOCOL).fillna("(no protocol tag)"),
             "model": model,
             "seed": tag(tracking.TAG_SEED),
+            "fold": tag(tracking.TAG_FOLD),
             "sweep": tag(tracking.TAG_SWEEP),
             "hardware": tag(tracking.TAG_HARDWARE),
             "val_is_test": tag(tracking.TAG_VAL_IS_TEST).astype("string").str.lower().eq("true").fillna(False),
@@ -197,9 +218,10 @@ def measured_rows(
     fin = rows[masks["n"]]
     keys = choice.keys
     values = _display_values(runs, fin, keys, prefix)
-    summary = group_summary(values, KEYS, keys)
+    summary = group_summary(values, KEYS, keys, interval_values=_interval_values(values, fin, keys))
     meta = fin.groupby(KEYS, sort=True).agg(
-        seeds=("seed", "nunique"), sweeps=("sweep", "nunique"), val_is_test_runs=("val_is_test", "sum")
+        seeds=("seed", "nunique"), folds=("fold", "nunique"), sweeps=("sweep", "nunique"),
+        val_is_test_runs=("val_is_test", "sum"),
     )
     hardware = (
         fin.dropna(subset=["hardware"])
@@ -216,14 +238,54 @@ def measured_rows(
     out = pd.concat([counts, meta, hardware, pd.DataFrame(columns)], axis=1).reset_index()
     out.insert(3, "kind", MEASURED)
     out.insert(4, "source", "vmbench runs")
-    for col in ("seeds", "sweeps", "val_is_test_runs"):
+    for col in ("seeds", "folds", "sweeps", "val_is_test_runs"):
         out[col] = out[col].fillna(0).astype("int64")
     out["evaluation"] = out["dataset"].map(choice.evaluations)
     out["wilcoxon_p"] = np.nan
+    out["wilcoxon_p_holm"] = np.nan
     out["wilcoxon_pairs"] = pd.array([pd.NA] * len(out), dtype="Int64")
     out["dsc_diff_pp"] = np.nan
     out["note"] = ""
     return out.copy(), fin
+
+
+def case_tables(
+    runs: pd.DataFrame,
+    finished: pd.DataFrame,
+    per_case_loader: PerCaseLoader | None,
+    val_loader: PerCaseLoader | None = None,
+    metric: str = "dice",
+) -> CaseTables | None:
+    """Per-case tables of the finished runs; ``None`` loaders read MLflow when ``runs`` knows its store.
+
+    Returns None when no loader can be had (a frame without a tracking URI and no loader given).
+    """
+    uri = runs.attrs.get("tracking_uri")
+    uris = dict(zip(runs["run_id"], runs["artifact_uri"])) if {"run_id", "artifact_uri"} <= set(runs.columns) else {}
+    if per_case_loader is None and uri:
+        per_case_loader = MlflowPerCaseLoader(uri, artifact_uris=uris)
+    if val_loader is None and uri:
+        val_loader = MlflowPerCaseLoader(uri, artifact=tracking.PER_CASE_VAL_ARTIFACT, artifact_uris=uris)
+    if per_case_loader is None:
+        return None
+    return CaseTables(finished, per_case_loader, val_loader, metric)
+
+
+def finished_runs(runs: pd.DataFrame, stage: str | None = "final", prefix: str = "test_") -> pd.DataFrame:
+    """Key columns of the finished runs whose metrics a leaderboard shows (the runs its statistics use)."""
+    rows = select_runs(runs, stage, prefix).rows
+    return rows[_status_masks(rows)["n"]]
+
+
+def _interval_values(values: pd.DataFrame, fin: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """The values confidence intervals are computed from: each run, but under protocol cv one
+    fold-averaged value per seed (fold models share training data, so folds are not independent)."""
+    cv = fin["protocol"].eq(CV)
+    if not cv.any():
+        return values
+    per_seed = values[cv].assign(seed=fin.loc[cv, "seed"].fillna("")).groupby([*KEYS, "seed"], sort=True)[list(keys)]
+    seed_means = per_seed.mean().reset_index().drop(columns="seed")
+    return pd.concat([values[~cv][[*KEYS, *keys]], seed_means], ignore_index=True)
 
 
 def _display_values(runs: pd.DataFrame, fin: pd.DataFrame, keys: Sequence[str], prefix: str) -> pd.DataFrame:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from vmbench.errors import VmbenchError
+from vmbench.errors import ConfigError, VmbenchError
 from vmbench.io import atomic_write
 from vmbench.leaderboard.board import leaderboard
+from vmbench.leaderboard.budget import audit_store
 from vmbench.leaderboard.columns import MEASURED
 from vmbench.leaderboard.plot import plot
-from vmbench.leaderboard.render import FORMATS, print_terminal, render
-from vmbench.leaderboard.store import as_list, load_runs
+from vmbench.leaderboard.rankings import rankings
+from vmbench.leaderboard.render import FORMATS, print_rankings_terminal, print_terminal, render, render_rankings
+from vmbench.leaderboard.store import MlflowPerCaseLoader, as_list, load_runs
 from vmbench.leaderboard.tables import split_tables
 from vmbench.tracking import resolve_tracking_uri
 
@@ -27,11 +30,13 @@ _SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".html": "html
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "leaderboard",
-        help="comparison tables (mean ± std, 95%% CI, paired Wilcoxon, cost) from the MLflow final runs",
+        help="comparison tables (mean ± std, 95%% CI, Holm-corrected paired Wilcoxon, cost, ranks) from the MLflow final runs",
         description=(
             "One table per dataset and protocol from the final runs (vmbench.stage=final, FINISHED) in MLflow: "
-            "mean ± std and 95%% CI over seeds, failed-run counts, parameters, GMACs, training time, latency, a "
-            "paired Wilcoxon test of per-case DSC against --reference, and the published rows of the registry."
+            "mean ± std and a range-respecting 95% CI over seeds (protocol cv: over folds x seeds), failed-run "
+            "counts, parameters, GMACs, training time, latency, a paired Wilcoxon test of per-case DSC against "
+            "--reference with Holm's correction, an equal-budget check of the search, the published rows of the "
+            "registry and, with --ranks, rankings with their bootstrap stability."
         ),
     )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./vmbench-runs/mlflow.db)")
@@ -56,6 +61,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "output format (default: terminal; with --out, from the file suffix)"))
     p.add_argument("--out", help="write to FILE (atomically) instead of standard output")
     p.add_argument("--plot", metavar="FILE.png", help="also write a PNG: DSC bars per model and DSC against GMACs")
+    p.add_argument("--ranks", action="store_true", help=(
+        "also rank the models per dataset on the per-case tables: challengeR's three schemes, bootstrap rank "
+        "stability and a consensus rank over datasets (formats terminal, md, text, html, json)"))
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples of --ranks (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --ranks bootstrap (default 0)")
+    p.add_argument("--budget-tolerance", type=float, default=0.10, metavar="FRACTION", help=(
+        "flag tables whose models' search trials or device-hours differ by more than this fraction of the "
+        "largest (default 0.10)"))
+    p.add_argument("--no-budget", action="store_true", help="skip the equal-budget audit (reads the search trials)")
     p.set_defaults(func=cmd_leaderboard)
     return p
 
@@ -79,17 +93,21 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     fmt = _output_format(args)
     stage = None if args.stage == "all" else args.stage
     reference = None if (args.reference or "").lower() in ("", "none") else args.reference
+    ranks = None
     try:
-        runs = load_runs(
-            args.tracking_uri, experiment=args.experiment, dataset=args.dataset, protocol=args.protocol,
-            model=args.model, stage=args.stage,
-        )
+        _check_options(args, fmt, stage)
+        filters = dict(experiment=args.experiment, dataset=args.dataset, protocol=args.protocol, model=args.model)
+        runs = load_runs(args.tracking_uri, stage=args.stage, **filters)
+        budget = None if (args.no_budget or stage != "final") else audit_store(args.tracking_uri, **filters)
+        loader = None if runs.empty else MlflowPerCaseLoader(runs.attrs["tracking_uri"], artifact_uris=_artifact_uris(runs))
         board = leaderboard(
             runs, reference=reference, metrics=as_list(args.metrics) or None, with_published=not args.no_published,
-            per_case_loader=False if (args.no_wilcoxon or stage != "final") else None,
+            per_case_loader=False if (args.no_wilcoxon or stage != "final") else loader,
             stage=stage, published_models=as_list(args.model) or None,
-            published_protocols=as_list(args.protocol) or None,
+            published_protocols=as_list(args.protocol) or None, budget=budget, budget_tolerance=args.budget_tolerance,
         )
+        if args.ranks and not runs.empty:
+            ranks = rankings(runs, per_case_loader=loader, n_boot=args.bootstrap, seed=args.seed)
     except VmbenchError as err:
         return _error(str(err))
     except MlflowException as err:
@@ -100,8 +118,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         return _error(empty)
     if fmt == "terminal":
         print_terminal(board)
+        if ranks is not None:
+            print_rankings_terminal(ranks)
     else:
-        text = render(board, fmt)
+        text = _with_ranks(render(board, fmt), ranks, fmt)
         if args.out:
             atomic_write(args.out, text)
             print(f"wrote {args.out} ({fmt}, {len(split_tables(board))} tables)", file=sys.stderr)
@@ -111,6 +131,35 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         plot(board, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def _check_options(args: argparse.Namespace, fmt: str, stage: str | None) -> None:
+    if args.ranks and fmt not in ("terminal", "md", "text", "html", "json"):
+        raise ConfigError(f"--ranks with --format {fmt}: use terminal, md, text, html or json")
+    if args.ranks and stage != "final":
+        raise ConfigError("--ranks ranks final runs on their test cases: leave out --stage or use --stage final")
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap {args.bootstrap}: expected 0 or more resamples")
+    if not 0 <= args.budget_tolerance < 1:
+        raise ConfigError(f"--budget-tolerance {args.budget_tolerance}: expected a fraction in [0, 1)")
+
+
+def _artifact_uris(runs: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(runs["run_id"], runs["artifact_uri"])) if "artifact_uri" in runs.columns else {}
+
+
+def _with_ranks(text: str, ranks, fmt: str) -> str:
+    """The leaderboard's text with the rankings after it (json: a "rankings" entry)."""
+    if ranks is None:
+        return text
+    if fmt == "json":
+        payload = json.loads(text)
+        payload["rankings"] = json.loads(render_rankings(ranks, "json"))
+        return json.dumps(payload, indent=2, ensure_ascii=False)
+    extra = render_rankings(ranks, fmt)
+    if fmt == "html":
+        return text.replace("</body></html>", extra + "\n</body></html>")
+    return text.rstrip("\n") + "\n\n" + extra
 
 
 def _nothing_to_show(board: pd.DataFrame, where: str) -> str | None:
@@ -140,7 +189,7 @@ def print_for_sweep(
     file = file or sys.stdout
     try:
         uri = resolve_tracking_uri(tracking_uri, runs_dir)
-        board = leaderboard(load_runs(uri, experiment=experiment))
+        board = leaderboard(load_runs(uri, experiment=experiment), budget=audit_store(uri, experiment=experiment))
         measured = board[board["kind"] == MEASURED] if not board.empty else board
         if measured.empty:
             print(f"(leaderboard: no final runs in experiment {experiment!r} at {uri})", file=file)

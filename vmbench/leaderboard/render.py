@@ -71,6 +71,8 @@ def display_frame(table: Table, reference: str | None, ci: str = "all", pm: str 
     out["Model"] = rows["model"].where(~is_pub, rows["model"] + " [published]")
     out["Protocol"] = rows["protocol"]
     out["n"] = _count_cells(rows, "n", is_pub)
+    if "folds" in rows.columns and (rows["folds"].fillna(0) > 0).any():
+        out["Folds"] = _count_cells(rows, "folds", is_pub)
     out["Failed"] = _count_cells(rows, "failed", is_pub)
     for column, header in (("running", "Running"), ("pruned", "Pruned")):
         if column in rows.columns and (rows[column].fillna(0) > 0).any():
@@ -85,6 +87,11 @@ def display_frame(table: Table, reference: str | None, ci: str = "all", pm: str 
             "ref" if (not is_pub[i] and rows["model"][i] == reference) else _fmt_p(rows["wilcoxon_p"][i])
             for i in rows.index
         ]
+        if "wilcoxon_p_holm" in rows.columns:
+            out["p Holm"] = [
+                "ref" if (not is_pub[i] and rows["model"][i] == reference) else _fmt_p(rows["wilcoxon_p_holm"][i])
+                for i in rows.index
+            ]
         out["pairs"] = ["–" if pd.isna(v) else str(int(v)) for v in rows["wilcoxon_pairs"]]
         out["ΔDSC pp"] = [("–" if pd.isna(v) else f"{v:+.2f}") for v in rows["dsc_diff_pp"]]
     out["Params M"] = [_fmt(v / 1e6) if not pd.isna(v) else "–" for v in rows["n_params"]]
@@ -136,6 +143,14 @@ def _render_json(board: pd.DataFrame, tables: list[Table], reference: str | None
         "search": board.attrs.get("description"),
         "reference": reference,
         "units": {"pct": "percent (MLflow stores fractions)", "vox": "voxels"},
+        "columns": {
+            "<metric>_ci_lo, <metric>_ci_hi": "95% CI over seeds (protocol cv: over seeds of the fold-averaged "
+            "score): t-interval on the logit scale for _pct columns (inside [0, 100]), on the log scale for "
+            "_vox columns (above 0), mapped back",
+            "wilcoxon_p": "raw two-sided Wilcoxon signed-rank p of per-case DSC against the reference",
+            "wilcoxon_p_holm": "wilcoxon_p adjusted with Holm's method over the comparisons of the table",
+            "n": "finished final runs (protocol cv: folds x seeds)",
+        },
         "tables": [
             {
                 "dataset": t.dataset,
@@ -271,3 +286,87 @@ def _rich_escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+# ------------------------------------------------------------------------------------------------
+# Rankings (``vmbench leaderboard --ranks``)
+
+
+def _ranking_sections(ranks) -> list[tuple[str, list[str], pd.DataFrame]]:
+    """(title, notes, display frame) per ranked table, then one per consensus."""
+    from vmbench.leaderboard.rankings import consensus_frame, ranking_frame, ranking_notes
+
+    sections = [(f"Ranks | {t.title}", ranking_notes(t), ranking_frame(t)) for t in ranks.tables]
+    for (protocol, split), frame in ranks.consensus.items():
+        datasets = sorted({t.dataset for t in ranks.tables if (t.protocol, t.split) == (protocol, split)})
+        sections.append((
+            f"Consensus rank | protocol: {protocol} | {split} | datasets: {', '.join(datasets)}",
+            ["Mean of each model's aggregate-then-rank rank over the datasets it was ranked on (column datasets), "
+             "ranked again. Datasets weigh equally whatever their number of cases."],
+            consensus_frame(frame),
+        ))
+    if ranks.skipped:
+        sections.append(("Not ranked", list(ranks.skipped), pd.DataFrame()))
+    return sections
+
+
+def render_rankings(ranks, fmt: str = "md") -> str:
+    """The rankings of :func:`vmbench.leaderboard.rankings` as ``md``, ``text``, ``html`` or ``json``."""
+    if fmt == "json":
+        return json.dumps(_rankings_payload(ranks), indent=2, ensure_ascii=False)
+    parts: list[str] = []
+    for title, notes, frame in _ranking_sections(ranks):
+        if fmt == "md":
+            parts += [f"### {title}\n", *[f"> {n}  " for n in notes], ""]
+            parts += [frame.to_markdown(index=False, disable_numparse=True), ""] if not frame.empty else []
+        elif fmt == "html":
+            parts += [f"<h2>{html.escape(title)}</h2>", *[f"<p>{html.escape(n)}</p>" for n in notes]]
+            parts += [frame.to_html(index=False, escape=True, border=1)] if not frame.empty else []
+        elif fmt == "text":
+            parts += [title, *notes, frame.to_string(index=False) if not frame.empty else "", ""]
+        else:
+            raise ConfigError(f"--ranks with format {fmt!r}: use terminal, md, text, html or json")
+    return "\n".join(parts)
+
+
+def _rankings_payload(ranks) -> dict:
+    def records(frame: pd.DataFrame) -> list[dict]:
+        return json.loads(frame.to_json(orient="records"))
+
+    tables = []
+    for t in ranks.tables:
+        stab = t.stability
+        entry = {
+            "dataset": t.dataset, "protocol": t.protocol, "split": t.split, "metric": t.metric, "cases": t.n_cases,
+            "ranks": records(t.ranks.rename_axis("model").reset_index()),
+            "case_mean": records(t.case_mean.rename_axis("model").reset_index()),
+            "notes": t.notes,
+        }
+        if stab is not None:
+            entry["bootstrap"] = {
+                "scheme": stab.scheme, "n_boot": stab.n_boot, "seed": stab.seed,
+                "p_first": stab.p_first.to_dict(), "mean_rank": stab.mean_rank.to_dict(),
+                "rank_counts": {m: {str(k): int(v) for k, v in row.items()} for m, row in stab.rank_counts.iterrows()},
+                "kendall_tau_median": stab.tau_median,
+            }
+        tables.append(entry)
+    consensus = [
+        {"protocol": p, "split": s, "ranks": records(f.rename_axis("model").reset_index())}
+        for (p, s), f in ranks.consensus.items()
+    ]
+    return {"metric": ranks.metric, "tables": tables, "consensus": consensus, "not_ranked": ranks.skipped}
+
+
+def print_rankings_terminal(ranks, file=None) -> None:
+    from rich.console import Console
+
+    file = file or sys.stdout
+    console = Console(file=file, width=None if getattr(file, "isatty", lambda: False)() else 1000, highlight=False)
+    for title, notes, frame in _ranking_sections(ranks):
+        if not frame.empty:
+            console.print(_rich_table(frame, ["measured"] * len(frame), title))
+        else:
+            console.print(_rich_escape(title))
+        for note in notes:
+            console.print(_rich_escape(note))
+        console.print()

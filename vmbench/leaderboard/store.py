@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -314,15 +314,27 @@ def _describe_search(uri, experiment, dataset, protocol, model, stage) -> str:
 
 
 class MlflowPerCaseLoader:
-    """``loader(run_id) -> DataFrame | None``: the run's ``eval/per_case.csv``, downloaded once.
+    """``loader(run_id) -> DataFrame | None``: the run's per-case CSV (``eval/per_case.csv``), read once.
 
-    Files are downloaded lazily, only when a paired test needs them, into ``cache_dir`` (a
-    temporary folder by default) and kept per run id for the life of the loader. A file that is
-    missing or unreadable gives None, and its reason is kept in ``errors``.
+    ``artifact``: which per-case file (:data:`vmbench.tracking.PER_CASE_ARTIFACT`, or
+    :data:`~vmbench.tracking.PER_CASE_VAL_ARTIFACT` for a cross-validation fold's validation
+    cases). Files are fetched lazily, only when a statistic needs them. Runs whose artifact URI
+    (``artifact_uris``: run id -> ``artifact_uri``, the column of :func:`load_runs`) is a local
+    ``file:`` folder are read in place; the others are downloaded through MLflow into
+    ``cache_dir`` (a temporary folder by default). A file that is missing or unreadable gives
+    None, and its reason is kept in ``errors``.
     """
 
-    def __init__(self, tracking_uri: str, cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        cache_dir: str | Path | None = None,
+        artifact: str = tracking.PER_CASE_ARTIFACT,
+        artifact_uris: Mapping[str, str] | None = None,
+    ):
         self.tracking_uri = tracking_uri
+        self.artifact = artifact
+        self.artifact_uris = dict(artifact_uris or {})
         self._tmp = None
         if cache_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="vmbench-percase-")
@@ -330,27 +342,45 @@ class MlflowPerCaseLoader:
         self.cache_dir = Path(cache_dir)
         self._frames: dict[str, pd.DataFrame | None] = {}
         self.errors: dict[str, str] = {}
+        self._said_local = False
 
     def __call__(self, run_id: str) -> pd.DataFrame | None:
         if run_id in self._frames:
             return self._frames[run_id]
-        import mlflow
         from mlflow.exceptions import MlflowException
 
         frame = None
-        cached = self.cache_dir / run_id / tracking.PER_CASE_ARTIFACT
         try:
-            if not cached.exists():
-                with temporary_env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):  # no download bars
-                    cached = Path(mlflow.artifacts.download_artifacts(
-                        run_id=run_id,
-                        artifact_path=tracking.PER_CASE_ARTIFACT,
-                        dst_path=str(self.cache_dir / run_id / Path(tracking.PER_CASE_ARTIFACT).parent),
-                        tracking_uri=self.tracking_uri,
-                    ))
-            frame = pd.read_csv(cached, dtype={"id": str})
+            frame = pd.read_csv(self._local_file(run_id) or self._download(run_id), dtype={"id": str})
         except (MlflowException, OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
             # A run without its per-case file is a note in the table, not a failed leaderboard.
             self.errors[run_id] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         self._frames[run_id] = frame
         return frame
+
+    def _local_file(self, run_id: str) -> Path | None:
+        """The artifact's path when the run's artifacts are a local folder (no copy needed)."""
+        uri = self.artifact_uris.get(run_id) or ""
+        if not uri.startswith("file:"):
+            return None
+        from urllib.parse import unquote, urlparse
+
+        path = Path(unquote(urlparse(uri).path)) / self.artifact
+        if not self._said_local:
+            log.info("per-case files (%s) read in place from the local artifact store, e.g. %s", self.artifact, path)
+            self._said_local = True
+        return path
+
+    def _download(self, run_id: str) -> Path:
+        import mlflow
+
+        cached = self.cache_dir / run_id / self.artifact
+        if cached.exists():
+            return cached
+        with temporary_env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):  # no download bars
+            return Path(mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=self.artifact,
+                dst_path=str(self.cache_dir / run_id),
+                tracking_uri=self.tracking_uri,
+            ))

@@ -14,7 +14,7 @@ import pandas as pd
 
 from vmbench import tracking
 from vmbench.leaderboard.columns import MEASURED, PUBLISHED, dataset_metrics, registered_dataset, unregistered_note
-from vmbench.protocols import PROTOCOLS, RUN_PROTOCOLS, metric_column, metric_unit
+from vmbench.protocols import CV, PROTOCOLS, RUN_PROTOCOLS, metric_column, metric_unit
 
 
 @dataclass
@@ -105,23 +105,37 @@ def _measured_notes(
         )
     units = sorted({metric_unit(k) for k in keys})
     unit_text = [text for unit, text in (("pct", "DSC and other overlap metrics in %"), ("vox", "HD95 in voxels")) if unit in units]
-    notes.append(
-        "Units: " + ", ".join(unit_text or ["as logged"]) + ". Measured: mean ± sample std over seeds (n), "
-        "95% CI from the t-distribution over seeds ('–' with n=1)."
-    )
+    notes.append("Units: " + ", ".join(unit_text or ["as logged"]) + ". " + _interval_note(units, protocol))
     notes += _count_notes(group, attrs)
+    notes += list((attrs.get("budget_flags") or {}).get((group["dataset"].iloc[0], protocol), []))
     mixed = group["hardware"].dropna()
     if mixed.str.contains(r" \| ", regex=True).any() or mixed.nunique() > 1:
         notes.append("Hardware differs between runs: latency and training time are not comparable across rows.")
     if (group["sweeps"] > 1).any():
         notes.append("Some rows pool final runs from several sweeps (vmbench.sweep).")
-    if ((group["seeds"] > 0) & (group["seeds"] < group["n"])).any():
+    runs_per_seed = group["folds"].clip(lower=1) if "folds" in group.columns else 1
+    if ((group["seeds"] > 0) & (group["seeds"] * runs_per_seed < group["n"])).any():
         notes.append("Some rows contain several runs with the same seed; each run counts in n.")
     notes += _comparison_notes(group, pub, keys, protocol, reference)
     dataset = group["dataset"].iloc[0]
     if registered_dataset(dataset) is None:
         notes.append(unregistered_note(dataset, group["evaluation"].iloc[0]))
     return notes
+
+
+def _interval_note(units: Sequence[str], protocol: str) -> str:
+    """How the measured cells and their intervals are computed."""
+    scales = [text for unit, text in (("pct", "logit scale for %"), ("vox", "log scale for HD95")) if unit in units]
+    bounds = [text for unit, text in (("pct", "inside [0, 100] %"), ("vox", "above 0 voxels")) if unit in units]
+    how = (f"t-interval on the {' and '.join(scales)}, mapped back, so it stays {' and '.join(bounds)}"
+           if scales else "t-interval")
+    if protocol == CV:
+        return (
+            "Protocol cv: n counts final runs = folds x seeds (columns Folds, seeds), each scored on the untouched "
+            "test split; mean ± sample std over those runs. 95% CI over seeds of the fold-averaged score "
+            f"({how}; fold models share training data, so folds are not independent samples; '–' with one seed)."
+        )
+    return f"Measured: mean ± sample std over seeds (n); 95% CI over seeds: {how} ('–' with n=1)."
 
 
 def _count_notes(group: pd.DataFrame, attrs) -> list[str]:
@@ -152,10 +166,13 @@ def _comparison_notes(group: pd.DataFrame, pub: pd.DataFrame, keys, protocol: st
     notes = []
     if reference:
         if (group["model"] == reference).any():
+            m = int(group["wilcoxon_p"].notna().sum()) if "wilcoxon_p" in group.columns else 0
             notes.append(
                 "p: two-sided Wilcoxon signed-rank test of per-case DSC (ISIC: per image; Synapse: per case, mean "
-                f"over organs) against {reference} (cases paired by id, per-case values averaged over seeds); "
-                "ΔDSC = mean paired difference in percentage points."
+                f"over organs) against {reference} (cases paired by id, per-case values averaged over seeds"
+                f"{' and folds' if protocol == CV else ''}); p Holm: adjusted with Holm's step-down method over the "
+                f"{m} comparison{'s' if m != 1 else ''} of this table (call a difference significant only if p Holm "
+                "< 0.05); ΔDSC = mean paired difference in percentage points."
             )
         else:
             notes.append(f"Paired test skipped: reference model {reference!r} has no finished runs in this table.")

@@ -1,0 +1,113 @@
+"""``vmbench report``: one self-contained HTML page that answers "is the new model really better?".
+
+The page holds, per dataset and protocol: the leaderboard tables (each naming its protocol), a
+plain-language verdict that never claims more than the statistics (no "better" without a
+significant Holm-corrected paired test; underpowered comparisons, unequal search budgets and
+optimistic protocols said as such), the rankings of challengeR's three schemes with their
+bootstrap stability as blob plots, per-case distributions, learning curves (median and range
+over seeds and folds), accuracy against cost with the Pareto-optimal models marked, and the
+equal-budget audit of the search.
+
+Plots are drawn with matplotlib (already a dependency: well kept, renders offline) as inline SVG
+with glyphs as paths; the page has inline CSS, no JavaScript, and loads nothing from elsewhere
+(no CDN, fonts or images), so it opens anywhere, offline, as one file.
+
+API::
+
+    from vmbench.report import build_report, log_report_to_run, report_for_sweep
+    path = build_report("sqlite:///vmbench-runs/mlflow.db", experiments=["vmbench-isic2018"], out="report.html")
+    log_report_to_run(mlflow_client, sweep_parent_run_id, path)    # the sweep's parent run keeps a copy
+    report_for_sweep(tracking_uri, experiment, sweep_name, "report.html")  # both, never raises (end of a sweep)
+
+Modules: ``collect`` (reads the store once), ``verdict`` (the wording rules), ``figures`` (SVG),
+``page`` (the HTML), ``cli`` (``vmbench report``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from vmbench import tracking
+from vmbench.errors import VmbenchError
+from vmbench.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+REPORT_ARTIFACT_DIR = "report"
+
+__all__ = ["REPORT_ARTIFACT_DIR", "build_report", "log_report_to_run", "report_for_sweep"]
+
+
+def build_report(
+    tracking_uri: str | None = None,
+    experiments: str | Sequence[str] | None = None,
+    out: str | Path = "report.html",
+    *,
+    reference: str | None = "vmunet",
+    n_boot: int = 1000,
+    seed: int = 0,
+    budget_tolerance: float = 0.10,
+) -> Path:
+    """Write the report of ``experiments`` (default: every active experiment) to ``out``; returns its path.
+
+    ``n_boot``/``seed``: the bootstrap of the rank stability and of the per-case intervals;
+    ``budget_tolerance``: the relative spread of search trials or device-hours that is flagged.
+    """
+    from vmbench.report.collect import collect
+    from vmbench.report.page import render_page
+
+    data = collect(tracking_uri, experiments, reference=reference, n_boot=n_boot, seed=seed,
+                   budget_tolerance=budget_tolerance)
+    page = render_page(data)
+    atomic_write(out, page)
+    log.info("report of %d runs written to %s (%.0f kB)", data.runs_read, out, len(page.encode()) / 1024)
+    return Path(out)
+
+
+def log_report_to_run(client, run_id: str, html_path: str | Path, artifact_path: str = REPORT_ARTIFACT_DIR) -> str:
+    """Log the report file as an artifact of ``run_id`` (e.g. a sweep's parent run); returns its artifact path.
+
+    ``client``: an ``mlflow.MlflowClient`` bound to the sweep's store.
+    """
+    path = Path(html_path)
+    client.log_artifact(run_id, str(path), artifact_path)
+    return f"{artifact_path}/{path.name}"
+
+
+def report_for_sweep(
+    tracking_uri: str | None, experiment: str, sweep: str, out: str | Path, *, runs_dir: str | Path | None = None,
+    n_boot: int = 1000, file=None,
+) -> Path | None:
+    """The report of a sweep's experiment, written to ``out`` and logged on the sweep's parent run.
+
+    For the end of ``vmbench sweep`` (as :func:`vmbench.leaderboard.print_for_sweep`): never
+    raises, since a sweep that trained for hours must not end in a report traceback. A problem is
+    one line on ``file`` (standard error by default); an unexpected error (a bug) also logs its
+    traceback. Returns the report's path, or None when it failed.
+    """
+    file = file or sys.stderr
+    try:
+        uri = tracking.resolve_tracking_uri(tracking_uri, runs_dir)
+        path = build_report(uri, [experiment], out, n_boot=n_boot)
+        client = tracking.client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        parents = client.search_runs(
+            [exp.experiment_id],
+            f"tags.`{tracking.TAG_KIND}` = '{tracking.KIND_SWEEP}' and tags.`{tracking.TAG_SWEEP}` = '{sweep}'",
+            max_results=1,
+        ) if exp is not None else []
+        where = ""
+        if parents:
+            artifact = log_report_to_run(client, parents[0].info.run_id, path)
+            where = f", logged as {artifact} of sweep run {parents[0].info.run_id}"
+        print(f"(report: {path}{where})", file=file)
+        return path
+    except Exception as err:  # noqa: BLE001 - the sweep's results are saved; see the docstring
+        if not isinstance(err, VmbenchError):
+            log.warning("report after the sweep failed", exc_info=True)
+        first = str(err).splitlines()[0] if str(err) else ""
+        print(f"(report failed: {type(err).__name__}: {first})", file=file)
+        return None

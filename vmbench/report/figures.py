@@ -1,0 +1,146 @@
+"""The report's figures as inline SVG (matplotlib, Agg backend; glyphs drawn as paths, so no font is needed).
+
+* :func:`case_distributions`: per-case scores per model, box plot with every case as a point;
+* :func:`blob_plot`: challengeR's rank-stability blob plot (wiesenfa/challengeR,
+  ``inst/appdir/visualizationBlobPlots.Rmd``): models on x in the order of their full-data rank,
+  rank on y, disc area = bootstrap frequency of that rank, the median bootstrap rank as a black
+  cross and the 2.5-97.5 % range of the bootstrap ranks as a black line;
+* :func:`learning_curves`: median over seeds/folds per epoch, with the min-max range shaded;
+* :func:`pareto_plots`: accuracy against each cost, Pareto-optimal models marked and joined.
+
+Each function returns an SVG string whose element ids carry a per-figure prefix, so that many
+figures can sit in one HTML page without id clashes.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+
+import numpy as np
+import pandas as pd
+
+from vmbench.statistics import pareto_optimal
+
+_COUNTER = itertools.count()
+_ID = re.compile(r'(id="|href="#|url\(#)([^")]+)')
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.fonttype": "path", "svg.hashsalt": "vmbench-report", "font.size": 9})
+    return plt
+
+
+def to_svg(fig) -> str:
+    """The figure as an SVG element for inlining: no XML prolog or DOCTYPE, ids prefixed, figure closed."""
+    plt = _pyplot()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight",
+                metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    plt.close(fig)
+    text = buffer.getvalue()
+    text = text[text.index("<svg"):]
+    prefix = f"f{next(_COUNTER)}-"
+    return _ID.sub(lambda m: m.group(1) + prefix + m.group(2), text)
+
+
+MAX_POINTS = 300  # per model in a strip plot; beyond it a seeded sample is drawn (the box uses every case)
+
+
+def case_distributions(scores: pd.DataFrame, title: str, ylabel: str) -> str:
+    """Box plot per model (columns of ``scores``) with the cases drawn as jittered points.
+
+    Above :data:`MAX_POINTS` cases a seeded random sample of them is drawn as points (the title says
+    so); the box and whiskers always use every case.
+    """
+    plt = _pyplot()
+    models = list(scores.columns)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(models), 3.4))
+    data = [scores[m].dropna().to_numpy() for m in models]
+    ax.boxplot(data, showfliers=False, widths=0.55)
+    rng = np.random.default_rng(0)  # jitter and sample only: the same picture every time
+    for i, values in enumerate(data, start=1):
+        shown = values if len(values) <= MAX_POINTS else rng.choice(values, MAX_POINTS, replace=False)
+        ax.scatter(i + rng.uniform(-0.18, 0.18, len(shown)), shown, s=9, alpha=0.55, color="tab:blue", zorder=3)
+    if any(len(v) > MAX_POINTS for v in data):
+        title += f"\n(points: a random {MAX_POINTS} of the cases per model; boxes: all cases)"
+    ax.set_xticks(range(1, len(models) + 1), [f"{m}\n({len(v)} cases)" for m, v in zip(models, data)], rotation=20)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    return to_svg(fig)
+
+
+def blob_plot(rank_counts: pd.DataFrame, full_ranks: pd.Series, title: str) -> str:
+    """challengeR's blob plot: for each model (x) the bootstrap frequency of each rank (y) as a disc."""
+    plt = _pyplot()
+    order = list(full_ranks.sort_values(kind="stable").index)
+    counts = rank_counts.loc[order]
+    n_boot = int(counts.iloc[0].sum()) if len(counts) else 0
+    fig, ax = plt.subplots(figsize=(1.2 + 1.0 * len(order), 3.2))
+    for x, model in enumerate(order, start=1):
+        freq = counts.loc[model] / max(n_boot, 1)
+        shown = freq[freq > 0]
+        ax.scatter([x] * len(shown), shown.index, s=600 * shown.to_numpy(), color="tab:blue", alpha=0.6, zorder=2)
+        ranks = np.repeat(counts.columns.to_numpy(), counts.loc[model].to_numpy())
+        if len(ranks):
+            lo, hi = np.quantile(ranks, [0.025, 0.975])
+            ax.plot([x, x], [lo, hi], color="black", lw=1, zorder=1)
+            ax.scatter([x], [np.median(ranks)], marker="x", color="black", s=40, zorder=3)
+    ax.set_xticks(range(1, len(order) + 1), order, rotation=20)
+    ax.set_yticks(range(1, len(order) + 1))
+    ax.set_ylim(len(order) + 0.6, 0.4)  # rank 1 on top
+    ax.set_ylabel("rank")
+    ax.set_title(f"{title}\n(disc area = share of {n_boot} bootstrap samples; x = median rank, line = 95 %;"
+                 " models in full-data rank order)", fontsize=9)
+    ax.grid(alpha=0.3)
+    return to_svg(fig)
+
+
+def learning_curves(curves: pd.DataFrame, keys: list[str], title: str) -> str:
+    """Per key a panel: for each model the median over runs per epoch, the min-max range shaded."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        part = curves[curves["key"] == key]
+        for model, group in part.groupby("model", sort=True):
+            per_step = group.groupby("step")["value"]
+            steps = per_step.median().index.to_numpy()
+            ax.plot(steps, per_step.median().to_numpy(), label=f"{model} ({group['run_id'].nunique()} runs)")
+            ax.fill_between(steps, per_step.min().to_numpy(), per_step.max().to_numpy(), alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        if len(part):
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: median over seeds/folds, shaded min-max", fontsize=9)
+    return to_svg(fig)
+
+
+def pareto_plots(points: pd.DataFrame, costs: dict[str, str], score: str, score_label: str, title: str) -> str:
+    """One panel per cost column (``costs``: column -> axis label), ``score`` on y; front marked."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(costs), figsize=(3.3 * len(costs), 3.2), squeeze=False)
+    for ax, (column, label) in zip(axes[0], costs.items()):
+        frame = points[["model", column, score]].dropna()
+        if frame.empty:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+        else:
+            best = pareto_optimal(frame[column].to_numpy(), frame[score].to_numpy())
+            ax.scatter(frame[column], frame[score], color="tab:gray", zorder=2)
+            front = frame[best].sort_values(column)
+            ax.plot(front[column], front[score], color="tab:red", marker="*", ms=11, lw=1, zorder=3, label="Pareto-optimal")
+            for _, row in frame.iterrows():
+                ax.annotate(row["model"], (row[column], row[score]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xlabel(label)
+        ax.set_ylabel(score_label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    return to_svg(fig)
