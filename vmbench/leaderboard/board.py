@@ -40,6 +40,8 @@ _FINISHED = "FINISHED"
 # test_* metrics are logged by final runs only (vmbench.tracking): a search trial selected along
 # with them (stage 'all') has nothing to show and would only inflate the counts.
 PREFIX_STAGE = {"test_": "final"}
+# The stages whose runs are scored on the test split (a sweep's final runs, `vmbench train` runs).
+TESTED_STAGES = (tracking.STAGE_FINAL, tracking.STAGE_SINGLE)
 
 
 @dataclass
@@ -107,7 +109,7 @@ def leaderboard(
     does not run (tables of their own) are kept only when it is listed.
     """
     if prefix is None:
-        prefix = "test_" if stage in ("final", None) else "val_"
+        prefix = "test_" if stage in (*TESTED_STAGES, None) else "val_"
     selection = select_runs(runs, stage, prefix)
     attrs = dict(stage=stage, prefix=prefix, set_aside=selection.set_aside, set_aside_stage=selection.set_aside_stage)
     if selection.rows.empty:

@@ -12,10 +12,11 @@ import pandas as pd
 
 from vmbench.errors import ConfigError, VmbenchError
 from vmbench.io import atomic_write
-from vmbench.leaderboard.board import leaderboard
+from vmbench import tracking
+from vmbench.leaderboard.board import TESTED_STAGES, leaderboard
 from vmbench.leaderboard.budget import audit_store
 from vmbench.leaderboard.columns import MEASURED
-from vmbench.leaderboard.plot import plot
+from vmbench.leaderboard.plot import check_plot_path, plot
 from vmbench.leaderboard.rankings import rankings
 from vmbench.leaderboard.render import FORMATS, print_rankings_terminal, print_terminal, render, render_rankings
 from vmbench.leaderboard.store import MlflowPerCaseLoader, as_list, load_runs
@@ -47,10 +48,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "unless --protocol is given without paper-p2"))
     p.add_argument("--model", action="append", help="model tag (repeatable or comma-separated)")
     p.add_argument(
-        "--stage", choices=["final", "search", "all"], default="final",
+        "--stage", choices=["final", "single", "search", "all"], default="final",
         help=(
-            "run stage (default final; search runs are shown with their val_* metrics, for inspection only; all: "
-            "every stage's test_* metrics, which only final runs log, so the counts are of final runs)"
+            "run stage (default final: a sweep's retrained best configurations, or, when there are none, single "
+            "`vmbench train` runs; single: only those; search: trials with their val_* metrics, for inspection only; "
+            "all: every stage's test_* metrics, which only final runs log, so the counts are of final runs)"
         ),
     )
     p.add_argument("--reference", default="vmunet", help="reference model of the paired test (default vmunet; 'none' to skip)")
@@ -60,6 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=list(FORMATS), help=(
         "output format (default: terminal; with --out, from the file suffix)"))
     p.add_argument("--out", help="write to FILE (atomically) instead of standard output")
+    p.add_argument("--wide", action="store_true", help="terminal format: every column, however wide")
     p.add_argument("--plot", metavar="FILE.png", help="also write a PNG: DSC bars per model and DSC against GMACs")
     p.add_argument("--ranks", action="store_true", help=(
         "also rank the models per dataset on the per-case tables: challengeR's three schemes, bootstrap rank "
@@ -75,9 +78,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _output_format(args: argparse.Namespace) -> str:
+    """--format, else the --out file's suffix; an unknown suffix is an error rather than a guess."""
     fmt = args.format
-    if fmt is None:
-        fmt = _SUFFIX_FORMATS.get(Path(args.out).suffix.lower(), "md") if args.out else "terminal"
+    if fmt is None and args.out:
+        suffix = Path(args.out).suffix.lower()
+        if suffix not in _SUFFIX_FORMATS:
+            raise ConfigError(f"--out {args.out}: unknown suffix {suffix or '(none)'!r}; use one of "
+                              f"{', '.join(sorted(_SUFFIX_FORMATS))} or give --format")
+        fmt = _SUFFIX_FORMATS[suffix]
+    fmt = fmt or "terminal"
     return "text" if fmt == "terminal" and args.out else fmt
 
 
@@ -90,7 +99,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     """The sub-command: tables to standard output or ``--out``; a problem is one line and status 1."""
     from mlflow.exceptions import MlflowException
 
-    fmt = _output_format(args)
+    try:
+        fmt = _output_format(args)
+        if args.plot:
+            check_plot_path(args.plot)
+    except VmbenchError as err:
+        return _error(str(err))
     stage = None if args.stage == "all" else args.stage
     reference = None if (args.reference or "").lower() in ("", "none") else args.reference
     ranks = None
@@ -98,16 +112,22 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         _check_options(args, fmt, stage)
         filters = dict(experiment=args.experiment, dataset=args.dataset, protocol=args.protocol, model=args.model)
         runs = load_runs(args.tracking_uri, stage=args.stage, **filters)
+        if runs.empty and args.stage == "final":  # a first `vmbench train`, no sweep yet: show that run
+            single = load_runs(args.tracking_uri, stage=tracking.STAGE_SINGLE, **filters)
+            if not single.empty:
+                print("(no sweep final runs match; showing single `vmbench train` runs: one run per seed, not tuned)",
+                      file=sys.stderr)
+                runs, stage = single, tracking.STAGE_SINGLE
         budget = None if (args.no_budget or stage != "final") else audit_store(args.tracking_uri, **filters)
         loader = None if runs.empty else MlflowPerCaseLoader(runs.attrs["tracking_uri"], artifact_uris=_artifact_uris(runs))
         board = leaderboard(
             runs, reference=reference, metrics=as_list(args.metrics) or None, with_published=not args.no_published,
-            per_case_loader=False if (args.no_wilcoxon or stage != "final") else loader,
+            per_case_loader=False if (args.no_wilcoxon or stage not in TESTED_STAGES) else loader,
             stage=stage, published_models=as_list(args.model) or None,
             published_protocols=as_list(args.protocol) or None, budget=budget, budget_tolerance=args.budget_tolerance,
         )
         if args.ranks and not runs.empty:
-            ranks = rankings(runs, per_case_loader=loader, n_boot=args.bootstrap, seed=args.seed)
+            ranks = rankings(runs, per_case_loader=loader, n_boot=args.bootstrap, seed=args.seed, stage=stage)
     except VmbenchError as err:
         return _error(str(err))
     except MlflowException as err:
@@ -117,7 +137,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if empty:
         return _error(empty)
     if fmt == "terminal":
-        print_terminal(board)
+        print_terminal(board, wide=args.wide)
         if ranks is not None:
             print_rankings_terminal(ranks)
     else:
@@ -136,8 +156,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def _check_options(args: argparse.Namespace, fmt: str, stage: str | None) -> None:
     if args.ranks and fmt not in ("terminal", "md", "text", "html", "json"):
         raise ConfigError(f"--ranks with --format {fmt}: use terminal, md, text, html or json")
-    if args.ranks and stage != "final":
-        raise ConfigError("--ranks ranks final runs on their test cases: leave out --stage or use --stage final")
+    if args.ranks and stage not in TESTED_STAGES:
+        raise ConfigError("--ranks ranks runs on their test cases: leave out --stage, or use --stage final or single")
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap {args.bootstrap}: expected 0 or more resamples")
     if not 0 <= args.budget_tolerance < 1:

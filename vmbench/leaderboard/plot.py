@@ -7,14 +7,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vmbench.errors import ConfigError
 from vmbench.io import atomic_path
 from vmbench.leaderboard.columns import MEASURED, PRIMARY, PUBLISHED
 from vmbench.leaderboard.tables import Table, split_tables
 from vmbench.protocols import metric_column
 
 
+PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+
+
+def check_plot_path(path: str | Path) -> str:
+    """The image format of ``path``'s suffix (png, svg or pdf); anything else is a ConfigError."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in PLOT_FORMATS:
+        raise ConfigError(f"--plot {path}: unknown suffix {suffix or '(none)'!r}; use .png, .svg or .pdf")
+    return PLOT_FORMATS[suffix]
+
+
 def plot(board: pd.DataFrame, path: str | Path) -> Path:
-    """PNG: per table, DSC mean ± std bars per model, and DSC against GMACs."""
+    """Per table, DSC mean ± std bars per model, and DSC against GMACs (PNG, SVG or PDF by suffix).
+
+    A panel without data says so instead of staying blank."""
+    fmt = check_plot_path(path)
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -29,9 +44,12 @@ def plot(board: pd.DataFrame, path: str | Path) -> Path:
     for (bars, scatter), t in zip(axes, tables):
         _bars(bars, t, col)
         _against_compute(scatter, t, col)
+    if not tables:
+        for ax in axes[0]:
+            _no_data(ax, "no measured DSC to plot (no finished final runs with test_dsc)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format=fmt, dpi=100)
     plt.close(fig)
     return Path(path)
 
@@ -53,8 +71,16 @@ def _bars(ax, t: Table, col: str) -> None:
     ax.legend(fontsize=8)
 
 
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes, fontsize=10)
+    ax.set_axis_off()
+
+
 def _against_compute(ax, t: Table, col: str) -> None:
     measured = t.rows[t.rows["kind"] == MEASURED]
+    if measured["gmacs"].isna().all():
+        _no_data(ax, f"{t.dataset}: no GMACs logged by these runs (final runs log them)")
+        return
     ax.errorbar(measured["gmacs"], measured[f"{col}_mean"], yerr=measured[f"{col}_std"].fillna(0), fmt="o", capsize=3)
     for _, r in measured.iterrows():
         if not pd.isna(r["gmacs"]):

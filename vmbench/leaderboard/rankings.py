@@ -130,8 +130,10 @@ def rankings(
     seed: int = 0,
     metric: str = "dice",
     stability_scheme: str = CONSENSUS_SCHEME,
+    stage: str = "final",
 ) -> Rankings:
-    """Rankings of the final runs in ``runs`` (:func:`vmbench.leaderboard.load_runs` output).
+    """Rankings of the ``stage`` runs in ``runs`` (:func:`vmbench.leaderboard.load_runs` output): a
+    sweep's final runs, or single ``vmbench train`` runs (``stage="single"``).
 
     ``metric``: the per-case column ranked (``dice`` by default; ``hd95`` ranks lower first).
     Loaders default to MLflow when ``runs.attrs`` names the store (the test split's
@@ -141,7 +143,7 @@ def rankings(
 
     if metric not in CASE_METRICS:
         raise ConfigError(f"per-case metric {metric!r}: expected one of {', '.join(CASE_METRICS)}")
-    cases = case_tables(runs, finished_runs(runs), per_case_loader, val_loader, metric)
+    cases = case_tables(runs, finished_runs(runs, stage), per_case_loader, val_loader, metric)
     if cases is None:
         raise ConfigError("rankings need per-case tables: pass per_case_loader, or runs read by load_runs from a store")
     return rankings_from_cases(cases, n_boot, seed, stability_scheme)

@@ -230,30 +230,57 @@ def render(board: pd.DataFrame, fmt: str = "md", *, ci: str | None = None) -> st
     return _RENDERERS[fmt](board, split_tables(board), paired_reference(board), ci or "all")
 
 
-def print_terminal(board: pd.DataFrame, file=None) -> None:
+# Columns the terminal table drops first when it does not fit (the model, n, the primary metrics, their
+# interval and the corrected test stay): the formats written to files always keep every column.
+_DROP_ORDER = ("pairs", "Latency ms", "Train h", "IoU/img %", "Acc/img %", "Spe %", "Sen %", "Acc %", "Protocol",
+               "Device-h", "GMACs", "DSC strict %", "HD95 strict vox", "DSC/img %", "Failed", "Params M", "Folds")
+TERMINAL_WIDTH = 120  # when the output is not a terminal (piped, a file): what most terminals show
+
+
+def _fit_columns(frame: pd.DataFrame, width: int) -> tuple[pd.DataFrame, list[str]]:
+    """Drop low-priority columns (``_DROP_ORDER``, then raw p-values) until the table fits ``width``."""
+    def natural(f: pd.DataFrame) -> int:
+        return 1 + sum(3 + max([len(str(c))] + [len(str(v)) for v in f[c]]) for c in f.columns)
+
+    order = list(_DROP_ORDER) + [c for c in frame.columns if c.startswith("p vs ")]
+    hidden = []
+    for col in order:
+        if natural(frame) <= width:
+            break
+        if col in frame.columns:
+            frame, hidden = frame.drop(columns=[col]), hidden + [col]
+    return frame, hidden
+
+
+def print_terminal(board: pd.DataFrame, file=None, wide: bool = False) -> None:
     """Rich tables, one per dataset and protocol, titled with the protocol, notes below.
 
     Tables with per-class columns print the headline metrics first and the per-class DSC in a
-    second table, so that both fit a terminal.
+    second table. Each table fits the terminal (120 columns when the output is not a terminal):
+    the least important columns are left out and named; ``wide`` keeps them all.
     """
     from rich.console import Console
 
     file = file or sys.stdout
     is_tty = hasattr(file, "isatty") and file.isatty()
-    # Piped output is not wrapped (tables keep their natural width).
-    console = Console(file=file, width=None if is_tty else 1000, highlight=False, soft_wrap=False)
+    console = Console(file=file, width=None if is_tty else (1000 if wide else TERMINAL_WIDTH), highlight=False,
+                      soft_wrap=False)
+    width = 10**6 if wide else console.width
     reference = paired_reference(board)
     for t in split_tables(board):
         frame = display_frame(t, reference, ci="primary")
         frame = frame.drop(columns=[c for c in ("Source", "Note") if c in frame.columns])
         organs = [metric_label(k) for k in t.metrics if k.startswith("dsc_") and k != "dsc_strict"]
         kinds = list(t.rows["kind"])
+        main, hidden = _fit_columns(frame.drop(columns=organs), width)
+        console.print(_rich_table(main, kinds, t.title))
         if organs:
-            console.print(_rich_table(frame.drop(columns=organs), kinds, t.title))
-            per_organ = frame[["Model", "Protocol", "n", *organs]]
+            per_organ, more = _fit_columns(frame[["Model", "Protocol", "n", *organs]], width)
             console.print(_rich_table(per_organ, kinds, f"{t.dataset} | protocol: {t.protocol} | DSC per organ (%)"))
-        else:
-            console.print(_rich_table(frame, kinds, t.title))
+            hidden += [c for c in more if c not in hidden]
+        if hidden:
+            console.print(_rich_escape(f"Columns left out to fit {width} characters: {', '.join(hidden)} "
+                                       "(--wide shows them; --format md/csv/json/html keep every column)"))
         _print_notes(console, t)
         console.print()
 

@@ -76,6 +76,8 @@ def _what(attrs) -> str:
     stage, prefix = attrs.get("stage", "final"), attrs.get("prefix") or "test_"
     if stage == "final":
         return "final runs, test split"
+    if stage == "single":
+        return "single `vmbench train` runs (not tuned), test split"
     only = attrs.get("set_aside_stage")
     if only:
         return f"all stages: {only} runs only, metrics '{prefix}*' (inspection, not a leaderboard)"
