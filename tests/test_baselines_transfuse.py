@@ -181,14 +181,9 @@ def transfuse_s_keys(num_classes: int = 1, tokens: int = 192) -> Shapes:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a shared 2-core machine intra-op threads contend badly (a 32x32 forward: 9 ms on one
-    # thread, ~0.9 s on two while another process runs); restore the setting afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# On a shared 2-core machine intra-op threads contend badly (a 32x32 forward: 9 ms on one thread,
+# ~0.9 s on two while another process runs).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

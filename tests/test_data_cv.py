@@ -33,8 +33,7 @@ def test_folds_partition_the_pool():
     assert sorted(map(len, vals)) == [10, 10, 10, 11]
 
 
-def test_isic_cv_keeps_the_holdout_test_split(tmp_path, monkeypatch):
-    monkeypatch.setenv("VMBENCH_CACHE", str(tmp_path / "cache"))
+def test_isic_cv_keeps_the_holdout_test_split():
     common = dict(img_size=32, n=60)
     holdout = {split: build_dataset("synthetic-isic", split=split, protocol="holdout", **common) for split in ("train", "val", "test")}
     pool = {s.id for split in ("train", "val") for s in holdout[split].samples}
@@ -53,8 +52,7 @@ def test_isic_cv_keeps_the_holdout_test_split(tmp_path, monkeypatch):
     assert seen_val == pool
 
 
-def test_synapse_cv_folds_whole_volumes(tmp_path, monkeypatch):
-    monkeypatch.setenv("VMBENCH_CACHE", str(tmp_path / "cache"))
+def test_synapse_cv_folds_whole_volumes():
     common = dict(img_size=32, n_cases=30, size=32, slices=(4, 6))
     train = build_dataset("synthetic-synapse", split="train", protocol="cv", fold=2, folds=3, **common)
     val = build_dataset("synthetic-synapse", split="val", protocol="cv", fold=2, folds=3, **common)
@@ -77,8 +75,7 @@ def test_synapse_cv_folds_whole_volumes(tmp_path, monkeypatch):
         ({"fold": True, "folds": 3}, "data.fold: expected an integer"),
     ],
 )
-def test_bad_folds_are_one_line(kwargs, message, tmp_path, monkeypatch):
-    monkeypatch.setenv("VMBENCH_CACHE", str(tmp_path / "cache"))
+def test_bad_folds_are_one_line(kwargs, message):
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(".", r"\.")):
         build_dataset("synthetic-isic", split="train", protocol="cv", img_size=32, n=20, **kwargs)
 

@@ -209,9 +209,8 @@ def test_unsafe_checkpoint_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_vmunet_learns_synthetic_isic(tmp_path, monkeypatch):
+def test_vmunet_learns_synthetic_isic(tmp_path):
     """The learning problem is real: VM-UNet at 64x64 reaches test DSC >= 0.80 in a few CPU minutes."""
-    monkeypatch.setenv("VMBENCH_CACHE", str(tmp_path / "cache"))
     cfg = ExperimentConfig.from_dict(
         {
             "data": {"name": "synthetic-isic", "img_size": 64},

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,17 +20,7 @@ import vmbench
 from vmbench.errors import ConfigError, ModelInputError
 from vmbench.models.h_vmunet import HSS2D, HVMUNet, LocalSS2D
 
-KEYS = Path(__file__).parent / "data" / "keys" / "h_vmunet_keys.txt"
 UNUSED_COMPLEX_WEIGHT = 403_392
-
-
-def official_keys() -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in KEYS.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, shape = line.split(" ", 1)
-            rows.append((name, tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
-    return rows
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -53,11 +42,11 @@ def test_parameter_counts(num_classes, expected):
         assert n_params(HVMUNet(num_classes=num_classes)) == expected
 
 
-def test_state_dict_keys_and_shapes_in_order():
+def test_state_dict_keys_and_shapes_in_order(official_keys):
     with torch.device("meta"):
         m = HVMUNet()
     got = [(k, tuple(v.shape)) for k, v in m.state_dict().items()]
-    assert got == official_keys()
+    assert got == official_keys("h_vmunet_keys.txt")
     complex_weights = [k for k in m.state_dict() if k.endswith("complex_weight")]
     assert len(complex_weights) == 16
 

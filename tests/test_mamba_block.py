@@ -12,7 +12,6 @@ import importlib
 import logging
 import math
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +24,6 @@ from vmbench.models.mamba import Mamba
 
 scan_dispatch = importlib.import_module("vmbench.ops.selective_scan")
 conv_dispatch = importlib.import_module("vmbench.ops.causal_conv1d")
-KEYS = Path(__file__).parent / "data" / "keys"
 
 
 def reference_forward(m: Mamba, p: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
@@ -147,15 +145,6 @@ def test_triton_scan_backend_matches_the_reference(monkeypatch):
 # ----------------------------------------------------------------------------- parameters and init
 
 
-def official_keys(path: str, prefix: str) -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in (KEYS / path).read_text().splitlines():
-        if line.startswith(prefix):
-            key, shape = line.split(" ", 1)
-            rows.append((key[len(prefix) :], tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
-    return rows
-
-
 @pytest.mark.parametrize(
     "d_model, path, prefix",
     [
@@ -165,7 +154,7 @@ def official_keys(path: str, prefix: str) -> list[tuple[str, tuple[int, ...]]]:
         (256, "lightm_unet_2d_keys.txt", "down_layers.3.1.conv1.mamba."),
     ],
 )
-def test_parameter_names_shapes_and_order_match_the_official_block(d_model, path, prefix):
+def test_parameter_names_shapes_and_order_match_the_official_block(d_model, path, prefix, official_keys):
     expected = official_keys(path, prefix)
     assert expected, f"no {prefix} keys in {path}"
     got = [(k, tuple(v.shape)) for k, v in Mamba(d_model).state_dict().items()]

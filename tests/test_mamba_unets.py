@@ -7,7 +7,6 @@ read from tests/data/keys/, written from the same official builds.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,17 +17,11 @@ from vmbench.errors import ModelInputError
 from vmbench.models.lightm_unet import LightMUNet, MambaLayer
 from vmbench.models.ultralight_vmunet import PVMLayer, UltraLightVMUNet
 
-KEYS = Path(__file__).parent / "data" / "keys"
 OFFICIAL_PARAMS = {
     "ultralight-vmunet": {1: 49_457, 2: 49_466, 9: 49_529},
     "lightm-unet": {1: 5_011_732, 2: 5_011_765, 9: 5_011_996},
 }
 KEY_FILES = {"ultralight-vmunet": "ultralight_vmunet_keys.txt", "lightm-unet": "lightm_unet_2d_keys.txt"}
-
-
-def official_keys(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    rows = [line.split(" ", 1) for line in (KEYS / name).read_text().splitlines() if line and not line.startswith("#")]
-    return [(key, tuple(int(n) for n in shape.strip("()").split(",") if n.strip())) for key, shape in rows]
 
 
 def build_meta(name: str, num_classes: int = 1, **overrides):
@@ -44,7 +37,7 @@ def test_parameter_count_matches_the_official_model(name, num_classes):
 
 
 @pytest.mark.parametrize("name", sorted(KEY_FILES))
-def test_state_dict_keys_shapes_and_order_match_the_official_model(name):
+def test_state_dict_keys_shapes_and_order_match_the_official_model(name, official_keys):
     expected = official_keys(KEY_FILES[name])
     got = [(k, tuple(v.shape)) for k, v in build_meta(name).state_dict().items()]
     missing = sorted(set(expected) - set(got))

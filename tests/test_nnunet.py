@@ -10,7 +10,6 @@ downsampled targets from array slicing.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,17 +20,11 @@ from vmbench.losses import BceDiceLoss, CeDiceLoss
 from vmbench.losses_ds import DownsampledDeepSupervisionLoss, downsample_target
 from vmbench.models import nnunet_plan
 
-KEYS = Path(__file__).parent / "data" / "keys"
 
 # nnU-Net's default 2d plan for 256x256 images (nnUNetPlans.json written by nnU-Net 2.8.1).
 FEATURES = [32, 64, 128, 256, 512, 512, 512]
 # nnUNetTrainer._build_loss for 6 outputs: 1, 1/2, 1/4, 1/8, 1/16 and 0, divided by their sum 31/16.
 NNUNET_DS_WEIGHTS = [16 / 31, 8 / 31, 4 / 31, 2 / 31, 1 / 31, 0.0]
-
-
-def official_keys(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    rows = [line.split(" ", 1) for line in (KEYS / name).read_text().splitlines() if line and not line.startswith("#")]
-    return [(key, tuple(int(n) for n in shape.strip("()").split(",") if n.strip())) for key, shape in rows]
 
 
 def build_meta(name: str, num_classes: int = 1, **overrides):
@@ -101,7 +94,7 @@ def test_resenc_m_parameter_counts(num_classes, expected):
     assert n_params(build_meta("resenc-unet-m", num_classes)) == expected
 
 
-def test_resenc_m_keys_and_shapes_match_official():
+def test_resenc_m_keys_and_shapes_match_official(official_keys):
     model = build_meta("resenc-unet-m", 1)
     got = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     assert got == official_keys("resenc_m_2d_keys.txt")

@@ -22,12 +22,7 @@ from vmbench.errors import ConfigError
 from vmbench.models.vmunet import VMUNet, load_pretrained_vmamba
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_vmunet(seed: int) -> VMUNet:

@@ -17,7 +17,7 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from test_leaderboard import CV_TEST, _exact_wilcoxon_two_sided, _frame, _isic_case, build_cv_store  # noqa: E402
+from mlflow_store import CV_TEST, _exact_wilcoxon_two_sided, _frame, _isic_case, build_cv_store  # noqa: E402
 
 from vmbench import leaderboard as lb  # noqa: E402
 from vmbench import report  # noqa: E402

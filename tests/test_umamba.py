@@ -23,12 +23,6 @@ from vmbench.models import nnunet_plan, umamba
 from vmbench.search_space import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = Path(__file__).parent / "data" / "keys"
-
-
-def official_keys(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    rows = [line.split(" ", 1) for line in (KEYS / name).read_text().splitlines() if line and not line.startswith("#")]
-    return [(key, tuple(int(n) for n in shape.strip("()").split(",") if n.strip())) for key, shape in rows]
 
 
 def build_meta(name: str, num_classes: int = 1):
@@ -73,7 +67,7 @@ def test_parameter_counts(name, num_classes, expected):
 
 
 @pytest.mark.parametrize("name,keys", [("umamba-bot", "umamba_bot_2d_keys.txt"), ("umamba-enc", "umamba_enc_2d_keys.txt")])
-def test_keys_and_shapes_match_official(name, keys):
+def test_keys_and_shapes_match_official(name, keys, official_keys):
     got = [(k, tuple(v.shape)) for k, v in build_meta(name).state_dict().items()]
     assert got == official_keys(keys)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,17 +20,7 @@ import vmbench
 from vmbench.errors import ConfigError, ModelInputError
 from vmbench.models.vmunet_v2 import EncoderLoadReport, VMUNetV2, VSSEncoder, load_pretrained_vmamba_encoder
 
-KEYS = Path(__file__).parent / "data" / "keys" / "vmunetv2_keys.txt"
 UNUSED = 8_948_834  # vmunet.layers.3 + seg_outs.0/1 + deconv5 (official model, deep supervision on)
-
-
-def official_keys() -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in KEYS.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, shape = line.split(" ", 1)
-            rows.append((name, tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
-    return rows
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -60,11 +49,11 @@ def test_parameter_counts(num_classes, expected):
     assert m.deep_supervision == (num_classes == 1)
 
 
-def test_state_dict_keys_and_shapes_in_order():
+def test_state_dict_keys_and_shapes_in_order(official_keys):
     with torch.device("meta"):
         m = VMUNetV2()
     got = [(k, tuple(v.shape)) for k, v in m.state_dict().items()]
-    assert got == official_keys()
+    assert got == official_keys("vmunetv2_keys.txt")
 
 
 # --------------------------------------------------------------------------- forward
