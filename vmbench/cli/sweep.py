@@ -28,6 +28,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
     p.add_argument("--port", type=port, help="default: a free port")
     p.add_argument("--allowed-hosts", help="Host headers to accept when served under a DNS name (MLflow option)")
+    p.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host WITHOUT a login: every run, "
+                   "read and write, to anyone who can reach it (default: a login, user admin, password from "
+                   "$VMBENCH_UI_PASSWORD or printed once)")
     p.set_defaults(func=cmd_ui)
 
 
@@ -66,4 +69,4 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from vmbench.ui import serve
 
-    return serve(args.tracking_uri, args.runs_dir, args.host, args.port, args.allowed_hosts)
+    return serve(args.tracking_uri, args.runs_dir, args.host, args.port, args.allowed_hosts, no_auth=args.no_auth)

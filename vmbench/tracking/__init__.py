@@ -23,6 +23,12 @@ Importing this package does not import MLflow; the functions that talk to a stor
 
 from __future__ import annotations
 
+import os
+
+# MLflow's telemetry thread edits os.environ while requests reads it (KeyError
+# '_MLFLOW_TELEMETRY_SESSION_ID' in a sweep driver on a machine without internet); vmbench sends none.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 from vmbench.tracking import conventions, runs
 from vmbench.tracking.conventions import *  # noqa: F403  (the names listed in conventions.__all__)
 from vmbench.tracking.runs import *  # noqa: F403
