@@ -11,7 +11,10 @@ must be shared by all nodes (S3 or NFS) when the cluster has more than one node.
 
 A relative ``--space`` is looked up in the working directory first, then in the vmbench checkout:
 ``ray submit`` runs this script in the home folder, not in the repository it mounts
-(``/home/ray/vmbench`` in config.yaml, ``/opt/vmbench`` in local.yaml).
+(``/home/ray/vmbench`` in config.yaml, ``/opt/vmbench`` in local.yaml). A relative ``data_root``
+inside the space file is resolved against the checkout holding that file (else the file's own
+folder), never against this working directory, into the absolute path every node then reads; a
+node that lacks it fails its trials with one line naming the node and the folder.
 """
 
 from __future__ import annotations

@@ -182,3 +182,8 @@ def test_lost_worker_trials_resume_on_the_other(local_cluster):
     assert (retried["tags.vmbench.resumed_from_epoch"].astype(int) >= 1).all()
     assert set(retried["status"]) == {"FINISHED"}
     assert len(df[(df["tags.vmbench.stage"] == "final") & (df["status"] == "FINISHED")]) == 1
+    # The retry ran again the epochs after its checkpoint that the lost attempt had logged: once each.
+    for run_id in retried["run_id"]:
+        for key in client.get_run(run_id).data.metrics:
+            steps = [m.step for m in client.get_metric_history(run_id, key)]
+            assert len(steps) == len(set(steps)), (key, sorted(steps))

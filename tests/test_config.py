@@ -46,3 +46,27 @@ def test_values_at_the_bounds_and_unset_values_pass():
     )
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.data.num_workers, cfg.data.img_size) == (1, 1, 0, (1, 1))
     assert ExperimentConfig().train.epochs >= 1  # the defaults are in range
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"protocol": "cv"}, r"data\.fold: protocol 'cv' needs the fold to train \(0 \.\. 4\)$"),
+        ({"protocol": "cv", "fold": 5}, r"data\.fold: 5 is out of range \(must be < data\.folds, which is 5\)$"),
+        ({"protocol": "cv", "fold": 2, "folds": 2}, r"data\.fold: 2 is out of range"),
+        ({"protocol": "cv", "fold": -1}, r"data\.fold: -1 is out of range \(must be >= 0\)$"),
+        ({"protocol": "cv", "fold": 0, "folds": 1}, r"data\.folds: 1 is out of range \(must be >= 2\)$"),
+        ({"protocol": "cv", "fold": "0"}, r"data\.fold: expected an integer"),
+        ({"protocol": "holdout", "fold": 0}, r"data\.fold: only protocol 'cv' has folds \(protocol is 'holdout'\)"),
+    ],
+)
+def test_folds_are_checked_with_the_protocol(data, message):
+    with pytest.raises(ConfigError, match=rf"^run\.yaml: {message}"):
+        ExperimentConfig.from_dict({"data": data}, source="run.yaml")
+
+
+def test_a_fold_of_protocol_cv_reaches_the_flat_config():
+    cfg = ExperimentConfig().with_overrides({"data.protocol": "cv", "data.fold": 2, "data.folds": 3})
+    assert (cfg.data.fold, cfg.data.folds) == (2, 3)
+    assert {k: v for k, v in cfg.flat().items() if k.startswith("data.fold")} == {"data.fold": 2, "data.folds": 3}
+    assert ExperimentConfig().data.fold is None  # holdout by default: no fold

@@ -452,6 +452,13 @@ def test_small_sweep_logs_parent_children_and_finals(isolated_env):
     client = MlflowClient(uri)
     history = client.get_metric_history(search[search["status"] == "FINISHED"]["run_id"].iloc[0], "train_loss")
     assert sorted(m.step for m in history) in ([1], [1, 2])  # per epoch (ASHA may stop after 1)
+    # Every trial's cost, ASHA-pruned and failed ones too, as its latest metrics: the sum of its
+    # epoch times (read back from the history), x 0.5 GPU for device-hours, the epochs trained.
+    for _, trial in search.iterrows():
+        times = client.get_metric_history(trial["run_id"], "epoch_time_s")
+        assert trial["metrics.epochs"] == len(times)
+        assert trial["metrics.train_time_s"] == pytest.approx(sum(m.value for m in times))
+        assert trial["metrics.device_hours"] == pytest.approx(trial["metrics.train_time_s"] / 3600 * 0.5)
     run_id = final["run_id"].iloc[0]
     artifacts = {a.path for a in client.list_artifacts(run_id, "eval")} | {a.path for a in client.list_artifacts(run_id, "checkpoints")}
     assert {"eval/per_case.csv", "eval/summary.json", "checkpoints/best.pt"} <= artifacts
@@ -479,6 +486,8 @@ def test_missing_data_fails_fast(isolated_env):
 
 @pytest.mark.slow
 def test_killed_driver_then_resume_logs_each_trial_once(isolated_env):
+    from mlflow import MlflowClient
+
     space = dict(TINY, name="crash", budget=dict(TINY["budget"], max_epochs=3, trials=4),
                  space={"optim.lr": TINY["space"]["optim.lr"]}, resources={"cpu": 1, "gpu": 0})
     space["fixed"] = dict(TINY["fixed"], data={"img_size": 32, "options": {"n": 60}},
@@ -509,9 +518,19 @@ def test_killed_driver_then_resume_logs_each_trial_once(isolated_env):
             os.killpg(driver.pid, signal.SIGKILL)
     resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    df = runs_frame(f"sqlite:///{runs / 'mlflow.db'}", "tiny")
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    df = runs_frame(uri, "tiny")
     trials = df[df["tags.vmbench.stage"] == "search"]
     assert trials["tags.vmbench.trial_id"].is_unique and len(trials) == 4
     assert "RUNNING" not in set(df["status"])
     assert len(df[df["tags.vmbench.stage"] == "final"]) == 2
     assert len(df[df["tags.vmbench.kind"] == "sweep"]) == 1
+    # Resumed trials ran some epochs again (from an older checkpoint): each step is logged once.
+    client = MlflowClient(uri)
+    resumed = 0
+    for _, run in df[df["tags.vmbench.kind"] == "trial"].iterrows():
+        resumed += int(run.get("tags.vmbench.attempts") or 1) > 1
+        for key in client.get_run(run["run_id"]).data.metrics:
+            steps = [m.step for m in client.get_metric_history(run["run_id"], key)]
+            assert len(steps) == len(set(steps)), (run["tags.vmbench.trial_id"], key, sorted(steps))
+    assert resumed >= 1  # the kill caught trials running

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vmbench.errors import ConfigError
-from vmbench.protocols import HOLDOUT, RUN_PROTOCOLS
+from vmbench.protocols import CV, HOLDOUT, RUN_PROTOCOLS
 
 __all__ = [
     "ConfigError",
@@ -38,9 +38,22 @@ class DataConfig:
     img_size: int | tuple[int, int] | None = None  # side or [height, width]; None: the dataset's own
     num_workers: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # extra builder arguments, e.g. normalize, n
+    fold: int | None = None  # protocol cv: the fold trained (its val part validates), 0 .. folds - 1
+    folds: int = 5  # protocol cv: the number of folds (nnU-Net's default)
 
     _choices = {"protocol": RUN_PROTOCOLS}
-    _minimums = {"img_size": 1, "num_workers": 0}
+    _minimums = {"img_size": 1, "num_workers": 0, "fold": 0, "folds": 2}
+
+    def _check_together(self, prefix: str, source: str) -> None:
+        """Rules across fields: a fold exists under protocol cv only, and always there."""
+        if self.protocol == CV and self.fold is None:
+            raise ConfigError(f"{source}: {prefix}.fold: protocol 'cv' needs the fold to train (0 .. {self.folds - 1})")
+        if self.protocol != CV and self.fold is not None:
+            raise ConfigError(f"{source}: {prefix}.fold: only protocol 'cv' has folds (protocol is "
+                              f"{self.protocol!r}); remove {prefix}.fold or set {prefix}.protocol: cv")
+        if self.fold is not None and self.fold >= self.folds:
+            raise ConfigError(f"{source}: {prefix}.fold: {self.fold} is out of range (must be < {prefix}.folds, "
+                              f"which is {self.folds})")
 
 
 @dataclass
@@ -131,7 +144,7 @@ def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
                 return _check_type(value, option, key, source)
             except ConfigError as err:
                 errors.append(str(err))
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{source}: {key}: got {value!r}, expected {annotation}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{source}: {key}: got {value!r}, expected {annotation}")
     if annotation is Any:
         return value
     if origin is dict:
@@ -183,6 +196,8 @@ def _build_section(cls: type, values: Any, prefix: str, source: str):
                 f"{source}: {prefix}.{name}: {getattr(obj, name)!r} is not one of {', '.join(map(repr, allowed))}"
             )
     _check_range(obj, prefix, source)
+    if hasattr(obj, "_check_together"):
+        obj._check_together(prefix, source)
     return obj
 
 

@@ -1,12 +1,18 @@
-"""Cost figures logged with every final run: parameters, MACs, latency, peak memory."""
+"""Cost figures logged with every final run: parameters, MACs, latency, peak memory (per run)."""
 
 from __future__ import annotations
 
+import logging
+import re
 import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+log = logging.getLogger("vmbench.profiling")
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -57,8 +63,31 @@ def latency_ms(model: torch.nn.Module, in_chans: int, img_size: tuple[int, int],
     return statistics.median(times) * 1000
 
 
+# Linux: writing "5" to clear_refs resets the process's peak resident set size (VmHWM in
+# /proc/self/status) to its current size (proc(5), since Linux 4.0); without it, the peak (and
+# getrusage's ru_maxrss) is the process's since it started.
+_CLEAR_REFS, _STATUS = Path("/proc/self/clear_refs"), Path("/proc/self/status")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for :func:`peak_memory_mb`: a run measured in a reused process (a Ray
+    worker) then reports its own peak, not the largest one of the runs before it."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError as err:  # not Linux, or /proc not writable: say that the figure is the process's
+        log.warning("cannot reset the peak RSS here (%s): peak_mem_mb is the process's peak since it started", err)
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated by this process, or its peak RSS on CPU."""
+    """Peak CUDA memory allocated since :func:`reset_peak_memory` (or the process start) on ``device``;
+    on CPU the peak RSS over the same time."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    match = re.search(r"^VmHWM:\s+(\d+) kB", _STATUS.read_text(), re.M) if _STATUS.exists() else None
+    if match:
+        return int(match.group(1)) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # no /proc: the process's lifetime peak
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere

@@ -201,6 +201,8 @@ def evaluate_checkpoint(
         protocol=protocol,
         img_size=state.img_size,
         seed=cfg.train.seed,
+        # The checkpoint's fold (protocol cv; ignored by the other protocols).
+        **({"fold": cfg.data.fold, "folds": cfg.data.folds} if same_data else {}),
         **(cfg.data.options if same_data else {}),
     )
     result = evaluate(model, data, device, state.img_size, progress=progress)

@@ -127,7 +127,7 @@ class Trial:
 
 def load_data(cfg: ExperimentConfig, evaluation: str, img_size: tuple[int, int]) -> TrialData:
     kwargs = dict(root=cfg.data.root, protocol=cfg.data.protocol, img_size=img_size, seed=cfg.train.seed,
-                  **cfg.data.options)  # fmt: skip
+                  fold=cfg.data.fold, folds=cfg.data.folds, **cfg.data.options)  # fmt: skip
     train = build_dataset(cfg.data.name, split="train", **kwargs)
     try:
         val = build_dataset(cfg.data.name, split="val", **kwargs)

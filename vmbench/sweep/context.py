@@ -27,6 +27,8 @@ class SweepContext:
     runs_dir: str
     space_hash: str
     env: dict[str, str] = field(default_factory=dict)
+    folds: int | None = None  # protocol cv: the number of folds
+    cv_search: str | None = None  # protocol cv: "one-fold" (trials train fold 0) or "mean" (every fold)
 
 
 @dataclass

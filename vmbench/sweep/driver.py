@@ -13,6 +13,8 @@ from typing import Any
 
 from vmbench import tracking as T
 from vmbench.errors import PreflightError
+from vmbench.io import atomic_write
+from vmbench.protocols import CV
 from vmbench.search_space import Study, SweepSpec, decode_sample, optuna_distributions
 from vmbench.sweep.context import StudyOutcome, SweepContext
 from vmbench.sweep.trainable import final_run, search_trial
@@ -27,11 +29,13 @@ FORWARDED_ENV = ("VMBENCH_CACHE", "VMBENCH_SCAN_BACKEND")
 # Before any trial
 
 
-def preflight(spec: SweepSpec) -> None:
-    """Fail fast, before any trial starts: resources Ray can never grant, samplers, data."""
+def preflight(spec: SweepSpec) -> dict[str, Any]:
+    """Fail fast, before any trial starts: resources Ray can never grant, samplers, data.
+
+    Returns the cross-validation splits of every dataset under protocol cv (:func:`check_data`).
+    """
     import ray
 
-    from vmbench.data import build_dataset
     from vmbench.sweep.adapters import make_sampler
 
     make_sampler(spec)
@@ -47,13 +51,36 @@ def preflight(spec: SweepSpec) -> None:
         raise PreflightError(f"{spec.source}: resources.gpu {spec.resources.gpu:g} exceeds the largest node ({max(gpus):g} GPUs)")
     if spec.resources.cpu > max(cpus, default=0):
         raise PreflightError(f"{spec.source}: resources.cpu {spec.resources.cpu:g} exceeds the largest node ({max(cpus):g} CPUs)")
-    # Builds every split once on the driver: missing data fails here, and generated data sets are
-    # written once instead of by several trials racing for the cache.
+    return check_data(spec)
+
+
+def check_data(spec: SweepSpec) -> dict[str, Any]:
+    """Build every study's train and test split once on the driver: missing data fails here, and
+    generated data sets are written once instead of by several trials racing for the cache.
+
+    Under protocol cv, returns per dataset every fold's train/val ids and the test ids (what
+    ``splits.json`` records); the models of a sweep must share them, or their folds pair nothing.
+    """
+    from vmbench.data import build_dataset
+    from vmbench.data.splits import CV_SEED
+
+    splits: dict[str, Any] = {}
     for study in spec.studies:
         cfg = study.base
-        for split in ("train", "test"):
-            build_dataset(cfg.data.name, root=cfg.data.root, split=split, protocol=cfg.data.protocol,
-                          img_size=cfg.data.img_size, seed=cfg.train.seed, **cfg.data.options)
+        built = {split: build_dataset(cfg.data.name, root=cfg.data.root, split=split, protocol=cfg.data.protocol,
+                                      img_size=cfg.data.img_size, seed=cfg.train.seed, fold=cfg.data.fold,
+                                      folds=cfg.data.folds, **cfg.data.options)
+                 for split in ("train", "test")}
+        if cfg.data.protocol != CV:
+            continue
+        entry = {"folds": [{"fold": k, "train": sorted(part["train"]), "val": sorted(part["val"])}
+                           for k, part in enumerate(built["train"].cv_splits)],
+                 "test": sorted(built["test"].ids)}
+        if splits.get(study.dataset, entry) != entry:
+            raise PreflightError(f"{spec.source}: the models' settings give {study.dataset} different cross-validation "
+                                 "pools (per_model data settings?); models compared under protocol cv must share folds")
+        splits[study.dataset] = entry
+    return {"protocol": CV, "folds": spec.folds, "seed": CV_SEED, "datasets": splits} if splits else {}
 
 
 def init_ray(address: str | None, num_cpus: int | None, num_gpus: float | None, env: dict[str, str]) -> None:
@@ -84,13 +111,6 @@ def _worker_env(tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def _absolute_data_root(study: Study) -> None:
-    """Trials run in other folders (and on other nodes): a relative data root means the launch folder."""
-    root = study.base.data.root
-    if root and "://" not in root and not Path(root).is_absolute():
-        study.base.data.root = str(Path(root).resolve())
-
-
 def _encode_point(study: Study) -> dict[str, Any]:
     """The recipe's values in the encoding Optuna's distributions use (JSON text for list choices)."""
     dists = optuna_distributions(study.space)
@@ -111,12 +131,12 @@ def _sweep_dir(spec: SweepSpec, ctx: SweepContext) -> Path:
 
 def build_tuner(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: str, resume: bool):
     """The study's Tuner: restored from ``storage_path`` when resuming, else seeded TPE + ASHA."""
-    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from vmbench.sweep.adapters import PruneAwareOptunaSearch, RunReconciler, make_sampler
+    from vmbench.sweep.storage import optuna_storage
 
     trainable = tune.with_resources(
         tune.with_parameters(search_trial, ctx=ctx), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
@@ -133,8 +153,7 @@ def build_tuner(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: 
     searcher = PruneAwareOptunaSearch(
         space=optuna_distributions(study.space),
         sampler=make_sampler(spec),
-        # An RDBStorage instance: OptunaSearch takes no URL string (only the driver writes it).
-        storage=optuna.storages.RDBStorage(f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"),
+        storage=optuna_storage(sweep_dir),  # only this process (the driver) writes it
         study_name=run_name,
         points_to_evaluate=[_encode_point(study)] if study.start_point else None,
         metric=spec.metric,
@@ -184,23 +203,35 @@ def pick_best(result_grid, study: Study, spec: SweepSpec) -> tuple[dict[str, Any
     return sample, {"value": value, "trial_path": str(best.path), "full_budget": bool(full_budget)}
 
 
+def final_key(spec: SweepSpec, study: Study, fold: int | None, seed: int) -> str:
+    """The final run's key (its ``vmbench.final_key`` tag): sweep/study[/foldK]/seedN."""
+    return "/".join([spec.name, study.key, *([f"fold{fold}"] if fold is not None else []), f"seed{seed}"])
+
+
 def run_finals(spec: SweepSpec, study: Study, ctx: SweepContext, best: dict[str, Any]) -> list[dict[str, Any]]:
-    """Retrain ``best`` once per final-stage seed (Ray tasks); a seed already FINISHED is skipped."""
+    """Retrain ``best`` once per final-stage seed, on every fold under protocol cv (Ray tasks, each in
+    a fresh worker process: ``max_calls=1``); a run already FINISHED is skipped."""
     import ray
 
     final_epochs = spec.final.epochs or spec.budget.max_epochs
     client = T.client(ctx.tracking_uri)
     futures, finals = {}, []
-    remote = ray.remote(final_run).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_retries=2)
-    for seed in spec.final.seeds:
-        key = f"{spec.name}/{study.key}/seed{seed}"
-        done = T.find_run(client, ctx.experiment_id, T.TAG_FINAL_KEY, key)
-        if done is not None and done.info.status == "FINISHED":
-            finals.append({"key": key, "status": "FINISHED", "resumed": True})
-            continue
-        cfg = study.base.with_overrides({**best, "train.seed": seed, "train.epochs": final_epochs}, source=key)
-        cfg.out_dir = str(_sweep_dir(spec, ctx) / "final" / study.key / f"seed{seed}")
-        futures[key] = remote.remote(cfg.to_dict(), ctx, key)
+    remote = ray.remote(max_calls=1)(final_run).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu,
+                                                        max_retries=2)
+    for fold in spec.final_folds:
+        for seed in spec.final.seeds:
+            key = final_key(spec, study, fold, seed)
+            done = T.find_run(client, ctx.experiment_id, T.TAG_FINAL_KEY, key)
+            if done is not None and done.info.status == "FINISHED":
+                finals.append({"key": key, "status": "FINISHED", "resumed": True})
+                continue
+            overrides = {**best, "train.seed": seed, "train.epochs": final_epochs}
+            if fold is not None:
+                overrides["data.fold"] = fold
+            cfg = study.base.with_overrides(overrides, source=key)
+            folder = _sweep_dir(spec, ctx) / "final" / study.key
+            cfg.out_dir = str((folder / f"fold{fold}" if fold is not None else folder) / f"seed{seed}")
+            futures[key] = remote.remote(cfg.to_dict(), ctx, key)
     for key, future in futures.items():
         try:
             finals.append(ray.get(future))
@@ -210,7 +241,21 @@ def run_finals(spec: SweepSpec, study: Study, ctx: SweepContext, best: dict[str,
     return finals
 
 
+def _trial_states(grid) -> dict[str, str]:
+    """Ray trial id -> ERROR or TERMINATED; each failed trial's reason logged in one line."""
+    states = {}
+    for result in grid:
+        trial_id = (result.metrics or {}).get("trial_id")
+        if result.error is not None:
+            log.error("trial %s failed: %s", trial_id or result.path, T.error_summary(result.error))
+        if trial_id:
+            states[trial_id] = "ERROR" if result.error is not None else "TERMINATED"
+    return states
+
+
 def run_study(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: str, resume: bool) -> StudyOutcome:
+    """Search, pick the best trial, retrain it. A study none of whose trials reported the metric
+    is recorded as failed (its final stage too) and the sweep goes on with the next study."""
     tuner = build_tuner(spec, study, ctx, storage_path, resume)
     orphans = dict(tracking_uri=ctx.tracking_uri, experiment_id=ctx.experiment_id, sweep=ctx.sweep, study=ctx.study)
     try:
@@ -219,13 +264,13 @@ def run_study(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: st
         # Tune aborted the study (e.g. a driver-side TuneError): its trials will not close their runs.
         T.close_orphans(**orphans, trial_states={}, error=err)
         raise
-    states = {}
-    for result in grid:
-        trial_id = (result.metrics or {}).get("trial_id")
-        if trial_id:
-            states[trial_id] = "ERROR" if result.error is not None else "TERMINATED"
-    T.close_orphans(**orphans, trial_states=states)
+    T.close_orphans(**orphans, trial_states=_trial_states(grid))
     counts = {"total": len(grid), "errors": grid.num_errors}
+    if not any(r.error is None and spec.metric in (r.metrics or {}) for r in grid):
+        reason = f"no trial of study {study.key} reported {spec.metric} ({counts['errors']} of {counts['total']} failed)"
+        log.error("%s: nothing to retrain", reason)
+        return StudyOutcome(study.key, {}, float("nan"), counts,
+                            [{"key": f"{spec.name}/{study.key}", "status": "FAILED", "error": reason}])
     best, info = pick_best(grid, study, spec)
     log.info("study %s: best %s = %.4f with %s", study.key, spec.metric, info["value"], best)
     return StudyOutcome(study.key, best, info["value"], counts, run_finals(spec, study, ctx, best))
@@ -242,8 +287,19 @@ def _open_parent_run(client, experiment_id: str, spec: SweepSpec, resume: bool) 
         T.TAG_DATASETS: ",".join(spec.datasets),
         T.TAG_SOURCE: spec.source,
     }
+    if spec.protocol == CV:
+        tags.update({T.TAG_FOLDS: str(spec.folds), T.TAG_CV_SEARCH: str(spec.cv_search)})
     return T.open_sweep_run(client, experiment_id, sweep=spec.name, experiment=spec.experiment, source=spec.source,
                             space_hash=spec.content_hash(), resume=resume, tags=tags, plan=spec.plan())
+
+
+def _record_splits(client, parent: str, sweep_dir: Path, splits: dict[str, Any]) -> None:
+    """Protocol cv: every fold's train/val ids and the test ids, in the sweep folder and on the parent run."""
+    if not splits:
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = atomic_write(sweep_dir / T.SPLITS_ARTIFACT, json.dumps(splits, indent=1) + "\n")
+    client.log_artifact(parent, str(path))  # at the artifact root, as SPLITS_ARTIFACT names it
 
 
 def _run_studies(spec: SweepSpec, contexts: list[SweepContext], client, parent: str, storage_path: str,
@@ -292,18 +348,18 @@ def run_sweep(
     started_ray = not ray.is_initialized()
     init_ray(address, num_cpus, num_gpus, env)
     try:
-        for study in spec.studies:
-            _absolute_data_root(study)
-        preflight(spec)
+        splits = preflight(spec)
         client = T.client(tracking_uri)
         experiment_id = T.get_or_create_experiment(client, spec.experiment, T.default_artifact_location(tracking_uri, runs_dir))
         parent = _open_parent_run(client, experiment_id, spec, resume)
+        _record_splits(client, parent, runs_dir / "sweeps" / spec.name, splits)
         contexts = [
             SweepContext(
                 sweep=spec.name, study=study.key, experiment_id=experiment_id, parent_run_id=parent,
                 tracking_uri=tracking_uri, base=study.base.to_dict(), space=study.space, metric=spec.metric,
                 mode=spec.mode, max_epochs=spec.budget.max_epochs, cpu=spec.resources.cpu, gpu=spec.resources.gpu,
-                runs_dir=str(runs_dir), space_hash=spec.content_hash(), env=env,
+                runs_dir=str(runs_dir), space_hash=spec.content_hash(), env=env, folds=spec.folds,
+                cv_search=spec.cv_search,
             )
             for study in spec.studies
         ]

@@ -1,0 +1,441 @@
+"""A search-space file as a :class:`SweepSpec`: its sections checked, one :class:`Study` per model x dataset."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vmbench.config import ConfigError, ExperimentConfig
+from vmbench.protocols import CV, HOLDOUT, PAPER, VOLUME, check_protocol, default_select_mode, selectable_metrics
+from vmbench.search_space.params import (
+    SpaceParam,
+    check_keys,
+    check_space_against,
+    err,
+    inside,
+    integer,
+    mapping,
+    number,
+    parse_space,
+)
+
+__all__ = [
+    "CV_MEAN", "CV_ONE_FOLD", "CV_SEARCH_MODES", "Budget", "FinalStage", "Resources", "SamplerSpec", "Study",
+    "SweepSpec", "check_name", "data_root_anchor", "load_spec", "parse_spec",
+]
+
+TOP_LEVEL_KEYS = {
+    "experiment", "name", "model", "models", "dataset", "datasets", "data_root", "protocol", "metric", "mode",
+    "budget", "resources", "fixed", "space", "per_model", "final", "sampler", "storage_path", "description",
+    "folds", "cv_search",
+}
+SAMPLERS = ("tpe", "random", "gp", "cmaes")
+# Protocol cv: what the search stage tunes on. one-fold: fold 0 alone, a cheap proxy (the default);
+# mean: every trial trains every fold in step and reports the mean of the folds' metrics per epoch.
+CV_ONE_FOLD, CV_MEAN = "one-fold", "mean"
+CV_SEARCH_MODES = (CV_ONE_FOLD, CV_MEAN)
+# Set by the sweep from `folds` and `cv_search`, never by hand.
+FOLD_KEYS = ("data.fold", "data.folds")
+
+
+@dataclass(frozen=True)
+class Budget:
+    trials: int = 4
+    concurrent: int = 1
+    max_epochs: int = 10
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class FinalStage:
+    seeds: tuple[int, ...] = (1, 2, 3)
+    epochs: int | None = None  # default: budget.max_epochs
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str = "tpe"
+    seed: int = 0
+
+
+@dataclass
+class Study:
+    """One model x dataset search inside a sweep."""
+
+    model: str
+    dataset: str
+    base: ExperimentConfig
+    space: list[SpaceParam]
+    # Fixed values of searched keys (a recipe stated in the file): evaluated as the first trial.
+    start_point: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}__{self.model}"
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    experiment: str
+    models: list[str]
+    datasets: list[str]
+    protocol: str
+    data_root: str | None
+    metric: str
+    mode: str
+    budget: Budget
+    resources: Resources
+    final: FinalStage
+    sampler: SamplerSpec
+    fixed: dict[str, Any]
+    space: list[SpaceParam]
+    per_model: dict[str, dict[str, Any]]
+    source: str
+    storage_path: str | None = None
+    description: str = ""
+    folds: int | None = None  # protocol cv only
+    cv_search: str | None = None  # protocol cv only: CV_ONE_FOLD or CV_MEAN
+    data_root_note: str = ""  # how a relative data_root was resolved (shown in the plan)
+    studies: list[Study] = field(default_factory=list)
+
+    @property
+    def search_folds(self) -> int:
+        """Models each search trial trains: every fold under cv_search mean, else one."""
+        return self.folds if self.cv_search == CV_MEAN else 1
+
+    @property
+    def final_folds(self) -> list[int | None]:
+        """The folds of the final stage: every fold under protocol cv, else [None]."""
+        return list(range(self.folds)) if self.protocol == CV else [None]
+
+    def content_hash(self) -> str:
+        """Hash of what defines the search: a resumed sweep must match it."""
+        payload = {
+            "models": self.models, "datasets": self.datasets, "protocol": self.protocol, "metric": self.metric,
+            "mode": self.mode, "budget": self.budget.__dict__, "fixed": self.fixed,
+            "space": [p.__dict__ for p in self.space], "per_model": self.per_model, "sampler": self.sampler.__dict__,
+        }
+        if self.protocol == CV:  # only then, so that the hashes of other sweeps stay what they were
+            payload.update(folds=self.folds, cv_search=self.cv_search)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _cv_lines(self) -> list[str]:
+        if self.protocol != CV:
+            return []
+        search = (f"search on fold 0 only (cv_search {CV_ONE_FOLD}: a cheap proxy)" if self.cv_search == CV_ONE_FOLD
+                  else f"search on the mean over the {self.folds} folds (cv_search {CV_MEAN}: each trial trains every "
+                       f"fold, {self.folds}x the cost)")
+        return [f"  cross-validation: {self.folds} folds (nnU-Net's: KFold(shuffle, seed 12345) over the sorted ids of "
+                f"the training pool; the test split untouched); {search}"]
+
+    def plan(self) -> str:
+        """Human-readable resolved configuration and plan (``vmbench sweep --dry-run``)."""
+        final_epochs = self.final.epochs or self.budget.max_epochs
+        folds = self.final_folds
+        retrained = (f"on each of the {self.folds} folds x seeds {list(self.final.seeds)} "
+                     f"({self.folds * len(self.final.seeds)} runs)" if self.protocol == CV
+                     else f"with seeds {list(self.final.seeds)}")
+        also = " and on its fold's validation split" if self.protocol == CV else ""
+        lines = [
+            f"sweep {self.name!r} from {self.source} (MLflow experiment {self.experiment!r})",
+            f"  protocol {self.protocol}; optimise {self.metric} ({self.mode}); sampler {self.sampler.name} "
+            f"seed {self.sampler.seed}",
+            *self._cv_lines(),
+            f"  budget per study: {self.budget.trials} trials, {self.budget.concurrent} at once, up to "
+            f"{self.budget.max_epochs} epochs (ASHA grace {self.budget.grace_period}, "
+            f"reduction {self.budget.reduction_factor})",
+            f"  resources per trial: {self.resources.cpu:g} CPU, {self.resources.gpu:g} GPU",
+            f"  final stage: best configuration retrained {retrained} for {final_epochs} epochs, evaluated on the "
+            f"test split{also}",
+        ]
+        if self.data_root_note:
+            lines.append(f"  {self.data_root_note}")
+        search_epochs = self.budget.trials * self.budget.max_epochs * self.search_folds
+        for study in self.studies:
+            lines.append(f"study {study.dataset} x {study.model}: at most {search_epochs} search epochs + "
+                         f"{len(folds) * len(self.final.seeds) * final_epochs} final epochs")
+            for key, value in study.base.flat().items():
+                lines.append(f"    {key} = {value!r}")
+            for param in study.space:
+                lines.append(f"    search {param.key}: {param.describe()}")
+            if study.start_point:
+                lines.append(f"    first trial (the fixed recipe): {study.start_point}")
+        return "\n".join(lines)
+
+
+def check_name(value: Any, where: str) -> str:
+    """A sweep or experiment name (``where``: "FILE: name" or "--name").
+
+    Names end up in folder names and MLflow filter strings: keep them plain.
+    """
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        raise ConfigError(f"{where}: expected a name of letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+
+
+def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections and dotted keys -> dotted keys (model.overrides values stay whole)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and full not in ("model.overrides", "data.options") and not full.startswith(
+            ("model.overrides.", "data.options.")
+        ):
+            out.update(_dotted(value, full + "."))
+        elif isinstance(value, dict):
+            for sub, v in value.items():
+                out[f"{full}.{sub}"] = v
+        else:
+            out[full] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Relative data roots
+
+
+def data_root_anchor(space_file: str | Path) -> tuple[Path, str]:
+    """The folder a relative ``data_root`` of ``space_file`` is resolved against, and its description.
+
+    The vmbench checkout holding the file (a folder with ``pyproject.toml`` and ``vmbench/``), so
+    that the shipped files' ``data_root: data/isic2018`` means ``<checkout>/data/isic2018``, as the
+    datasets' default folders do; else the file's own folder. Never the working directory: under
+    ``ray submit`` the driver runs in the home folder, and trials run in Ray's folders on other nodes.
+    """
+    folder = Path(space_file).expanduser().resolve().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / "pyproject.toml").is_file() and (candidate / "vmbench" / "__init__.py").is_file():
+            return candidate, f"the vmbench checkout {candidate} that holds the file"
+    return folder, f"the file's folder {folder}"
+
+
+def _resolve_root(root: Any, anchor: Path) -> Any:
+    if not isinstance(root, str) or "://" in root:
+        return root  # None (the dataset's default) or a URL: as given
+    path = Path(root).expanduser()
+    return str(path if path.is_absolute() else (anchor / path).resolve())
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading a file
+
+
+def load_spec(path: str | Path, *, check_registry: bool = True) -> SweepSpec:
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(f"search-space file {path} does not exist (--space)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(error).split())}") from None
+    return parse_spec(raw, source=source, default_name=path.stem, check_registry=check_registry, space_file=path)
+
+
+def _names(raw: dict, single: str, plural: str, source: str) -> list[str]:
+    if single in raw and plural in raw:
+        raise err(source, plural, f"give either {single} or {plural}, not both")
+    value = raw.get(plural, [raw[single]] if single in raw else None)
+    if value is None:
+        raise err(source, single, "is required")
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise err(source, plural, f"expected a non-empty list of names, got {value!r}")
+    return list(dict.fromkeys(value))
+
+
+def _check_registered(models: list[str], datasets: list[str], protocol: str, source: str) -> None:
+    import vmbench
+    from vmbench.registry import UnknownNameError
+
+    for key, items, lookup in (("models", models, vmbench.model_info), ("datasets", datasets, vmbench.dataset_info)):
+        for item in items:
+            try:
+                lookup(item)
+            except UnknownNameError as error:
+                raise err(source, key, str(error)) from None
+    for dataset in datasets:
+        supported = vmbench.dataset_info(dataset).protocols
+        if protocol not in supported:
+            raise err(source, "protocol", f"dataset {dataset!r} does not support protocol {protocol!r} "
+                                          f"(it supports {', '.join(supported)})")
+
+
+def _cv_settings(raw: dict, protocol: str, source: str) -> tuple[int | None, str | None]:
+    """``folds`` and ``cv_search``: under protocol cv only, with defaults 5 and one-fold."""
+    if protocol != CV:
+        for key in ("folds", "cv_search"):
+            if key in raw:
+                raise err(source, key, f"only protocol cv has folds (protocol is {protocol!r}); "
+                                       f"set protocol: cv or remove {key}")
+        return None, None
+    folds = integer(raw.get("folds", 5), source, "folds", 2)
+    cv_search = raw.get("cv_search", CV_ONE_FOLD)
+    if cv_search not in CV_SEARCH_MODES:
+        raise err(source, "cv_search", f"expected one of {', '.join(CV_SEARCH_MODES)}, got {cv_search!r}")
+    return folds, cv_search
+
+
+def _budget(raw: dict, source: str) -> Budget:
+    budget_raw = mapping(raw.get("budget"), source, "budget")
+    check_keys(budget_raw, set(Budget.__dataclass_fields__), source, "budget.")
+    budget = Budget(**{k: integer(v, source, f"budget.{k}", 1) for k, v in budget_raw.items()})
+    if budget.grace_period > budget.max_epochs:
+        raise err(source, "budget.grace_period", f"({budget.grace_period}) exceeds budget.max_epochs ({budget.max_epochs})")
+    if budget_raw.get("reduction_factor", 2) < 2:
+        raise err(source, "budget.reduction_factor", "must be >= 2")
+    return budget
+
+
+def _resources(raw: dict, source: str) -> Resources:
+    res_raw = mapping(raw.get("resources"), source, "resources")
+    check_keys(res_raw, {"cpu", "gpu"}, source, "resources.")
+    resources = Resources(**{k: number(v, source, f"resources.{k}") for k, v in res_raw.items()})
+    if resources.cpu < 0 or resources.gpu < 0:
+        raise err(source, "resources", "cpu and gpu must be >= 0")
+    if resources.gpu > 1 and not float(resources.gpu).is_integer():
+        raise err(source, "resources.gpu", f"fractions are allowed below 1 only, got {resources.gpu:g}")
+    return resources
+
+
+def _final(raw: dict, source: str) -> FinalStage:
+    final_raw = mapping(raw.get("final"), source, "final")
+    check_keys(final_raw, {"seeds", "epochs"}, source, "final.")
+    seeds = final_raw.get("seeds", [1, 2, 3])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise err(source, "final.seeds", f"expected a non-empty list of integers, got {seeds!r}")
+    epochs = final_raw.get("epochs")
+    return FinalStage(tuple(seeds), None if epochs is None else integer(epochs, source, "final.epochs", 1))
+
+
+def _sampler(raw: dict, source: str) -> SamplerSpec:
+    sampler_raw = mapping(raw.get("sampler"), source, "sampler")
+    check_keys(sampler_raw, {"name", "seed"}, source, "sampler.")
+    sampler = SamplerSpec(sampler_raw.get("name", "tpe"), integer(sampler_raw.get("seed", 0), source, "sampler.seed", 0))
+    if sampler.name not in SAMPLERS:
+        raise err(source, "sampler.name", f"expected one of {', '.join(SAMPLERS)}, got {sampler.name!r}")
+    return sampler
+
+
+def _per_model(raw: dict, models: list[str], source: str) -> dict[str, dict[str, Any]]:
+    per_model: dict[str, dict[str, Any]] = {}
+    for model_name, extra in mapping(raw.get("per_model"), source, "per_model").items():
+        if model_name not in models:
+            raise err(source, f"per_model.{model_name}", f"is not one of the sweep's models ({', '.join(models)})")
+        extra = mapping(extra, source, f"per_model.{model_name}")
+        check_keys(extra, {"fixed", "space"}, source, f"per_model.{model_name}.")
+        per_model[model_name] = {
+            "fixed": _dotted(mapping(extra.get("fixed"), source, f"per_model.{model_name}.fixed")),
+            "space": parse_space(extra.get("space"), source, f"per_model.{model_name}.space."),
+        }
+    return per_model
+
+
+def parse_spec(raw: Any, source: str = "sweep", default_name: str = "sweep", check_registry: bool = True,
+               space_file: str | Path | None = None) -> SweepSpec:
+    """A checked :class:`SweepSpec`; ``space_file`` anchors a relative ``data_root`` (see
+    :func:`data_root_anchor`); without it (a mapping built in code) the working directory does."""
+    raw = copy.deepcopy(mapping(raw, source, "(top level)"))
+    check_keys(raw, TOP_LEVEL_KEYS, source, "")
+    models, datasets = _names(raw, "model", "models", source), _names(raw, "dataset", "datasets", source)
+    protocol = check_protocol(raw.get("protocol", HOLDOUT), f"{source}: protocol")
+    if check_registry:
+        _check_registered(models, datasets, protocol, source)
+    folds, cv_search = _cv_settings(raw, protocol, source)
+    metric = raw.get("metric", "val_dsc")
+    if not isinstance(metric, str):
+        raise err(source, "metric", f"expected a metric name, got {metric!r}")
+    mode = raw.get("mode", default_select_mode(metric))
+    if mode not in ("min", "max"):
+        raise err(source, "mode", f"expected min or max, got {mode!r}")
+    name = raw.get("name", default_name)
+    experiment = raw.get("experiment", "vmbench")
+    for key, value in (("name", name), ("experiment", experiment)):
+        check_name(value, f"{source}: {key}")
+    data_root = raw.get("data_root")
+    if data_root is not None and not isinstance(data_root, str):
+        raise err(source, "data_root", f"expected a folder path, got {data_root!r}")
+    anchor, anchor_text = data_root_anchor(space_file) if space_file else (Path.cwd(), "the working directory")
+    note = ""
+    if data_root is not None and "://" not in data_root and not Path(data_root).expanduser().is_absolute():
+        note = f"data_root {data_root} -> {_resolve_root(data_root, anchor)} (relative to {anchor_text})"
+    spec = SweepSpec(
+        name=name, experiment=experiment, models=models, datasets=datasets, protocol=protocol, data_root=data_root,
+        metric=metric, mode=mode, budget=_budget(raw, source), resources=_resources(raw, source),
+        final=_final(raw, source), sampler=_sampler(raw, source), fixed=_dotted(mapping(raw.get("fixed"), source, "fixed")),
+        space=parse_space(raw.get("space"), source, "space."), per_model=_per_model(raw, models, source),
+        source=source, storage_path=raw.get("storage_path"), description=str(raw.get("description", "")),
+        folds=folds, cv_search=cv_search, data_root_note=note,
+    )
+    for dataset in datasets:
+        for model in models:
+            spec.studies.append(_build_study(spec, model, dataset, anchor))
+    return spec
+
+
+def _build_study(spec: SweepSpec, model: str, dataset: str, anchor: Path) -> Study:
+    source = spec.source
+    extra = spec.per_model.get(model, {"fixed": {}, "space": []})
+    overrides = {**spec.fixed, **extra["fixed"]}
+    space = [p for p in spec.space if p.key not in {q.key for q in extra["space"]}] + list(extra["space"])
+    for key in FOLD_KEYS:
+        if key in overrides or key in {p.key for p in space}:
+            raise err(source, key, "is set by the sweep: use the top-level folds (protocol cv) instead")
+    overrides.update({
+        "model.name": model,
+        "data.name": dataset,
+        "data.protocol": spec.protocol,
+        "train.epochs": spec.budget.max_epochs,
+        "train.val_interval": 1,  # trials report the metric every epoch
+        "train.progress": False,
+    })
+    if spec.protocol == CV:  # the search's base fold; cv_search mean trains the others beside it
+        overrides.update({"data.fold": 0, "data.folds": spec.folds})
+    if spec.data_root is not None:
+        overrides["data.root"] = spec.data_root
+    if "data.root" in overrides:
+        overrides["data.root"] = _resolve_root(overrides["data.root"], anchor)
+    base = ExperimentConfig().with_overrides(overrides, source=f"{source} (fixed)")
+    _check_metric(spec, dataset)
+    check_space_against(base, space, source, "space.")
+    start_point = {}
+    for param in space:
+        if param.key in overrides:
+            value = overrides[param.key]
+            if not inside(param, value):
+                raise err(source, param.key, f"the fixed value {value!r} is outside its search space ({param.describe()})")
+            start_point[param.key] = value
+    return Study(model, dataset, base, space, start_point)
+
+
+def _check_metric(spec: SweepSpec, dataset: str) -> None:
+    """The metric must be one the trials report: Tune only finds out after the first epoch, and aborts."""
+    import vmbench
+
+    evaluation = vmbench.dataset_info(dataset).evaluation
+    # Holdout and cv always have a validation split; under the paper protocol ISIC validates on
+    # its test split and Synapse has none.
+    has_val = spec.protocol != PAPER or evaluation != VOLUME
+    if spec.metric.startswith("val_") and not has_val:
+        raise err(spec.source, "metric", f"{spec.metric!r} needs a validation split, but {dataset} under the paper "
+                                         "protocol has none (use train_loss, as VM-UNet's Synapse recipe)")
+    choices = selectable_metrics(evaluation, has_val)
+    if spec.metric not in choices:
+        raise err(spec.source, "metric", f"{spec.metric!r} is not reported by trials on {dataset} "
+                                         f"(protocol {spec.protocol}); choose one of {', '.join(choices)}")
