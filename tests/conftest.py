@@ -25,6 +25,20 @@ def generated_data_cache(tmp_path_factory) -> Path:
         os.environ["VMBENCH_CACHE"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tracking_store(tmp_path_factory) -> str:
+    """MLflow runs of commands run without --tracking-uri (vmbench train ...) go to a store of the test
+    run, never ./vmbench-runs in the checkout. Tests of the default store delete the variable."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture(scope="session")
 def official_keys():
     """``read(file, prefix="")``: the (key, shape) pairs of an official state dict listed in

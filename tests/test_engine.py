@@ -127,7 +127,7 @@ def test_cli_train_evaluate_predict_images(isic_root, tmp_path, capsys):
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(out / "checkpoints" / "best.pt"), "--no-progress"]) == 0
-    assert (out / "eval" / "synthetic-isic-test" / "per_case.csv").exists()
+    assert (out / "eval" / "test" / "per_case.csv").exists()  # the run's own dataset: RUN/eval/SPLIT
 
     from PIL import Image
 
@@ -187,7 +187,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         (["train", "--dataset", "isic2018", "--data-root", str(tmp_path / "missing"), "--out", str(tmp_path / "b")],
          str(tmp_path / "missing")),
         (["train", "--set", "optim.lrr=1", "--out", str(tmp_path / "c")], "unknown key 'optim.lrr'"),
-        (["evaluate", "--checkpoint", str(tmp_path / "none.pt")], "none.pt does not exist"),
+        (["evaluate", "--checkpoint", str(tmp_path / "none.pt")], "none.pt: no such checkpoint file"),
     ]
     for args, expected in cases:
         assert main(args) == 2, args

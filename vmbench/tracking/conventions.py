@@ -142,7 +142,12 @@ def default_tracking_uri(runs_dir: str | Path = DEFAULT_RUNS_DIR, uri: str | Non
 
 
 def default_artifact_location(tracking_uri: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str | None:
-    """Local stores keep artifacts beside the database; servers decide for themselves."""
+    """Local stores keep artifacts beside the database (``mlartifacts/`` in the database's folder, which
+    is ``runs_dir`` for the default store); servers decide for themselves."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+        if path and path != ":memory:":
+            return (Path(path).resolve().parent / "mlartifacts").as_uri()
     if tracking_uri.startswith("sqlite:"):
         return (Path(runs_dir).resolve() / "mlartifacts").as_uri()
     return None
