@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from vmbench.bench.model import REFERENCE_TIMEOUT_S
 from vmbench.cli.options import positive_float, positive_int, shape
 
 
@@ -36,12 +37,27 @@ def add_parsers(sub) -> None:
     p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per case; the best is reported")
     p.set_defaults(func=cmd_bench_tune)
 
-    p = bench.add_parser("model", parents=[common], help="training images/s and peak memory of a model, per scan backend")
-    p.add_argument("--model", default="vmunet", help="a registered model (vmbench models), default vmunet")
-    p.add_argument("--sizes", type=positive_int, nargs="+", default=[64, 256], help="square input sides (default 64 256)")
-    p.add_argument("--batch-size", type=positive_int, help="default: 32 on CUDA; 8 (64px) or 2 (larger) on CPU")
-    p.add_argument("--steps", type=positive_int, default=3, help="timed training steps after one warm-up step")
+    p = bench.add_parser("model", parents=[common], help="training images/s and peak memory of models, per scan "
+                         "backend, with ratios to the reference backend",
+                         description="Training steps (forward, backward, AdamW) of registered models, each case in a "
+                         "fresh process. The Mamba models run once per scan backend with time and memory ratios to "
+                         "the reference backend; unless named with --backend, the reference (a slow Python loop) "
+                         "runs only at sizes up to 64 px.")
+    p.add_argument("--model", action="append", help="a registered model (vmbench models), or all (repeatable; default "
+                   "vmunet); the Mamba models run once per --backend, the others once")
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[64, 256], help="square input sides (default 64 "
+                   "256); a size a model cannot take is skipped with its reason, and a model that takes none of them "
+                   "runs at its registered input size")
+    p.add_argument("--batch-size", type=positive_int, help="default: 32 on CUDA; on CPU 8 (<= 64 px) or 2, and for "
+                   "the Mamba models 2 or 1 when the reference backend runs")
+    p.add_argument("--steps", type=positive_int, default=3, help="timed training steps after one warm-up step (the "
+                   "reference backend: 1)")
     p.add_argument("--bf16", choices=["off", "on", "both"], default="off", help="bf16 autocast")
+    p.add_argument("--no-fallback", action="store_true", help="a model that takes none of --sizes is only reported "
+                   "as skipped, not measured at its registered input size")
+    p.add_argument("--reference-timeout", type=positive_float, default=REFERENCE_TIMEOUT_S, help="seconds after which "
+                   "a reference case is stopped and reported so (default %(default)g; its backward is quadratic in the "
+                   "sequence length)")
     p.set_defaults(func=cmd_bench_model)
 
 
@@ -68,6 +84,7 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
     from vmbench.bench import bench_model
 
     amp_modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.bf16]
-    bench_model(model=args.model, sizes=tuple(args.sizes), batch=args.batch_size, steps=args.steps, device=args.device,
-                backends=args.backend, amp_modes=amp_modes, threads=args.threads)
+    bench_model(model=args.model or ["vmunet"], sizes=tuple(args.sizes), batch=args.batch_size, steps=args.steps,
+                device=args.device, backends=args.backend, amp_modes=amp_modes, threads=args.threads,
+                fallback=not args.no_fallback, reference_timeout=args.reference_timeout)
     return 0
