@@ -459,7 +459,7 @@ def _fake_tune(results):
 
 
 def test_tune_excludes_wrong_and_failing_candidates(monkeypatch):
-    from vmbench import bench
+    from vmbench.bench import tune as bench
 
     monkeypatch.setattr(bench, "run_tune_case", _fake_tune({
         "": (1e-3, 4e-3, 1e-7),
@@ -485,7 +485,7 @@ def test_tune_excludes_wrong_and_failing_candidates(monkeypatch):
 
 
 def test_tune_refuses_a_malformed_candidate_before_timing_anything(monkeypatch):
-    from vmbench import bench
+    from vmbench.bench import tune as bench
 
     monkeypatch.setattr(bench, "run_tune_case", _fake_tune({}))  # KeyError if anything ran
     with pytest.raises(ValueError, match="VMBENCH_TRITON_SCAN_CONFIG='warps=4'"):
@@ -496,7 +496,7 @@ def test_cuda_scan_table_arithmetic_with_synthetic_timings(monkeypatch):
     # Exercises the CUDA branch of `vmbench bench scan` on CPU with made-up timings (no GPU figure):
     # bytes per pass (forward (3*BKDL + 2*BKNL)*4: u, delta, B, C in, y out; backward
     # (5*BKDL + 4*BKNL)*4 with dy, du, ddelta, dB, dC), GB/s, % of peak and multiple of the floor.
-    from vmbench import bench
+    from vmbench.bench import scan as bench
 
     fwd_bytes, bwd_bytes = bench.scan_bytes(768, 4096, 32)
     assert (round(fwd_bytes / 1e9, 2), round(bwd_bytes / 1e9, 2)) == (1.28, 2.15)  # stage 1, B = 32
