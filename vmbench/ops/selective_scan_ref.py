@@ -68,12 +68,16 @@ def selective_scan_ref(
 
     state = u.new_zeros((batch, dim, A.shape[1]))
     ys = []
+    # unbind() gives every step's slice as one autograd node; indexing [:, :, t] inside the loop
+    # would add a node per step whose backward writes a full-length gradient: O(L^2) backward.
+    steps_A, steps_Bu = delta_A.unbind(2), delta_B_u.unbind(2)
+    steps_C = C.unbind(3) if C.dim() == 4 else None
     for t in range(length):
-        state = delta_A[:, :, t] * state + delta_B_u[:, :, t]
-        if C.dim() == 2:
+        state = steps_A[t] * state + steps_Bu[t]
+        if steps_C is None:
             ys.append(torch.einsum("bdn,dn->bd", state, C))
         else:
-            ys.append(torch.einsum("bdn,bdn->bd", state, C[:, :, :, t]))
+            ys.append(torch.einsum("bdn,bdn->bd", state, steps_C[t]))
     y = torch.stack(ys, dim=2)
     out = y if D is None else y + u * D.to(compute)[..., None]
     if z is not None:
