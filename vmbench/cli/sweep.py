@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from vmbench.cli.options import port, positive_float, positive_int
 
@@ -19,7 +20,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--address", help="attach to a running Ray cluster: auto or HOST:PORT (default: start one here)")
     p.add_argument("--num-cpus", type=positive_int, help="CPUs of the local Ray instance")
     p.add_argument("--num-gpus", type=positive_float, help="GPUs of the local Ray instance")
-    p.add_argument("--no-leaderboard", action="store_true", help="do not print the leaderboard at the end")
+    p.add_argument("--no-leaderboard", action="store_true",
+                   help="do not print the leaderboard nor write the HTML report at the end")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("ui", help="the MLflow UI over vmbench's runs (127.0.0.1, a free port)")
@@ -61,8 +63,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     if not args.no_leaderboard:
         from vmbench import leaderboard
+        from vmbench.report import report_for_sweep
 
         leaderboard.print_for_sweep(args.tracking_uri, spec.experiment, runs_dir=args.runs_dir)
+        # The report: beside the sweep's files, and on its parent MLflow run (opens from the UI).
+        report_for_sweep(args.tracking_uri, spec.experiment, spec.name,
+                         Path(args.runs_dir) / "sweeps" / spec.name / "report.html", runs_dir=args.runs_dir)
     return 1 if failed else 0
 
 
