@@ -70,7 +70,44 @@ def resolve_repo_path(flag: str, value: str, cwd: Path | None = None, roots: lis
     raise FileNotFoundError(f"{here} or {checkout} (vmbench checkout)")
 
 
+def ray_package_root(script: Path) -> Path | None:
+    """The folder of the job's uploaded working directory when this script runs from one, else None."""
+    root = script.resolve().parents[1]
+    return root if root.parent.name == "working_dir_files" else None
+
+
+def rerun_from_stable_copy(argv: list[str]) -> None:
+    """Run this script again from a copy of the job's working directory that Ray never deletes.
+
+    Ray garbage-collects a job's uploaded working directory once the last task sharing it ends
+    (the per-node data check does, before the trials start), while this driver still imports
+    vmbench modules from it: a later import then fails with ModuleNotFoundError. The copy is
+    named after the package (its name is a hash of the contents), so a rerun reuses it.
+    """
+    package = ray_package_root(Path(__file__))
+    if package is None or os.environ.get("VMBENCH_STABLE_COPY") == str(package):
+        return
+    import shutil
+
+    cache = Path(os.environ.get("VMBENCH_CACHE") or Path.home() / ".cache" / "vmbench")
+    stable = cache / "ray-jobs" / package.name
+    if not (stable / "cluster" / "sweep.py").is_file():
+        partial = stable.with_name(stable.name + f".partial-{os.getpid()}")
+        shutil.copytree(package, partial, symlinks=True)
+        try:
+            partial.rename(stable)
+        except OSError:  # another driver of the same package made it first
+            shutil.rmtree(partial, ignore_errors=True)
+    env = dict(os.environ, VMBENCH_STABLE_COPY=str(package))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(stable), env.get("PYTHONPATH", "")) if p)
+    os.chdir(stable)
+    script = str(stable / "cluster" / "sweep.py")
+    os.execve(sys.executable, [sys.executable, script, *argv], env)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        rerun_from_stable_copy(sys.argv[1:])
     import ray
 
     from vmbench.cli import main as vmbench_main

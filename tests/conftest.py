@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,18 @@ def tracking_store(tmp_path_factory) -> str:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(autouse=True)
+def restore_tracking_uri(tracking_store):
+    """A test that points MLflow at its own store (``mlflow.set_tracking_uri`` also sets
+    MLFLOW_TRACKING_URI) leaves the next tests on the run's store, not on a server it has stopped."""
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != tracking_store:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_store
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and mlflow.get_tracking_uri() != tracking_store:
+        mlflow.set_tracking_uri(tracking_store)
 
 
 @pytest.fixture(scope="session")

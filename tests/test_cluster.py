@@ -127,9 +127,12 @@ def local_cluster(tmp_path, monkeypatch):
         yield c, space
 
 
-def test_job_submit_runs_trials_on_both_workers(local_cluster):
+def test_job_submit_runs_trials_on_both_workers(local_cluster, tmp_path):
     cluster, space = local_cluster
     cluster.submit_sweep(space, "--no-leaderboard")
+    # The driver ran from its own copy of the uploaded working directory, which Ray may delete
+    # while the driver still imports from it (cluster/sweep.py).
+    assert [p.name for p in (tmp_path / "cache" / "ray-jobs").iterdir()][0].startswith("_ray_pkg_")
     df = search_runs(cluster.tracking_uri)
     trials = df[df["tags.vmbench.stage"] == "search"]
     assert len(trials) == 4 and trials["tags.vmbench.trial_id"].is_unique

@@ -216,7 +216,7 @@ class LocalCluster:
             cmd.append("--no-wait")
         cmd += ["--", sys.executable, "cluster/sweep.py", "--space", str(space),
                 "--storage-path", str(self.work_dir / "storage"), "--runs-dir", str(self.work_dir / "runs"), *extra]
-        deadline = time.time() + 120
+        deadline = time.time() + 600  # a busy machine brings the job agent up slowly
         while True:
             result = subprocess.run(cmd, env=self.base_env, capture_output=True, text=True, timeout=1800)
             # The job agent of a fresh head comes up a little after the dashboard answers.
