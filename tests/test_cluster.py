@@ -127,6 +127,7 @@ def local_cluster(tmp_path, monkeypatch):
         yield c, space
 
 
+@pytest.mark.slow  # about 2 minutes on an idle 2-core machine: starts a 3-node Ray cluster and an MLflow server
 def test_job_submit_runs_trials_on_both_workers(local_cluster, tmp_path):
     cluster, space = local_cluster
     cluster.submit_sweep(space, "--no-leaderboard")

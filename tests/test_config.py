@@ -70,3 +70,31 @@ def test_a_fold_of_protocol_cv_reaches_the_flat_config():
     assert (cfg.data.fold, cfg.data.folds) == (2, 3)
     assert {k: v for k, v in cfg.flat().items() if k.startswith("data.fold")} == {"data.fold": 2, "data.folds": 3}
     assert ExperimentConfig().data.fold is None  # holdout by default: no fold
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"optim": {"name": "adamw", "nesterov": True}}, r"optim\.nesterov: Nesterov momentum is SGD's"),
+        ({"optim": {"name": "sgd", "nesterov": True, "momentum": 0.0}}, r"optim\.nesterov: needs optim\.momentum > 0"),
+        ({"scheduler": {"name": "cosine", "step": "iteration"}}, r"scheduler\.step: 'iteration' applies to poly only"),
+        ({"scheduler": {"step": "batch"}}, r"scheduler\.step: 'batch' is not one of"),
+        ({"train": {"iterations_per_epoch": 0}}, r"train\.iterations_per_epoch: 0 is out of range \(must be >= 1\)$"),
+    ],
+)
+def test_nnunet_trainer_settings_are_checked_together(values, message):
+    with pytest.raises(ConfigError, match=rf"^run\.yaml: {message}") as refused:
+        ExperimentConfig.from_dict(values, source="run.yaml")
+    assert "\n" not in str(refused.value)
+
+
+def test_nnunet_trainer_settings_pass():
+    cfg = ExperimentConfig.from_dict(
+        {
+            "optim": {"name": "sgd", "lr": 1e-2, "momentum": 0.99, "nesterov": True, "weight_decay": 3e-5},
+            "scheduler": {"name": "poly", "power": 0.9, "step": "epoch"},
+            "train": {"iterations_per_epoch": 250, "select_metric": "last"},
+        }
+    )
+    assert (cfg.optim.nesterov, cfg.scheduler.step, cfg.train.iterations_per_epoch) == (True, "epoch", 250)
+    assert ExperimentConfig().train.iterations_per_epoch is None and ExperimentConfig().optim.nesterov is False

@@ -405,3 +405,95 @@ def test_step_lowers_deep_supervision():
     target = (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(2)) > 0.5).float()
     _step_lowers(transfuse_loss(), 1, target, n_heads=3)
     _step_lowers(DeepSupervisionLoss(BceDiceLoss(), (0.5, 0.3, 0.2)), 1, target, n_heads=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# nnU-Net's Dice + CE / Dice + BCE (MIC-DKFZ/nnUNet@0e495086, training/loss/compound_losses.py and
+# dice.py): w_ce * CE + w_dice * (-dice), batch Dice, smooth 1e-5, no background in the CE form
+# ---------------------------------------------------------------------------------------------
+
+
+def numpy_nnunet_dice(probs, onehot, batch_dice, smooth=1e-5):
+    """Soft Dice score of ``probs``/``onehot`` (B, C, H, W) numpy arrays, mean over channels."""
+    import numpy as np
+
+    inter, s_p, s_y = (probs * onehot).sum((2, 3)), probs.sum((2, 3)), onehot.sum((2, 3))
+    if batch_dice:
+        inter, s_p, s_y = inter.sum(0), s_p.sum(0), s_y.sum(0)
+    return float(np.mean((2 * inter + smooth) / np.maximum(s_p + s_y + smooth, 1e-8)))
+
+
+def test_nnunet_dice_bce_hand_computed_zero_logits():
+    # p = 0.5 everywhere, BCE = ln 2; batch sums: I = 0.5 * 3, S_p = 0.5 * 8, S_y = 3.
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[1.0, 1.0], [0.0, 0.0]]]])
+    loss = build_loss("nnunet_dice_bce", 1)(torch.zeros(2, 1, 2, 2), target)
+    assert loss.item() == pytest.approx(math.log(2) - (3 + 1e-5) / (7 + 1e-5), abs=1e-6)
+    # Per-sample Dice: (1 + s) / (3 + s) and (2 + s) / (4 + s), averaged.
+    per_sample = build_loss("nnunet_dice_bce", 1, batch_dice=False)(torch.zeros(2, 1, 2, 2), target)
+    expected = math.log(2) - ((1 + 1e-5) / (3 + 1e-5) + (2 + 1e-5) / (4 + 1e-5)) / 2
+    assert per_sample.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_nnunet_dice_ce_hand_computed_uniform_logits():
+    # 3 classes, p = 1/3 everywhere, CE = ln 3; classes 1 and 2 only in the Dice.
+    labels = torch.tensor([[[0, 1], [2, 2]]])
+    loss = build_loss("nnunet_dice_ce", 3)(torch.zeros(1, 3, 2, 2), labels)
+    s = 1e-5
+    dice = ((2 / 3 + s) / (4 / 3 + 1 + s) + (4 / 3 + s) / (4 / 3 + 2 + s)) / 2
+    assert loss.item() == pytest.approx(math.log(3) - dice, abs=1e-6)
+
+
+@pytest.mark.parametrize("batch_dice", [True, False])
+def test_nnunet_dice_bce_matches_numpy(batch_dice):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(5)
+    logits, target = torch.randn(3, 1, 6, 5, generator=g) * 2, (torch.rand(3, 1, 6, 5, generator=g) > 0.6).float()
+    z, y = logits.double().numpy(), target.double().numpy()
+    p = 1 / (1 + np.exp(-z))
+    bce = float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
+    expected = 0.7 * bce - 1.3 * numpy_nnunet_dice(p, y, batch_dice)
+    loss = build_loss("nnunet_dice_bce", 1, bce_weight=0.7, dice_weight=1.3, batch_dice=batch_dice)
+    assert loss(logits, target).item() == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("batch_dice", [True, False])
+def test_nnunet_dice_ce_matches_numpy(batch_dice):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(6)
+    logits, labels = torch.randn(2, 4, 5, 6, generator=g) * 2, torch.randint(0, 4, (2, 5, 6), generator=g)
+    z, lab = logits.double().numpy(), labels.numpy()
+    e = np.exp(z - z.max(1, keepdims=True))
+    p = e / e.sum(1, keepdims=True)
+    onehot = np.stack([(lab == c) for c in range(4)], 1).astype(np.float64)
+    ce = float(np.mean(-np.log((p * onehot).sum(1))))
+    expected = 1.0 * ce - 0.5 * numpy_nnunet_dice(p[:, 1:], onehot[:, 1:], batch_dice)
+    loss = build_loss("nnunet_dice_ce", 4, dice_weight=0.5, batch_dice=batch_dice)
+    assert loss(logits, labels).item() == pytest.approx(expected, abs=1e-5)
+    assert loss(logits, labels[:, None]).item() == pytest.approx(expected, abs=1e-5)  # (B, 1, H, W) labels
+
+
+def test_nnunet_region_loss_on_one_logit_is_the_two_class_loss():
+    # softmax([0, z])[1] = sigmoid(z) and CE([0, z], y) = BCE(z, y): one region logit trains as
+    # nnU-Net's two softmax outputs with the background left out of the Dice.
+    g = torch.Generator().manual_seed(7)
+    z, target = torch.randn(2, 1, 8, 8, generator=g), (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float()
+    two_class = torch.cat([torch.zeros_like(z), z], 1)
+    region = build_loss("nnunet_dice_bce", 1)(z, target)
+    softmax_form = build_loss("nnunet_dice_ce", 2)(two_class, target[:, 0].long())
+    assert region.item() == pytest.approx(softmax_form.item(), abs=1e-6)
+
+
+def test_nnunet_losses_refuse_the_other_output_layout():
+    with pytest.raises(ValueError, match="nnunet_dice_bce"):
+        build_loss("nnunet_dice_ce", 1)
+    with pytest.raises(ValueError, match="num_classes=1"):
+        build_loss("nnunet_dice_bce", 3)
+
+
+def test_step_lowers_nnunet_losses():
+    target = (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    _step_lowers(build_loss("nnunet_dice_bce", 1), 1, target)
+    labels = torch.randint(0, 3, (2, 8, 8), generator=torch.Generator().manual_seed(2))
+    _step_lowers(build_loss("nnunet_dice_ce", 3), 3, labels)

@@ -69,6 +69,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-2
     momentum: float = 0.9  # SGD only
+    nesterov: bool = False  # SGD only: Nesterov momentum (nnU-Net's SGD), needs momentum > 0
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
     eps: float = 1e-8
 
@@ -76,16 +77,32 @@ class OptimConfig:
     _minimums = {"weight_decay": 0, "momentum": 0}
     _positive = ("lr", "eps")
 
+    def _check_together(self, prefix: str, source: str) -> None:
+        """Nesterov momentum exists for SGD with momentum only (torch.optim.SGD refuses the rest)."""
+        if self.nesterov and self.name != "sgd":
+            raise ConfigError(f"{source}: {prefix}.nesterov: Nesterov momentum is SGD's ({prefix}.name is "
+                              f"{self.name!r}); set {prefix}.name: sgd or {prefix}.nesterov: false")
+        if self.nesterov and self.momentum <= 0:
+            raise ConfigError(f"{source}: {prefix}.nesterov: needs {prefix}.momentum > 0 (it is {self.momentum!r})")
+
 
 @dataclass
 class SchedulerConfig:
-    name: str = "cosine"  # cosine: CosineAnnealingLR stepped per epoch; poly: (1 - it/max)^power per iteration
+    name: str = "cosine"  # cosine: CosineAnnealingLR stepped per epoch; poly: lr * (1 - t/T)^power
     t_max: int | None = None  # cosine period in epochs; None = all epochs (VM-UNet's ISIC config uses 50)
     eta_min: float = 1e-5
     power: float = 0.9
+    # What t counts. auto: cosine per epoch, poly per iteration (TransUNet / Swin-UNet); epoch: poly
+    # set at the start of each epoch from the epochs done (nnU-Net's PolyLRScheduler); iteration: poly only.
+    step: str = "auto"
 
-    _choices = {"name": ("cosine", "poly", "constant")}
+    _choices = {"name": ("cosine", "poly", "constant"), "step": ("auto", "iteration", "epoch")}
     _minimums = {"t_max": 1, "eta_min": 0, "power": 0}
+
+    def _check_together(self, prefix: str, source: str) -> None:
+        if self.step == "iteration" and self.name != "poly":
+            raise ConfigError(f"{source}: {prefix}.step: 'iteration' applies to poly only ({prefix}.name is "
+                              f"{self.name!r}, stepped per epoch); set {prefix}.step: auto or epoch")
 
 
 @dataclass
@@ -94,7 +111,8 @@ class LossConfig:
     bce_weight: float = 1.0
     ce_weight: float = 1.0
     dice_weight: float = 1.0
-    include_background: bool = True  # Dice over background too, as the papers
+    include_background: bool = True  # ce_dice: Dice over background too, as the papers
+    # (nnunet_dice_ce leaves background out and nnunet_dice_bce's region has none, as nnU-Net's trainer)
 
     _minimums = {"bce_weight": 0, "ce_weight": 0, "dice_weight": 0}
 
@@ -103,19 +121,23 @@ class LossConfig:
 class TrainConfig:
     epochs: int = 300
     batch_size: int = 32
+    # None: an epoch is one pass over the training split; N: N batches drawn with replacement
+    # (nnU-Net: 250), a function of (seed, epoch) as every epoch is
+    iterations_per_epoch: int | None = None
     seed: int = 42
     device: str = "auto"  # auto: cuda if available, else cpu
     amp: str = "off"  # off | bf16 | fp16 (CUDA only)
     grad_clip: float | None = None  # max gradient norm
     val_interval: int = 1  # epochs between validations
     # Checkpoint selection. auto: holdout -> best validation Dice; paper -> what the paper did
-    # (ISIC: lowest loss on the val(=test) split; Synapse: lowest mean training loss).
+    # (ISIC: lowest loss on the val(=test) split; Synapse: lowest mean training loss); last: the
+    # final epoch's weights (nnU-Net's checkpoint_final).
     select_metric: str = "auto"
     select_mode: str = "auto"
     progress: bool = True
 
     _choices = {"amp": ("off", "bf16", "fp16"), "select_mode": ("auto", "min", "max")}
-    _minimums = {"epochs": 1, "batch_size": 1, "val_interval": 1}
+    _minimums = {"epochs": 1, "batch_size": 1, "iterations_per_epoch": 1, "val_interval": 1}
     _positive = ("grad_clip",)  # None: no clipping
 
 

@@ -23,9 +23,14 @@ Deep supervision
     ``(0.2, 0.3, 0.5)``. Its default base loss is :class:`StructureLoss` (PraNet's weighted
     BCE + weighted IoU that TransFuse trains with).
 
+nnU-Net
+    ``nnunet_dice_ce`` (class logits) and ``nnunet_dice_bce`` (one logit, nnU-Net's region form) are
+    nnU-Net's trainer losses, defined in :mod:`vmbench.losses_ds` beside its deep supervision.
+
 Factories
     :func:`build_loss` builds a loss by name (``bce_dice``, ``ce_dice``, ``bce``, ``ce``, ``dice``,
-    ``structure``); :func:`default_loss_for` picks the paper loss for a task.
+    ``structure``, ``nnunet_dice_ce``, ``nnunet_dice_bce``); :func:`default_loss_for` picks the paper
+    loss for a task.
 """
 
 from __future__ import annotations
@@ -48,17 +53,14 @@ __all__ = [
     "build_loss",
     "default_loss_for",
     "list_losses",
+    "loss_key",
     "register_loss",
 ]
 
 
 def _compute_dtype(x: Tensor) -> Tensor:
     """Sums over whole images are done in float32 at least (half precision loses them)."""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return x.float()
-    if not x.is_floating_point():
-        return x.float()
-    return x
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point() else x
 
 
 def _check_weight(name: str, value: float) -> float:
@@ -99,7 +101,9 @@ class BceDiceLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"bce_weight={self.bce_weight}, dice_weight={self.dice_weight}, smooth={self.smooth}"
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    @staticmethod
+    def _pair(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits (at least float32) and the target in their dtype and shape; shape errors name both."""
         if logits.dim() < 1 or target.dim() < 1 or logits.shape[0] != target.shape[0]:
             raise ValueError(
                 f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must share the batch size"
@@ -109,9 +113,13 @@ class BceDiceLoss(nn.Module):
                 f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have the same "
                 "number of elements per sample (a binary loss expects one output channel)"
             )
-        b = logits.shape[0]
-        x = _compute_dtype(logits).reshape(b, -1)
-        t = target.reshape(b, -1).to(x.dtype)
+        x = _compute_dtype(logits)
+        return x, target.reshape(x.shape).to(x.dtype)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        x, t = self._pair(logits, target)
+        b = x.shape[0]
+        x, t = x.reshape(b, -1), t.reshape(b, -1)
         loss = x.new_zeros(())
         if self.bce_weight:
             loss = loss + self.bce_weight * F.binary_cross_entropy_with_logits(x, t)
@@ -409,7 +417,7 @@ _LOSSES: dict[str, Callable[..., nn.Module]] = {}
 def register_loss(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register ``factory(num_classes, **kwargs) -> nn.Module`` under ``name``."""
 
-    key = _normalise(name)
+    key = loss_key(name)
 
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if key in _LOSSES:
@@ -424,7 +432,8 @@ def list_losses() -> list[str]:
     return sorted(_LOSSES)
 
 
-def _normalise(name: str) -> str:
+def loss_key(name: str) -> str:
+    """The registry key of a loss name: case-insensitive, ``-`` the same as ``_``."""
     return str(name).strip().lower().replace("-", "_")
 
 
@@ -472,6 +481,25 @@ def _structure(num_classes: int, **kw: Any) -> nn.Module:
     return StructureLoss(**kw)
 
 
+# nnU-Net's losses live beside its deep supervision (vmbench.losses_ds, which imports this module).
+@register_loss("nnunet_dice_ce")
+def _nnunet_dice_ce(num_classes: int, **kw: Any) -> nn.Module:
+    if num_classes == 1:
+        raise ValueError("loss 'nnunet_dice_ce' needs class logits (num_classes >= 2); one logit channel is "
+                         "nnU-Net's region form: use 'nnunet_dice_bce'")
+    from vmbench.losses_ds import NnUNetDiceCELoss
+
+    return NnUNetDiceCELoss(num_classes, **kw)
+
+
+@register_loss("nnunet_dice_bce")
+def _nnunet_dice_bce(num_classes: int, **kw: Any) -> nn.Module:
+    _require_binary("nnunet_dice_bce", num_classes)
+    from vmbench.losses_ds import NnUNetDiceBCELoss
+
+    return NnUNetDiceBCELoss(**kw)
+
+
 def build_loss(
     name: str,
     num_classes: int,
@@ -484,7 +512,7 @@ def build_loss(
     ``deep_supervision=(w_1, ..., w_k)`` wraps the loss in :class:`DeepSupervisionLoss`.
     An unknown name raises ``ValueError`` listing the known names.
     """
-    key = _normalise(name)
+    key = loss_key(name)
     if key not in _LOSSES:
         close = difflib.get_close_matches(key, _LOSSES, n=3)
         hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
@@ -500,7 +528,7 @@ def build_loss(
 def default_loss_for(task: str, num_classes: int) -> nn.Module:
     """The papers' loss for a task: ``BceDiceLoss()`` for ``"binary"`` (``num_classes == 1``),
     ``CeDiceLoss(num_classes)`` (CE + Dice with background, 1:1) for ``"multiclass"``."""
-    task_key = _normalise(task)
+    task_key = loss_key(task)
     if task_key == "binary":
         return build_loss("bce_dice", num_classes)
     if task_key in ("multiclass", "multi_class"):

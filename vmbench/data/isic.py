@@ -34,7 +34,7 @@ Items
     VM-UNet code resizes masks bilinearly (soft masks, re-thresholded at 0.5 by its metric);
     vmbench fixes this. See ``vmbench.data.transforms`` for augmentation and normalisation
     (``normalize``: ``"vmunet"`` by default under ``paper``, ``"minmax-imagenet"`` under
-    ``holdout``).
+    ``holdout``, or ``"zscore"``; ``augmentation``: ``"vmunet"`` or ``"nnunet"``).
 
 Masks
     Read as 8-bit grey (``convert("L")`` as the official code). A mask whose values are all in
@@ -62,7 +62,8 @@ from vmbench.data.common import check_split_protocol, split_by_hash
 from vmbench.data.splits import check_fold, fold_ids, kfold_splits
 from vmbench.protocols import CV, HOLDOUT, PAPER
 from vmbench.data.errors import DataError, few
-from vmbench.data.transforms import VMUNET_ISIC_STATS, IsicTransform, item_rng
+from vmbench.data.transforms import AUGMENTATION_PRESETS, NORMALIZE_MODES, VMUNET_ISIC_STATS, IsicTransform, item_rng
+from vmbench.errors import ConfigError
 from vmbench.registry import register_dataset
 
 __all__ = [
@@ -357,6 +358,7 @@ class ISICDataset(Dataset):
         check_sizes: bool = True,
         fast_decode: bool = True,
         cv_splits: list[dict[str, list[str]]] | None = None,
+        augmentation: str = "vmunet",
     ):
         self.samples = list(samples)
         self.cv_splits = cv_splits  # protocol cv: every fold's train/val ids (what splits.json records)
@@ -378,6 +380,7 @@ class ISICDataset(Dataset):
             normalize=normalize,
             stats=stats,
             rotate_interpolation="nearest" if protocol == "paper" else "linear",
+            preset=augmentation,
         )
         if check_sizes:
             for s in self.samples:
@@ -444,8 +447,11 @@ def build_isic(
     fast_decode: bool = True,
     fold: int | None = None,
     folds: int = 5,
+    augmentation: str = "vmunet",
 ) -> ISICDataset:
-    """An ISIC split from a challenge or prepared layout at ``root`` (see the module docstring)."""
+    """An ISIC split from a challenge or prepared layout at ``root`` (see the module docstring);
+    ``augmentation``: the training augmentation preset, ``vmunet`` or ``nnunet``
+    (``vmbench.data.transforms``)."""
     check_split_protocol(split, protocol)
     if root is None:
         root = f"data/isic{year}"
@@ -454,6 +460,8 @@ def build_isic(
         augment = split == "train"
     if normalize is None:
         normalize = "vmunet" if protocol == "paper" else "minmax-imagenet"
+    _check_choice("normalize", normalize, NORMALIZE_MODES)  # before any file is read
+    _check_choice("augmentation", augmentation, AUGMENTATION_PRESETS)
     samples, info = isic_samples(Path(root), split, protocol, year=year, split_seed=split_seed, fold=fold, folds=folds)
     key = f"isic{info['year'] or year}"
     stats = VMUNET_ISIC_STATS.get((key, "train" if split == "train" else "test"))
@@ -475,11 +483,17 @@ def build_isic(
             check_sizes=check_sizes,
             fast_decode=fast_decode,
             cv_splits=info.get("cv_splits"),
+            augmentation=augmentation,
         )
     except ValueError as err:
         if isinstance(err, DataError):
             raise
         raise DataError(str(err)) from None
+
+
+def _check_choice(option: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"data.options.{option}: {value!r} is not one of {', '.join(map(repr, choices))}")
 
 
 # Registry metadata shared with the generated stand-in (vmbench.data.synthetic).

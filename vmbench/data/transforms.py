@@ -29,9 +29,19 @@ ISIC normalisation (``normalize=``)
     ``"minmax-imagenet"`` (default under ``holdout``): per-image min-max to [0, 1], then the
     ImageNet channel mean/std (the statistics of the ImageNet-pretrained VMamba encoder).
     ``"imagenet"``: ``x / 255`` then ImageNet mean/std (TransFuse). ``"unit"``: ``x / 255``.
+    ``"zscore"``: nnU-Net's ``ZScoreNormalization`` for images that are not CT, per image and
+    channel ``(x - mean) / max(std, 1e-8)`` (MIC-DKFZ/nnUNet@0e495086,
+    ``preprocessing/normalization/default_normalization_schemes.py``).
     Normalisation runs before the geometric transforms (as in VM-UNet), except for the final
     ImageNet standardisation, which runs after them so the rotation's zero fill is the image
-    minimum (black) under every mode. A constant image maps to zeros instead of NaN.
+    minimum (black) under every mode but ``zscore``, where it is the mean, as nnU-Net pads its
+    normalised images with 0. A constant image maps to zeros instead of NaN.
+
+ISIC augmentation presets (``augmentation=``, data option ``data.options.augmentation``)
+    ``"vmunet"`` (default): the flips and rotation above. ``"nnunet"``: nnU-Net 2d's training
+    transforms (rotation, scaling, noise, blur, brightness, contrast, low resolution, gamma,
+    mirroring) after the resize to ``img_size``, expressed with albumentations as far as it goes
+    (:mod:`vmbench.data.nnunet_augment` lists what differs); meant for ``normalize="zscore"``.
 
 Synapse
     TransUNet's ``RandomGenerator``: with p 0.5 ``rot90`` by k in {0..3} then a flip along a
@@ -51,6 +61,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = [
+    "AUGMENTATION_PRESETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "VMUNET_ISIC_STATS",
@@ -73,7 +84,8 @@ VMUNET_ISIC_STATS = {
     ("isic2018", "test"): (149.034, 32.022),
 }
 
-NORMALIZE_MODES = ("vmunet", "minmax-imagenet", "imagenet", "unit")
+NORMALIZE_MODES = ("vmunet", "minmax-imagenet", "imagenet", "unit", "zscore")
+AUGMENTATION_PRESETS = ("vmunet", "nnunet")
 
 
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -107,6 +119,9 @@ def normalize_isic(image: np.ndarray, mode: str, stats: tuple[float, float] | No
         return _minmax(x, 1.0)
     if mode in ("imagenet", "unit"):
         return x / np.float32(255.0)
+    if mode == "zscore":  # per channel over the whole image; numpy's std is nnU-Net's (ddof 0)
+        mean, std = x.mean(axis=(0, 1)), x.std(axis=(0, 1))
+        return ((x - mean) / np.maximum(std, np.float32(1e-8))).astype(np.float32)
     raise ValueError(f"normalize {mode!r} is not one of {', '.join(NORMALIZE_MODES)}")
 
 
@@ -135,19 +150,24 @@ class IsicTransform:
         normalize: str = "minmax-imagenet",
         stats: tuple[float, float] | None = None,
         rotate_interpolation: str = "linear",
+        preset: str = "vmunet",
     ):
         import cv2
 
         A = _albumentations()
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"normalize {normalize!r} is not one of {', '.join(NORMALIZE_MODES)}")
+        if preset not in AUGMENTATION_PRESETS:
+            raise ValueError(f"augmentation {preset!r} (data.options.augmentation) is not one of "
+                             f"{', '.join(AUGMENTATION_PRESETS)}")
         self.img_size = (int(img_size[0]), int(img_size[1]))
         self.augment = bool(augment)
         self.normalize = normalize
         self.stats = stats
+        self.preset = preset
         interp = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR}[rotate_interpolation]
         ops = []
-        if self.augment:
+        if self.augment and preset == "vmunet":
             ops += [
                 A.HorizontalFlip(p=0.5),
                 A.VerticalFlip(p=0.5),
@@ -169,6 +189,10 @@ class IsicTransform:
                 area_for_downscale="image",
             )
         )
+        if self.augment and preset == "nnunet":  # at the patch size, as nnU-Net augments its patches
+            from vmbench.data.nnunet_augment import nnunet_2d_transforms
+
+            ops += nnunet_2d_transforms()
         self.compose = A.Compose(ops)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):

@@ -19,7 +19,11 @@ from vmbench.protocols import PAPER, default_select_mode, selectable_metrics
 
 log = logging.getLogger("vmbench.engine")
 
+#: ``train.select_metric`` that keeps the final epoch's weights as best.pt (nnU-Net's checkpoint_final).
+LAST = "last"
+
 __all__ = [
+    "LAST",
     "autocast_dtype",
     "build_loss",
     "build_model",
@@ -91,6 +95,11 @@ def selection_rule(
     that selection and warns here, once per run, that its test numbers are then optimistic.
     """
     metric, mode = cfg.train.select_metric, cfg.train.select_mode
+    if metric == LAST:
+        if mode != "auto":
+            raise ConfigError(f"train.select_mode is {mode!r} but train.select_metric 'last' keeps the final "
+                              "epoch whatever the metrics; set train.select_mode: auto")
+        return LAST, "max"
     if metric == "auto":
         if cfg.data.protocol == PAPER:
             # VM-UNet: ISIC picks the lowest loss on its val(=test) split; Synapse the lowest train loss.
@@ -106,7 +115,7 @@ def selection_rule(
     if metric not in choices:
         raise ConfigError(
             f"train.select_metric is {metric!r}, which a run on {cfg.data.name!r} does not report; "
-            f"choose one of {', '.join(choices)}"
+            f"choose one of {', '.join(choices)} (or {LAST!r}: the final epoch)"
         )
     if mode == "auto":
         mode = default_select_mode(metric)
@@ -169,15 +178,22 @@ def build_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.opti
         return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     if o.name == "adam":
         return torch.optim.Adam(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
 
 
 def build_scheduler(cfg: ExperimentConfig, optimizer, steps_per_epoch: int):
-    """(scheduler, step unit): cosine per epoch as VM-UNet; poly per iteration as TransUNet/Swin-UNet."""
+    """(scheduler, step unit): cosine per epoch as VM-UNet; poly per iteration as TransUNet/Swin-UNet,
+    or with ``scheduler.step: epoch`` per epoch as nnU-Net's ``PolyLRScheduler`` (MIC-DKFZ/nnUNet@0e495086,
+    ``training/lr_scheduler/polylr.py``, stepped in ``on_train_epoch_start``): epoch ``e`` (from 0)
+    trains at ``lr * (1 - e / epochs) ** power``."""
     s = cfg.scheduler
     if s.name == "cosine":
         t_max = s.t_max or cfg.train.epochs
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=s.eta_min), "epoch"
+    if s.name == "poly" and s.step == "epoch":
+        epochs = cfg.train.epochs
+        poly = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: (1 - min(e, epochs) / epochs) ** s.power)
+        return poly, "epoch"
     if s.name == "poly":
         total = max(1, cfg.train.epochs * steps_per_epoch)
         return (
@@ -187,17 +203,41 @@ def build_scheduler(cfg: ExperimentConfig, optimizer, steps_per_epoch: int):
     return None, "epoch"
 
 
+# The loss options of the config that each registered loss takes (its weights; ce_dice also the
+# background switch); a loss registered elsewhere takes none of them.
+_LOSS_OPTIONS = {
+    "bce_dice": ("bce_weight", "dice_weight"),
+    "bce": ("bce_weight",),
+    "ce_dice": ("ce_weight", "dice_weight", "include_background"),
+    "ce": ("ce_weight",),
+    "dice": ("dice_weight",),
+    "nnunet_dice_ce": ("ce_weight", "dice_weight"),
+    "nnunet_dice_bce": ("bce_weight", "dice_weight"),
+}
+
+
+# The task a loss is written for: one logit channel (binary) or class logits (multiclass); the
+# others (dice, ce_dice, ce) take either.
+_LOSS_TASK = {
+    "bce_dice": "binary",
+    "bce": "binary",
+    "structure": "binary",
+    "nnunet_dice_bce": "binary",
+    "nnunet_dice_ce": "multiclass",
+}
+
+
 def build_loss(cfg: ExperimentConfig, task: str, num_classes: int) -> torch.nn.Module:
     name = cfg.loss.name
     if name == "auto":
         name = "bce_dice" if task == "binary" else "ce_dice"
-    kwargs: dict[str, Any] = {"dice_weight": cfg.loss.dice_weight} if "dice" in name else {}
-    if name.startswith("bce"):
-        kwargs["bce_weight"] = cfg.loss.bce_weight
-    if name.startswith("ce"):
-        kwargs["ce_weight"] = cfg.loss.ce_weight
-        if "dice" in name:
-            kwargs["include_background"] = cfg.loss.include_background
-    if name in ("bce", "ce"):
-        kwargs.pop("dice_weight", None)
-    return losses_mod.build_loss(name, num_classes, **kwargs)
+    key = losses_mod.loss_key(name)
+    if key not in losses_mod.list_losses():
+        raise ConfigError(f"loss.name: {name!r} is not a loss; choose auto or one of {', '.join(losses_mod.list_losses())}")
+    needs = _LOSS_TASK.get(key, task)
+    if needs != task:
+        fitting = [k for k in losses_mod.list_losses() if _LOSS_TASK.get(k, task) == task]
+        raise ConfigError(f"loss.name: {name!r} is for {needs} outputs but dataset {cfg.data.name!r} is {task}; "
+                          f"choose auto or one of {', '.join(fitting)}")
+    kwargs: dict[str, Any] = {option: getattr(cfg.loss, option) for option in _LOSS_OPTIONS.get(key, ())}
+    return losses_mod.build_loss(key, num_classes, **kwargs)

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 import vmbench
 from vmbench.config import ExperimentConfig
 from vmbench.data import build_dataset
 from vmbench.engine.batches import iterate, progress_bar, target_tensor
 from vmbench.engine.builders import (
+    LAST,
     autocast_dtype,
     build_loss,
     build_model,
@@ -45,7 +46,7 @@ from vmbench.protocols import PAPER
 
 log = logging.getLogger("vmbench.engine")
 
-__all__ = ["Callback", "EpochResult", "FitResult", "Trial", "TrialData", "fit"]
+__all__ = ["Callback", "EpochDraws", "EpochResult", "FitResult", "Trial", "TrialData", "fit"]
 
 
 @dataclass
@@ -141,8 +142,10 @@ def load_data(cfg: ExperimentConfig, evaluation: str, img_size: tuple[int, int])
     return TrialData(train, val, preprocess_record(test, evaluation), bool(getattr(val, "val_is_test", False)))
 
 
-def batch_plan(n_samples: int, batch_size: int) -> tuple[bool, int]:
-    """(drop_last, steps per epoch)."""
+def batch_plan(n_samples: int, batch_size: int, iterations_per_epoch: int | None = None) -> tuple[bool, int]:
+    """(drop_last, steps per epoch): one pass over the samples, or ``iterations_per_epoch`` full batches."""
+    if iterations_per_epoch is not None:
+        return False, iterations_per_epoch
     # A last batch of one sample breaks BatchNorm in training mode (UNet baselines): drop it.
     drop_last = n_samples % batch_size == 1 and n_samples > batch_size
     return drop_last, n_samples // batch_size if drop_last else math.ceil(n_samples / batch_size)
@@ -161,7 +164,7 @@ def set_up(cfg: ExperimentConfig) -> Trial:
     metric, mode = selection_rule(cfg, data.val_is_test, data.val is not None, info.evaluation)
     model = build_model(cfg, info.num_classes, img_size).to(device)
     optimizer = build_optimizer(cfg, model)
-    drop_last, steps_per_epoch = batch_plan(len(data.train), cfg.train.batch_size)
+    drop_last, steps_per_epoch = batch_plan(len(data.train), cfg.train.batch_size, cfg.train.iterations_per_epoch)
     scheduler, schedule_unit = build_scheduler(cfg, optimizer, steps_per_epoch)
     return Trial(
         cfg=cfg, device=device, task=info.task, img_size=img_size, data=data, model=model,
@@ -214,19 +217,50 @@ def resume_from(trial: Trial, path: Path) -> None:
 # One epoch
 
 
+class EpochDraws(Dataset):
+    """``train.iterations_per_epoch``: the epoch's samples drawn with replacement, as nnU-Net's data
+    loader draws each batch (MIC-DKFZ/nnUNet@0e495086, ``nnUNetDataLoader``: an infinite
+    batchgenerators ``DataLoader``, ``np.random.choice(..., replace=True)``).
+
+    ``indices`` is a function of (seed, epoch). Draw ``k`` of epoch ``e`` is augmented as epoch
+    ``(e << 32) | k`` of the dataset (its ``set_epoch``, called in the process that loads the item):
+    every draw, repeats of one image included, gets its own augmentation, and the epoch stays a
+    function of (seed, epoch) whatever the number of workers.
+    """
+
+    def __init__(self, dataset: Any, indices: list[int], epoch: int):
+        self.dataset, self.indices, self.epoch = dataset, indices, epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, draw: int) -> Any:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch((self.epoch << 32) | draw)
+        return self.dataset[self.indices[draw]]
+
+
 def epoch_loader(trial: Trial, epoch: int) -> DataLoader:
-    """The epoch's shuffled batches, every generator reseeded from (seed, epoch)."""
+    """The epoch's shuffled batches (or ``train.iterations_per_epoch`` batches drawn with
+    replacement), every generator reseeded from (seed, epoch)."""
     seed = epoch_seed(trial.cfg.train.seed, epoch)
     seed_everything(seed)
     if hasattr(trial.data.train, "set_epoch"):
         trial.data.train.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(seed)
+    dataset, shuffle = trial.data.train, True
+    iterations = trial.cfg.train.iterations_per_epoch
+    if iterations is not None:
+        draws = iterations * trial.cfg.train.batch_size
+        indices = torch.randint(len(dataset), (draws,), generator=generator).tolist()
+        dataset, shuffle = EpochDraws(dataset, indices, epoch), False
     return DataLoader(
-        trial.data.train,
+        dataset,
         batch_size=trial.cfg.train.batch_size,
-        shuffle=True,
+        shuffle=shuffle,
         drop_last=trial.drop_last,
         num_workers=trial.cfg.data.num_workers,
-        generator=torch.Generator().manual_seed(seed),
+        generator=generator,
         pin_memory=trial.device.type == "cuda",
         persistent_workers=False,
     )
@@ -286,8 +320,9 @@ def validate(trial: Trial, epoch: int) -> dict[str, float]:
 
 
 def select_best(trial: Trial, metrics: dict[str, float]) -> bool:
-    """Whether this epoch improves the selection metric (then it becomes the best)."""
-    value = metrics.get(trial.select_metric)
+    """Whether this epoch improves the selection metric (then it becomes the best); under
+    ``train.select_metric: last`` every epoch does (its value is the epoch)."""
+    value = trial.epoch if trial.select_metric == LAST else metrics.get(trial.select_metric)
     if value is None or not (value < trial.best_value if trial.select_mode == "min" else value > trial.best_value):
         return False
     trial.best_value, trial.best_epoch = float(value), trial.epoch
