@@ -98,3 +98,9 @@ def test_nnunet_trainer_settings_pass():
     )
     assert (cfg.optim.nesterov, cfg.scheduler.step, cfg.train.iterations_per_epoch) == (True, "epoch", 250)
     assert ExperimentConfig().train.iterations_per_epoch is None and ExperimentConfig().optim.nesterov is False
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_named(value):
+    with pytest.raises(ConfigError, match=r"run\.yaml: optim\.lr: expected a finite number"):
+        ExperimentConfig.from_dict({"optim": {"lr": value}}, source="run.yaml")

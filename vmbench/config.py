@@ -9,6 +9,7 @@ applies dotted keys (what a sweep samples).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -189,6 +190,8 @@ def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .nan / .inf, --set key=nan: no setting means them
+            raise ConfigError(f"{source}: {key}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
