@@ -55,7 +55,7 @@ def with_change(path: str, value):
         (("space/optim.lr", {"type": "loguniform", "low": 0.0, "high": 1}), r"log-scale range needs low > 0"),
         (("space/optim.lr", {"type": "choice", "values": []}), r"space\.optim\.lr\.values: expected a non-empty list"),
         (("space/optim.lrr", {"type": "uniform", "low": 0, "high": 1}), r"unknown key 'optim\.lrr'"),
-        (("space/train.epochs", {"type": "choice", "values": [1, "x"]}), r"train\.epochs: expected an integer"),
+        (("space/train.batch_size", {"type": "choice", "values": [8, "x"]}), r"train\.batch_size: expected an integer"),
         (("models", ["vmunet", "vmunett"]), r"models: unknown model 'vmunett'; did you mean 'vmunet'"),
         (("dataset", "isic2019"), r"datasets: unknown dataset 'isic2019'"),
         (("resources", {"gpu": 1.5}), r"resources\.gpu: fractions are allowed below 1 only"),
@@ -89,7 +89,7 @@ def test_not_yaml_and_missing_file(tmp_path, capsys):
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_spec(bad)
     assert main(["sweep", "--space", str(tmp_path / "none.yaml")]) == 2
-    assert "none.yaml does not exist" in capsys.readouterr().err
+    assert "none.yaml: no such search-space file" in capsys.readouterr().err
 
 
 def test_a_fixed_recipe_value_of_a_searched_key_is_the_first_trial():

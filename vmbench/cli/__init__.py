@@ -17,11 +17,19 @@ from vmbench.errors import VmbenchError
 __all__ = ["build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one line (its usage block is one ``--help`` away), as every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vmbench import __version__, leaderboard
     from vmbench.cli import bench, data, run, sweep
+    from vmbench.report import cli as report
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vmbench",
         description="Benchmark medical image segmentation models: train, tune (Ray Tune + Optuna), track (MLflow), compare.",
         epilog="Start: vmbench models; vmbench train --model unet --epochs 2 --img-size 64; vmbench leaderboard; vmbench ui",
@@ -33,20 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parsers(sub)
     sweep.add_parsers(sub)
     leaderboard.add_parser(sub)
-    _add_report(sub)
+    report.add_parser(sub)
     data.add_parsers(sub)
     bench.add_parsers(sub)
     return parser
-
-
-def _add_report(sub) -> None:
-    try:
-        from vmbench.report.cli import add_parser
-    except ModuleNotFoundError as err:
-        if err.name is None or not err.name.startswith("vmbench.report"):
-            raise
-        return  # the report package is not part of this checkout yet
-    add_parser(sub)
 
 
 def _check_tracking_uri(args: argparse.Namespace) -> None:

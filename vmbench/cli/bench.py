@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vmbench.bench.model import REFERENCE_TIMEOUT_S
-from vmbench.cli.options import positive_float, positive_int, shape
+from vmbench.cli.options import bench_device, positive_float, positive_int, shape
 
 
 def add_parsers(sub) -> None:
@@ -13,7 +13,7 @@ def add_parsers(sub) -> None:
         dest="bench_command", required=True, metavar="WHAT"
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    common.add_argument("--device", type=bench_device, default="cpu", help="cpu or cuda[:N] (default cpu)")
     common.add_argument("--backend", action="append",
                         help="selective-scan backend to measure: cuda, triton, torch, reference (repeatable; default: all available)")
     common.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
@@ -29,7 +29,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_bench_scan)
 
     p = bench.add_parser("tune", help="time Triton scan tile configurations on this GPU and print the fastest setting")
-    p.add_argument("--device", default="cuda", help="cuda[:N] (default cuda; cpu only under TRITON_INTERPRET=1)")
+    p.add_argument("--device", type=bench_device, default="cuda", help="cuda[:N] (default cuda; cpu only under TRITON_INTERPRET=1)")
     p.add_argument("--config", action="append", help="a VMBENCH_TRITON_SCAN_CONFIG text to try, e.g. "
                    "'block_t=16,bwd_warps=8' (repeatable; default: vmbench's candidate list); the defaults always run")
     p.add_argument("--shapes", type=shape, nargs="+", help="CHANNELS:LENGTH pairs (default: VM-UNet's 4 stages)")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from vmbench.cli.options import nonnegative_int, positive_int, writable_folder
+from vmbench.errors import ConfigError
 
 MAPPING_HELP = (
     "which organ each of the 8 Synapse label ids means (BTCV ids in brackets). "
@@ -28,9 +30,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True, help="an empty (or new) folder")
     p.add_argument("--n", type=positive_int, default=100, help="images (isic, >= 3) or cases (synapse, <= 30)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--layout", choices=["challenge", "prepared"], default="challenge",
-                   help="isic only: the official archive folders, or VM-UNet's prepared train/val folders")
-    p.add_argument("--year", type=int, choices=[2017, 2018], default=2018, help="isic only")
+    p.add_argument("--layout", choices=["challenge", "prepared"],
+                   help="isic only: the official archive folders (default), or VM-UNet's prepared train/val folders")
+    p.add_argument("--year", type=int, choices=[2017, 2018], help="isic only (default 2018)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.set_defaults(func=cmd_data_synth)
 
@@ -73,11 +75,15 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
     out = writable_folder(args.out, "--out")
     if args.kind == "isic":
-        report = synth_isic(out, n=args.n, seed=args.seed, layout=args.layout, year=args.year,
+        layout, year = args.layout or "challenge", args.year or 2018
+        report = synth_isic(out, n=args.n, seed=args.seed, layout=layout, year=year,
                             overwrite=args.overwrite, progress=True)
         counts = ", ".join(f"{split} {n}" for split, n in report["counts"].items())
-        print(f"wrote {args.n} generated ISIC{args.year}-like images ({args.layout} layout: {counts}) to {out}")
+        print(f"wrote {args.n} generated ISIC{year}-like images ({layout} layout: {counts}) to {out}")
     else:
+        for option, value in (("--layout", args.layout), ("--year", args.year)):
+            if value is not None:
+                raise ConfigError(f"{option} {value}: applies to isic only; leave it out for synapse")
         report = synth_synapse(out, n_cases=args.n, seed=args.seed, overwrite=args.overwrite, progress=True)
         print(f"wrote {len(report['cases'])} generated CT cases (raw BTCV NIfTI layout) to {out}; "
               f"next: vmbench data prepare synapse --raw {out} --out DIR")
@@ -89,6 +95,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
+    raw = Path(args.raw)
+    if raw.exists() and not raw.is_dir():
+        raise ConfigError(f"--raw {raw}: is a file, not a folder of raw BTCV NIfTI volumes")
     out = writable_folder(args.out, "--out")
     with tqdm(desc=f"preparing {out.name}", unit="case", leave=False, disable=None) as bar:
         report = prepare_synapse(args.raw, out, mapping=args.mapping, overwrite=args.overwrite,

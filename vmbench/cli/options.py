@@ -59,6 +59,15 @@ def port(text: str) -> int:
     return value
 
 
+def bench_device(text: str) -> str:
+    """cpu, cuda or cuda:N: checked here, not by torch deep inside a benchmark."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
 def shape(text: str) -> tuple[int, int]:
     try:
         channels, length = (int(p) for p in text.split(":"))

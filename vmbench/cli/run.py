@@ -111,6 +111,16 @@ def train_config_from_args(args: argparse.Namespace):
     if args.no_progress:
         overrides["train.progress"] = False
     cfg = cfg.with_overrides(overrides, source="command line")
+    import vmbench
+
+    vmbench.model_info(cfg.model.name)  # a misspelt name fails here, before the engine makes the run folder
+    vmbench.dataset_info(cfg.data.name)
+    if cfg.data.root is not None and Path(cfg.data.root).is_file():
+        raise ConfigError(f"--data-root {cfg.data.root} (data.root): is a file, not a dataset folder")
+    from vmbench.search_space import check_config_input
+
+    # The model's own rules on a meta-device copy: a size it cannot take names the option, not a layer.
+    check_config_input(cfg, "command line", "data.img_size (--img-size)")
     out = args.out or (base.get("out_dir") if args.config else None)
     cfg.out_dir = str(out or Path("vmbench-runs") / "train" / f"{cfg.model.name}_{cfg.data.name}")
     return cfg
@@ -170,6 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     state = load_state(checkpoint)  # a bad file fails here, before any folder is made
     trained_on = state.config["data"]["name"]
     dataset = args.dataset or trained_on
+    _check_same_task(trained_on, dataset, checkpoint)
     name = args.split if dataset == trained_on else f"{dataset}-{args.split}"
     run_dir = checkpoint.parent.parent
     out = writable_folder(args.out or run_dir / "eval" / name, "--out")
@@ -186,6 +197,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if pointer is not None:
             print(f"attached to MLflow run {pointer['run_id']} as eval_{name}_* metrics and eval/{name}/ artifacts")
     return 0
+
+
+def _check_same_task(trained_on: str, dataset: str, checkpoint: Path) -> None:
+    """A model evaluates only on data of its own kind: same classes, same 2D or volume evaluation."""
+    import vmbench
+
+    have, want = vmbench.dataset_info(trained_on), vmbench.dataset_info(dataset)
+    if (have.num_classes, have.evaluation) != (want.num_classes, want.evaluation):
+        raise ConfigError(
+            f"--dataset {dataset}: {checkpoint} was trained on {trained_on} ({have.num_classes} output channel(s), "
+            f"{have.evaluation} evaluation), which cannot be evaluated on {dataset} ({want.num_classes}, "
+            f"{want.evaluation}); give a dataset of the same kind"
+        )
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

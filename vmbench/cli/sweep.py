@@ -37,12 +37,13 @@ def add_parsers(sub) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from vmbench.search_space import check_name, load_spec
+    from vmbench.search_space import check_name, check_study_inputs, load_spec
 
     spec = load_spec(args.space)
     if args.name is not None:
         # The same rule as the file's name field: it becomes folder names and MLflow filters.
         spec.name = check_name(args.name, "--name")
+    check_study_inputs(spec)  # a size a model cannot take fails here, not in every trial
     if args.dry_run:
         print(spec.plan())
         return 0

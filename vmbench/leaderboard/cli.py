@@ -80,6 +80,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _output_format(args: argparse.Namespace) -> str:
     """--format, else the --out file's suffix; an unknown suffix is an error rather than a guess."""
     fmt = args.format
+    if args.out and Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: is a folder; give a file name, e.g. {Path(args.out) / 'leaderboard.md'}")
     if fmt is None and args.out:
         suffix = Path(args.out).suffix.lower()
         if suffix not in _SUFFIX_FORMATS:

@@ -7,7 +7,7 @@ import torch
 
 from vmbench.errors import ModelInputError
 
-__all__ = ["check_image_batch"]
+__all__ = ["check_image_batch", "check_input_size"]
 
 _AXES = {2: ("height", "width"), 3: ("depth", "height", "width")}
 
@@ -57,3 +57,33 @@ def check_image_batch(
     if square and len(set(sides)) != 1:
         raise ModelInputError(f"{model} needs a square input, got {text}. Resize or pad the input.")
     return x
+
+
+class _InputAccepted(Exception):
+    """Raised by :func:`check_input_size`'s hooks: the model's own checks have passed."""
+
+
+def check_input_size(model: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    """Run ``model``'s own input checks on a meta tensor of ``shape``, and nothing else.
+
+    ``model`` should be built on the meta device (``with torch.device("meta")``), so that neither
+    building nor checking allocates. Its forward runs until it calls its first submodule: every
+    registered model checks its input before that (the test suite holds each one to it), so a size
+    the model cannot take raises its :class:`ModelInputError` and an accepted one computes nothing.
+    A model built for a fixed size (Swin-UNet, TransFuse) refuses a bad one while being built.
+    """
+    root = model
+
+    def stop(module, args):
+        if module is not root:
+            raise _InputAccepted
+
+    handles = [m.register_forward_pre_hook(stop) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            model(torch.empty(shape, device="meta"))
+    except _InputAccepted:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()

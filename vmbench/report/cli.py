@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from vmbench.errors import ConfigError, VmbenchError
 from vmbench.tracking import resolve_tracking_uri
@@ -39,6 +40,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     reference = None if (args.reference or "").lower() in ("", "none") else args.reference
     try:
+        out = Path(args.out)
+        if out.is_dir():
+            raise ConfigError(f"--out {out}: is a folder; give a file name, e.g. {out / 'report.html'}")
+        if out.suffix.lower() not in (".html", ".htm"):
+            raise ConfigError(f"--out {out}: the report is HTML; give a file name ending in .html")
         if args.bootstrap < 0:
             raise ConfigError(f"--bootstrap {args.bootstrap}: expected 0 or more resamples")
         if not 0 <= args.budget_tolerance < 1:

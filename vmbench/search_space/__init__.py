@@ -42,6 +42,7 @@ Modules: :mod:`~vmbench.search_space.params` (the ``space:`` entries and their O
 
 from __future__ import annotations
 
+from vmbench.search_space.inputs import check_config_input, check_study_inputs
 from vmbench.search_space.params import SPACE_TYPES, SpaceParam, decode_sample, optuna_distributions
 from vmbench.search_space.spec import (
     CV_MEAN,
@@ -63,6 +64,6 @@ from vmbench.search_space.spec import (
 
 __all__ = [
     "CV_MEAN", "CV_ONE_FOLD", "CV_SEARCH_MODES", "SAMPLERS", "SPACE_TYPES", "TOP_LEVEL_KEYS", "Budget", "FinalStage",
-    "Resources", "SamplerSpec", "SpaceParam", "Study", "SweepSpec", "check_name", "data_root_anchor", "decode_sample",
-    "load_spec", "optuna_distributions", "parse_spec",
+    "Resources", "SamplerSpec", "SpaceParam", "Study", "SweepSpec", "check_config_input", "check_name",
+    "check_study_inputs", "data_root_anchor", "decode_sample", "load_spec", "optuna_distributions", "parse_spec",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import decimal
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,11 +51,13 @@ def number(value: Any, source: str, key: str) -> float:
     # PyYAML reads 1e-4 (no dot) as a string: accept numeric strings for numbers.
     if isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise err(source, key, f"expected a number, got {value!r}")
+    if not math.isfinite(value):  # .nan or .inf: no range, resource or step is made of them
+        raise err(source, key, f"expected a finite number, got {value!r}")
     return float(value)
 
 

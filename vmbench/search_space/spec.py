@@ -43,6 +43,19 @@ CV_ONE_FOLD, CV_MEAN = "one-fold", "mean"
 CV_SEARCH_MODES = (CV_ONE_FOLD, CV_MEAN)
 # Set by the sweep from `folds` and `cv_search`, never by hand.
 FOLD_KEYS = ("data.fold", "data.folds")
+# Config keys the sweep sets itself: a value in fixed or space would be replaced without a word.
+SWEEP_SET_KEYS = {
+    **{key: "use the top-level folds (protocol cv) instead" for key in FOLD_KEYS},
+    "model.name": "use the top-level models instead",
+    "data.name": "use the top-level datasets instead",
+    "data.protocol": "use the top-level protocol instead",
+    "train.epochs": "use budget.max_epochs (search) and final.epochs (final stage) instead",
+    "train.val_interval": "trials report their metric every epoch",
+    "train.progress": "trials run without progress bars",
+}
+# Budgets beyond these would never finish (and are most likely a typo): refused, not planned.
+MAX_TRIALS = 10_000
+MAX_EPOCHS = 100_000
 
 
 @dataclass(frozen=True)
@@ -238,12 +251,16 @@ def _resolve_root(root: Any, anchor: Path) -> Any:
 def load_spec(path: str | Path, *, check_registry: bool = True) -> SweepSpec:
     path = Path(path)
     source = str(path)
+    if path.is_dir():
+        raise ConfigError(f"--space {path}: is a folder; give a search-space YAML file (e.g. search_spaces/quickstart.yaml)")
     if not path.is_file():
-        raise ConfigError(f"search-space file {path} does not exist (--space)")
+        raise ConfigError(f"--space {path}: no such search-space file")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {' '.join(str(error).split())}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not a text (YAML) file") from None
     return parse_spec(raw, source=source, default_name=path.stem, check_registry=check_registry, space_file=path)
 
 
@@ -300,6 +317,10 @@ def _budget(raw: dict, source: str) -> Budget:
         raise err(source, "budget.grace_period", f"({budget.grace_period}) exceeds budget.max_epochs ({budget.max_epochs})")
     if budget_raw.get("reduction_factor", 2) < 2:
         raise err(source, "budget.reduction_factor", "must be >= 2")
+    for key, limit in (("trials", MAX_TRIALS), ("max_epochs", MAX_EPOCHS)):
+        if getattr(budget, key) > limit:
+            raise err(source, f"budget.{key}", f"{getattr(budget, key)} is beyond what a sweep can finish (at most "
+                                               f"{limit:,}); is it a typo?")
     return budget
 
 
@@ -321,7 +342,10 @@ def _final(raw: dict, source: str) -> FinalStage:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise err(source, "final.seeds", f"expected a non-empty list of integers, got {seeds!r}")
     epochs = final_raw.get("epochs")
-    return FinalStage(tuple(seeds), None if epochs is None else integer(epochs, source, "final.epochs", 1))
+    epochs = None if epochs is None else integer(epochs, source, "final.epochs", 1)
+    if epochs is not None and epochs > MAX_EPOCHS:
+        raise err(source, "final.epochs", f"{epochs} is beyond what a run can finish (at most {MAX_EPOCHS:,}); is it a typo?")
+    return FinalStage(tuple(seeds), epochs)
 
 
 def _sampler(raw: dict, source: str) -> SamplerSpec:
@@ -394,9 +418,12 @@ def _build_study(spec: SweepSpec, model: str, dataset: str, anchor: Path) -> Stu
     extra = spec.per_model.get(model, {"fixed": {}, "space": []})
     overrides = {**spec.fixed, **extra["fixed"]}
     space = [p for p in spec.space if p.key not in {q.key for q in extra["space"]}] + list(extra["space"])
-    for key in FOLD_KEYS:
+    for key, instead in SWEEP_SET_KEYS.items():
         if key in overrides or key in {p.key for p in space}:
-            raise err(source, key, "is set by the sweep: use the top-level folds (protocol cv) instead")
+            raise err(source, key, f"is set by the sweep: {instead}")
+    if not space and spec.budget.trials > 1:
+        raise err(source, "space", f"has no entries for {model} on {dataset}, so its {spec.budget.trials} trials would "
+                                   "all train the same configuration: add space entries, or set budget.trials: 1")
     overrides.update({
         "model.name": model,
         "data.name": dataset,
