@@ -178,6 +178,7 @@ def test_bad_input_is_one_line(fx, argv, named, capsys, monkeypatch, tmp_path):
     assert named in lines[0], lines[0]
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert not written, f"a refused command wrote {written}"
+    assert not (tmp_path / "out").exists(), "a refused command made its output folder"
 
 
 @pytest.mark.slow  # builds every registered model on the meta device

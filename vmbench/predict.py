@@ -145,7 +145,6 @@ def predict_paths(checkpoint, inputs, out_dir, device="auto", threshold: float =
     if any(k == "volume" for k in kinds.values()) and trained_on != "volume":
         raise DataError(f"{checkpoint}: this model was trained on 2D images ({cfg.data.name}); give images")
     out_paths = _output_paths(kinds, Path(out_dir))
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
     task = vmbench.dataset_info(cfg.data.name).task
     results = []
     for path, kind in kinds.items():
@@ -154,9 +153,11 @@ def predict_paths(checkpoint, inputs, out_dir, device="auto", threshold: float =
             mask = predict_image(model, path, state.preprocess, state.img_size, device, threshold, task)
             png = io.BytesIO()
             Image.fromarray(mask).save(png, format="PNG")
+            out_path.parent.mkdir(parents=True, exist_ok=True)  # only once there is something to write
             atomic_write(out_path, png.getvalue())
             results.append(Prediction(path, out_path, kind, mask.shape, float((mask > 0).mean())))
         else:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
             shape, fraction = predict_nifti(model, path, out_path, state.img_size, device)
             results.append(Prediction(path, out_path, kind, shape, fraction))
     return results
