@@ -146,6 +146,7 @@ def _check_run_folder(cfg, resume: bool) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vmbench.engine import fit
+    from vmbench.engine.builders import LAST
 
     cfg = train_config_from_args(args)
     print(_check_run_folder(cfg, args.resume))
@@ -158,7 +159,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                                         runs_dir=args.runs_dir, resume=args.resume)
         print(f"MLflow run {tracked.run.run_id} in experiment {tracked.experiment!r} ({tracked.tracking_uri}); "
               "compare with `vmbench leaderboard`, browse with `vmbench ui`")
-    print(f"best epoch {result.best_epoch}: {result.select_metric} = {result.best_value:.4f} ({result.best_checkpoint})")
+    if result.select_metric == LAST:
+        print(f"kept the final epoch {result.best_epoch} (train.select_metric: last) ({result.best_checkpoint})")
+    else:
+        print(f"best epoch {result.best_epoch}: {result.select_metric} = {result.best_value:.4f} ({result.best_checkpoint})")
     if result.test is not None:
         print("test:", json.dumps(headline(cfg.data.name, result.test)))
         print(f"per-case table and summary: {Path(cfg.out_dir) / 'eval' / 'test'}")
