@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_path", "atomic_write", "atomic_torch_save"]
+__all__ = ["atomic_path", "atomic_write", "atomic_torch_save", "read_yaml"]
 
 
 @contextlib.contextmanager
@@ -57,3 +57,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str], mode: int | None =
     with atomic_path(path, mode) as tmp:
         save(obj, tmp)
     return Path(path)
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """``yaml.safe_load`` of a file; a file that is not YAML text is one ConfigError naming it."""
+    import yaml
+
+    from vmbench.errors import ConfigError
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (YAML) file") from None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vmbench.cli.options import existing_file, nonnegative_int, open_fraction, positive_float, positive_int, writable_folder
 from vmbench.errors import ConfigError
+from vmbench.io import read_yaml
 from vmbench.protocols import RUN_PROTOCOLS
 
 
@@ -74,15 +75,8 @@ def _parse_value(text: str):
 
 
 def _load_config_file(path: str) -> dict:
-    import yaml
-
     file = existing_file(path, "--config", "file")
-    try:
-        values = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{file}: not valid YAML: {' '.join(str(err).split())}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file}: not a text (YAML) file") from None
+    values = read_yaml(file)
     if values is not None and not isinstance(values, dict):
         raise ConfigError(f"{file}: expected a mapping of sections (data, model, ...), got {type(values).__name__}")
     return values or {}

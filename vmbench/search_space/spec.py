@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from vmbench.config import ConfigError, ExperimentConfig
+from vmbench.io import read_yaml
 from vmbench.protocols import CV, HOLDOUT, PAPER, VOLUME, check_protocol, default_select_mode, selectable_metrics
 from vmbench.search_space.params import (
     SpaceParam,
@@ -255,12 +255,7 @@ def load_spec(path: str | Path, *, check_registry: bool = True) -> SweepSpec:
         raise ConfigError(f"--space {path}: is a folder; give a search-space YAML file (e.g. search_spaces/quickstart.yaml)")
     if not path.is_file():
         raise ConfigError(f"--space {path}: no such search-space file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(error).split())}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source}: not a text (YAML) file") from None
+    raw = read_yaml(path)
     return parse_spec(raw, source=source, default_name=path.stem, check_registry=check_registry, space_file=path)
 
 
