@@ -54,6 +54,7 @@ __all__ = [
     "default_loss_for",
     "list_losses",
     "loss_key",
+    "loss_task",
     "register_loss",
 ]
 
@@ -412,10 +413,12 @@ def transfuse_loss(base_loss: Callable[[Tensor, Tensor], Tensor] | None = None) 
 # --------------------------------------------------------------------------------------------
 
 _LOSSES: dict[str, Callable[..., nn.Module]] = {}
+_TASKS: dict[str, str | None] = {}  # "binary" (one logit), "multiclass" (class logits), None: either
 
 
-def register_loss(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register ``factory(num_classes, **kwargs) -> nn.Module`` under ``name``."""
+def register_loss(name: str, task: str | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``factory(num_classes, **kwargs) -> nn.Module`` under ``name``; ``task``: the outputs
+    it is written for, ``"binary"`` (one logit channel) or ``"multiclass"`` (class logits), None for either."""
 
     key = loss_key(name)
 
@@ -423,6 +426,7 @@ def register_loss(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..
         if key in _LOSSES:
             raise ValueError(f"loss {key!r} is already registered")
         _LOSSES[key] = factory
+        _TASKS[key] = task
         return factory
 
     return deco
@@ -430,6 +434,11 @@ def register_loss(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..
 
 def list_losses() -> list[str]:
     return sorted(_LOSSES)
+
+
+def loss_task(name: str) -> str | None:
+    """The task a registered loss is written for (see :func:`register_loss`), None for either."""
+    return _TASKS[loss_key(name)]
 
 
 def loss_key(name: str) -> str:
@@ -445,13 +454,13 @@ def _require_binary(name: str, num_classes: int) -> None:
         )
 
 
-@register_loss("bce_dice")
+@register_loss("bce_dice", task="binary")
 def _bce_dice(num_classes: int, **kw: Any) -> nn.Module:
     _require_binary("bce_dice", num_classes)
     return BceDiceLoss(**kw)
 
 
-@register_loss("bce")
+@register_loss("bce", task="binary")
 def _bce(num_classes: int, **kw: Any) -> nn.Module:
     _require_binary("bce", num_classes)
     return BceDiceLoss(bce_weight=kw.pop("bce_weight", 1.0), dice_weight=0.0, **kw)
@@ -475,14 +484,14 @@ def _dice(num_classes: int, **kw: Any) -> nn.Module:
     return CeDiceLoss(num_classes, ce_weight=0.0, dice_weight=kw.pop("dice_weight", 1.0), **kw)
 
 
-@register_loss("structure")
+@register_loss("structure", task="binary")
 def _structure(num_classes: int, **kw: Any) -> nn.Module:
     _require_binary("structure", num_classes)
     return StructureLoss(**kw)
 
 
 # nnU-Net's losses live beside its deep supervision (vmbench.losses_ds, which imports this module).
-@register_loss("nnunet_dice_ce")
+@register_loss("nnunet_dice_ce", task="multiclass")
 def _nnunet_dice_ce(num_classes: int, **kw: Any) -> nn.Module:
     if num_classes == 1:
         raise ValueError("loss 'nnunet_dice_ce' needs class logits (num_classes >= 2); one logit channel is "
@@ -492,7 +501,7 @@ def _nnunet_dice_ce(num_classes: int, **kw: Any) -> nn.Module:
     return NnUNetDiceCELoss(num_classes, **kw)
 
 
-@register_loss("nnunet_dice_bce")
+@register_loss("nnunet_dice_bce", task="binary")
 def _nnunet_dice_bce(num_classes: int, **kw: Any) -> nn.Module:
     _require_binary("nnunet_dice_bce", num_classes)
     from vmbench.losses_ds import NnUNetDiceBCELoss

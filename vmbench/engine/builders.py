@@ -216,17 +216,6 @@ _LOSS_OPTIONS = {
 }
 
 
-# The task a loss is written for: one logit channel (binary) or class logits (multiclass); the
-# others (dice, ce_dice, ce) take either.
-_LOSS_TASK = {
-    "bce_dice": "binary",
-    "bce": "binary",
-    "structure": "binary",
-    "nnunet_dice_bce": "binary",
-    "nnunet_dice_ce": "multiclass",
-}
-
-
 def build_loss(cfg: ExperimentConfig, task: str, num_classes: int) -> torch.nn.Module:
     name = cfg.loss.name
     if name == "auto":
@@ -234,9 +223,9 @@ def build_loss(cfg: ExperimentConfig, task: str, num_classes: int) -> torch.nn.M
     key = losses_mod.loss_key(name)
     if key not in losses_mod.list_losses():
         raise ConfigError(f"loss.name: {name!r} is not a loss; choose auto or one of {', '.join(losses_mod.list_losses())}")
-    needs = _LOSS_TASK.get(key, task)
+    needs = losses_mod.loss_task(key) or task
     if needs != task:
-        fitting = [k for k in losses_mod.list_losses() if _LOSS_TASK.get(k, task) == task]
+        fitting = [k for k in losses_mod.list_losses() if losses_mod.loss_task(k) in (None, task)]
         raise ConfigError(f"loss.name: {name!r} is for {needs} outputs but dataset {cfg.data.name!r} is {task}; "
                           f"choose auto or one of {', '.join(fitting)}")
     kwargs: dict[str, Any] = {option: getattr(cfg.loss, option) for option in _LOSS_OPTIONS.get(key, ())}
