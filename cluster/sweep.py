@@ -85,7 +85,7 @@ def rerun_from_stable_copy(argv: list[str]) -> None:
     named after the package (its name is a hash of the contents), so a rerun reuses it.
     """
     package = ray_package_root(Path(__file__))
-    if package is None or os.environ.get("VMBENCH_STABLE_COPY") == str(package):
+    if package is None:  # also the copy itself: it lies under ray-jobs/, not working_dir_files/
         return
     import shutil
 
@@ -98,7 +98,7 @@ def rerun_from_stable_copy(argv: list[str]) -> None:
             partial.rename(stable)
         except OSError:  # another driver of the same package made it first
             shutil.rmtree(partial, ignore_errors=True)
-    env = dict(os.environ, VMBENCH_STABLE_COPY=str(package))
+    env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(stable), env.get("PYTHONPATH", "")) if p)
     os.chdir(stable)
     script = str(stable / "cluster" / "sweep.py")
