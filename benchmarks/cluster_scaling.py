@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from vmbench.data import build_dataset
-    from vmbench.localcluster import LocalCluster
+    from localcluster import LocalCluster  # this folder's helper, next to this script
 
     work = Path(tempfile.mkdtemp(prefix="vmbench-scaling-"))
     cache = work / "cache"

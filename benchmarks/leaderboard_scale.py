@@ -5,7 +5,7 @@
 Prints the time to aggregate and render N in-memory runs, then builds an SQLite MLflow store of N
 trial runs (``--logged`` of them through ``MlflowClient``, the rest SQL copies of those) and
 times :func:`vmbench.leaderboard.load_runs` with its read-only SQL reader against MLflow's own
-``search_runs``. ``synthetic_runs`` is also what ``tests/test_leaderboard.py`` aggregates.
+``search_runs``. ``synthetic_runs`` is also what ``tests/leaderboard/test_leaderboard.py`` aggregates.
 """
 
 from __future__ import annotations

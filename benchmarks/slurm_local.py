@@ -155,8 +155,10 @@ def run(args, tmp: Path, marker: str, daemons: list[subprocess.Popen]) -> None:
         raise Skip(f"missing {', '.join(missing)}: apt-get install -y slurm-wlm munge")
     home = tmp / "home"
     home.mkdir()
+    # VMBENCH_PYTHON: the job runs this Python (the one running the proof, or the tests), not
+    # slurm.sbatch's default .venv/bin/python of the submit folder, which may not exist or lack vmbench.
     env = {**os.environ, MARK_ENV: marker, "SLURM_CONF": str(tmp / "slurm.conf"), "HOME": str(home),
-           "VMBENCH_RUNS_DIR": str(tmp / "runs"), "RAY_USAGE_STATS_ENABLED": "0"}
+           "VMBENCH_RUNS_DIR": str(tmp / "runs"), "VMBENCH_PYTHON": sys.executable, "RAY_USAGE_STATS_ENABLED": "0"}
     for name in ("SLURM_JOB_ID", "SLURM_JOBID", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"):  # from an outer job or shell
         env.pop(name, None)
     timer = Timer(tmp / "logs", env, REPO)

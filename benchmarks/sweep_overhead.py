@@ -71,9 +71,8 @@ def main() -> None:
     direct = []
     for i, lr in enumerate(trials["params.optim.lr"].astype(float)):
         cfg = spec.studies[0].base.with_overrides({"optim.lr": lr})
-        cfg.out_dir = str(work / f"direct{i}")
         t0 = time.perf_counter()
-        fit(cfg, evaluate_test=False)
+        fit(cfg, work / f"direct{i}", evaluate_test=False)
         direct.append(time.perf_counter() - t0)
 
     print(f"\n{args.trials} trials of {args.model} at {args.img_size}px, {args.epochs} epochs, {args.threads} thread(s)")

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 KEY_LISTS = Path(__file__).parent / "data" / "keys"
+# The benchmark scripts' helpers (localcluster, cluster_harness) are modules of benchmarks/, not of
+# the package: tests import them as the scripts next to them do.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -104,3 +104,53 @@ def test_nnunet_trainer_settings_pass():
 def test_non_finite_numbers_are_named(value):
     with pytest.raises(ConfigError, match=r"run\.yaml: optim\.lr: expected a finite number"):
         ExperimentConfig.from_dict({"optim": {"lr": value}}, source="run.yaml")
+
+
+def test_numbers_written_like_1e_4_are_numbers():
+    # PyYAML reads 1e-4 (no dot) as text, in a --config file and in `--set optim.lr=1e-4` alike.
+    assert ExperimentConfig.from_dict({"optim": {"lr": "1e-4"}}).optim.lr == pytest.approx(1e-4)
+    assert ExperimentConfig().with_overrides({"optim.lr": "3e-4"}).optim.lr == pytest.approx(3e-4)
+    with pytest.raises(ConfigError, match=r"^run\.yaml: optim\.lr: expected a number, got 'fast'$"):
+        ExperimentConfig.from_dict({"optim": {"lr": "fast"}}, source="run.yaml")
+    with pytest.raises(ConfigError, match=r"^run\.yaml: optim\.lr: expected a finite number, got nan$"):
+        ExperimentConfig.from_dict({"optim": {"lr": "nan"}}, source="run.yaml")
+
+
+def test_an_unknown_key_of_a_section_names_the_section_and_the_known_keys():
+    with pytest.raises(ConfigError, match=r"^run\.yaml: data\.imgsize: unknown key \(known: name, root, protocol, "):
+        ExperimentConfig.from_dict({"data": {"imgsize": 32}}, source="run.yaml")
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("budget", {"trails": 3}, r"budget\.trails: unknown key \(known: trials, concurrent, max_epochs, "),
+        ("budget", {"trials": 2.5}, r"budget\.trials: expected an integer, got 2\.5$"),
+        ("budget", {"reduction_factor": 1}, r"budget\.reduction_factor: 1 is out of range \(must be >= 2\)$"),
+        ("budget", {"trials": 10**6}, r"budget\.trials: 1000000 is beyond what a sweep can finish"),
+        ("resources", {"gpu": -0.5}, r"resources\.gpu: -0\.5 is out of range \(must be >= 0\)$"),
+        ("resources", "all", r"resources: expected a mapping, got str$"),
+        ("final", {"seeds": [1, "x"]}, r"final\.seeds\[1\]: expected an integer, got 'x'$"),
+        ("final", {"seeds": 3}, r"final\.seeds: expected a list, got 3$"),
+        ("final", {"epochs": 0}, r"final\.epochs: 0 is out of range \(must be >= 1\)$"),
+        ("sampler", {"seed": -1}, r"sampler\.seed: -1 is out of range \(must be >= 0\)$"),
+        ("sampler", {"name": "bayes"}, r"sampler\.name: 'bayes' is not one of 'tpe', 'random', 'gp', 'cmaes'$"),
+    ],
+)
+def test_search_space_sections_are_checked_by_the_configuration_validator(section, values, message):
+    from vmbench.config import build_section
+    from vmbench.search_space import Budget, FinalStage, Resources, SamplerSpec
+
+    cls = {"budget": Budget, "resources": Resources, "final": FinalStage, "sampler": SamplerSpec}[section]
+    with pytest.raises(ConfigError, match=rf"^space\.yaml: {message}") as refused:
+        build_section(cls, values, section, "space.yaml")
+    assert "\n" not in str(refused.value)
+
+
+def test_search_space_sections_keep_their_types():
+    from vmbench.config import build_section
+    from vmbench.search_space import FinalStage, Resources
+
+    assert build_section(Resources, {"cpu": 2, "gpu": "5e-1"}, "resources", "s") == Resources(2.0, 0.5)
+    assert build_section(FinalStage, {"seeds": [3, 4]}, "final", "s") == FinalStage((3, 4), None)
+    assert build_section(FinalStage, None, "final", "s") == FinalStage()  # an absent section: the defaults

@@ -125,3 +125,31 @@ def test_building_transfuse_never_reads_a_file(monkeypatch):
     for old in ("resnet_weights", "deit_weights"):
         with pytest.raises(ConfigError, match=rf"model\.overrides\.{old}.*model\.pretrained"):
             vmbench.create_model("transfuse-s", **{old: "pretrained/weights.pth"})
+
+
+def test_dataset_options_come_from_the_registration():
+    from vmbench.registry import dataset_options
+
+    def plain(root, split, protocol, img_size, augment, seed, *, n=1, fold=None, folds=5):
+        return None
+
+    def forwarding(root, split, protocol, img_size, augment, seed, *, data_seed=0, **kwargs):
+        return None
+
+    # fold/folds are the engine's, not the user's; the rest are the builder's keyword parameters.
+    assert dataset_options("plain", plain, None) == ("n",)
+    assert dataset_options("fwd", forwarding, ("normalize",)) == ("data_seed", "normalize")
+    with pytest.raises(TypeError, match=r"dataset 'fwd': its builder takes \*\*kwargs; declare"):
+        dataset_options("fwd", forwarding, None)
+    # The registered stand-in accepts its own options and the loader's it forwards, nothing else.
+    options = vmbench.dataset_info("synthetic-isic").options
+    assert {"n", "data_seed", "layout", "normalize", "augmentation"} <= set(options)
+    assert not {"fold", "folds", "name", "root"} & set(options)
+
+
+def test_an_unknown_data_option_names_the_accepted_ones():
+    from vmbench.data import build_dataset
+    from vmbench.errors import DataError
+
+    with pytest.raises(DataError, match=r"data.options: 'nromalize' is not an option of dataset 'synapse' \(accepted: val_cases, class_names\)"):
+        build_dataset("synapse", root="never-read", nromalize="zscore")

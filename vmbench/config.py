@@ -3,7 +3,8 @@
 ``ExperimentConfig.from_dict`` validates a nested mapping (unknown keys, wrong types, bad choices
 and values out of range raise :class:`ConfigError` naming the dotted key), ``to_dict`` /
 ``flat()`` give it back for checkpoints and tracking, and ``with_overrides({"optim.lr": 3e-4})``
-applies dotted keys (what a sweep samples).
+applies dotted keys (what a sweep samples). The section validator (:func:`build_section` and the
+``check_*`` functions) also checks the search-space file's sections (:mod:`vmbench.search_space`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from vmbench.errors import ConfigError
 from vmbench.protocols import CV, HOLDOUT, RUN_PROTOCOLS
@@ -28,6 +29,13 @@ __all__ = [
     "OptimConfig",
     "SchedulerConfig",
     "TrainConfig",
+    "build_section",
+    "check_bound",
+    "check_choice",
+    "check_keys",
+    "check_mapping",
+    "check_value",
+    "config_error",
 ]
 
 
@@ -152,8 +160,22 @@ _SECTIONS = {
 }
 
 
-def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """Validate (and lightly coerce: int -> float, list -> tuple) ``value`` against ``annotation``."""
+# ------------------------------------------------------------------------------------------------
+# The validator of configuration sections: this file's and the search-space file's
+# (vmbench.search_space). Every error is one line, ``SOURCE: KEY: what is wrong``.
+#
+# A section is a dataclass; besides its typed fields it may declare ``_choices`` (field -> allowed
+# values), ``_minimums`` (field -> inclusive lower bound), ``_positive`` (fields that must be > 0)
+# and ``_check_together(prefix, source)`` for rules across fields.
+
+
+def config_error(source: str, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {message}")
+
+
+def check_value(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Validate (and lightly coerce: int -> float, numeric text -> float, list -> tuple) ``value``
+    against ``annotation``."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -164,7 +186,7 @@ def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _check_type(value, option, key, source)
+                return check_value(value, option, key, source)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{source}: {key}: got {value!r}, expected {annotation}")
@@ -172,70 +194,97 @@ def _check_type(value: Any, annotation: Any, key: str, source: str) -> Any:
         return value
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {key}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise config_error(source, key, f"expected a mapping, got {type(value).__name__} {value!r}")
         return dict(value)
     if origin is tuple:
         args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list of any length
+            if not isinstance(value, (list, tuple)):
+                raise config_error(source, key, f"expected a list, got {value!r}")
+            return tuple(check_value(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{source}: {key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_check_type(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+            raise config_error(source, key, f"expected a list of {len(args)} values, got {value!r}")
+        return tuple(check_value(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
     if annotation is bool:
+        # bool("false") is True: only YAML's true/false may switch a flag.
         if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {key}: expected true or false, got {value!r}")
+            raise config_error(source, key, f"expected true or false, got {value!r}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {key}: expected an integer, got {value!r}")
+            raise config_error(source, key, f"expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as text, and --set values go through it
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
+            raise config_error(source, key, f"expected a number, got {value!r}")
         if not math.isfinite(value):  # YAML's .nan / .inf, --set key=nan: no setting means them
-            raise ConfigError(f"{source}: {key}: expected a finite number, got {value!r}")
+            raise config_error(source, key, f"expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
+            raise config_error(source, key, f"expected a string, got {value!r}")
         return value
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")
 
 
-def _build_section(cls: type, values: Any, prefix: str, source: str):
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{source}: {prefix}: expected a mapping, got {type(values).__name__}")
+def check_mapping(value: Any, key: str, source: str) -> dict[str, Any]:
+    """A section's mapping; an absent (None) section is an empty one."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise config_error(source, key, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def check_keys(values: dict[str, Any], known: Sequence[str], prefix: str, source: str) -> None:
+    """Refuse the first key of ``values`` not in ``known`` (``prefix``: the section's dotted path, or "")."""
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise config_error(source, f"{prefix}.{unknown[0]}" if prefix else unknown[0],
+                           f"unknown key (known: {', '.join(known)})")
+
+
+def check_choice(value: Any, allowed: Sequence[Any], key: str, source: str) -> Any:
+    if value not in allowed:
+        raise config_error(source, key, f"{value!r} is not one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+def check_bound(value: Any, low: float, op: str, key: str, source: str) -> Any:
+    """``value >= low`` (op ">=") or ``value > low`` (op ">"); None (unset) passes, and a pair such
+    as ``img_size`` is checked element by element."""
+    values = value if isinstance(value, tuple) else () if value is None else (value,)
+    if any(v < low if op == ">=" else v <= low for v in values):
+        raise config_error(source, key, f"{value!r} is out of range (must be {op} {low})")
+    return value
+
+
+def build_section(cls: type, values: Any, prefix: str, source: str):
+    """An instance of the section dataclass ``cls`` from ``values``, checked (see above)."""
+    values = check_mapping(values, prefix, source)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key {prefix}.{unknown[0]} (known: {', '.join(names)})")
-    kwargs = {}
-    for name in names:
-        if name in values:
-            kwargs[name] = _check_type(values[name], hints[name], f"{prefix}.{name}", source)
-    obj = cls(**kwargs)
+    check_keys(values, names, prefix, source)
+    obj = cls(**{name: check_value(values[name], hints[name], f"{prefix}.{name}", source)
+                 for name in names if name in values})
     for name, allowed in getattr(cls, "_choices", {}).items():
-        if getattr(obj, name) not in allowed:
-            raise ConfigError(
-                f"{source}: {prefix}.{name}: {getattr(obj, name)!r} is not one of {', '.join(map(repr, allowed))}"
-            )
-    _check_range(obj, prefix, source)
+        check_choice(getattr(obj, name), allowed, f"{prefix}.{name}", source)
+    for name, low in getattr(cls, "_minimums", {}).items():
+        check_bound(getattr(obj, name), low, ">=", f"{prefix}.{name}", source)
+    for name in getattr(cls, "_positive", ()):
+        check_bound(getattr(obj, name), 0, ">", f"{prefix}.{name}", source)
     if hasattr(obj, "_check_together"):
         obj._check_together(prefix, source)
     return obj
 
 
-def _check_range(section: Any, prefix: str, source: str) -> None:
-    """``_minimums`` (inclusive) and ``_positive`` (> 0) of a section; None (unset) passes, and a
-    pair such as ``img_size`` is checked element by element."""
-    bounds = [(name, low, ">=") for name, low in getattr(section, "_minimums", {}).items()]
-    bounds += [(name, 0, ">") for name in getattr(section, "_positive", ())]
-    for name, low, op in bounds:
-        value = getattr(section, name)
-        values = value if isinstance(value, tuple) else () if value is None else (value,)
-        if any(v < low if op == ">=" else v <= low for v in values):
-            raise ConfigError(f"{source}: {prefix}.{name}: {value!r} is out of range (must be {op} {low})")
+# The top-level key of a --config file that names the run folder (not part of the configuration).
+RUN_FOLDER_KEY = "out_dir"
 
 
 @dataclass
@@ -246,25 +295,25 @@ class ExperimentConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    out_dir: str = "vmbench-runs/train"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "ExperimentConfig":
+        """The typed configuration of ``values``. A top-level ``out_dir`` is allowed and not kept:
+        where a run is written is not part of the experiment (``vmbench train`` reads it from a
+        ``--config`` file as the default ``--out``; older checkpoints recorded it)."""
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: expected a mapping at the top level, got {type(values).__name__}")
-        unknown = sorted(set(values) - set(_SECTIONS) - {"out_dir"})
+        unknown = sorted(set(values) - set(_SECTIONS) - {RUN_FOLDER_KEY})
         if unknown:
-            raise ConfigError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join([*_SECTIONS, 'out_dir'])})")
-        sections = {name: _build_section(c, values.get(name), name, source) for name, c in _SECTIONS.items()}
-        out_dir = _check_type(values.get("out_dir", cls.out_dir), str, "out_dir", source)
-        return cls(**sections, out_dir=out_dir)
+            raise ConfigError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join([*_SECTIONS, RUN_FOLDER_KEY])})")
+        check_value(values.get(RUN_FOLDER_KEY, ""), str, RUN_FOLDER_KEY, source)
+        return cls(**{name: build_section(c, values.get(name), name, source) for name, c in _SECTIONS.items()})
 
     def to_dict(self) -> dict[str, Any]:
         result = {}
         for name in _SECTIONS:
             section = getattr(self, name)
             result[name] = {f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
-        result["out_dir"] = self.out_dir
         return result
 
     def flat(self) -> dict[str, Any]:

@@ -88,6 +88,9 @@ class DatasetInfo:
     description: str = ""
     default_root: str | None = None
     protocols: tuple[str, ...] = (HOLDOUT, PAPER)  # cv only where the builder takes fold/folds
+    # The ``data.options`` keys the builder accepts (worked out at registration: its keyword
+    # parameters plus what it declares it forwards through ``**kwargs``).
+    options: tuple[str, ...] = ()
 
     @property
     def kind(self) -> EvaluationKind:
@@ -112,17 +115,27 @@ class DatasetInfo:
 
 
 class Registry:
-    """A name -> entry table with plug-in loading and helpful unknown-name errors."""
+    """A name -> entry table with plug-in loading and helpful unknown-name errors.
 
-    def __init__(self, kind: str, entry_point_group: str | None, builtin_modules: tuple[str, ...]):
+    ``key`` spells a name as the table stores it (losses: case-insensitive, ``-`` as ``_``);
+    registration, look-up and close matches all go through it. None: names are taken as given.
+    """
+
+    def __init__(self, kind: str, entry_point_group: str | None, builtin_modules: tuple[str, ...],
+                 key: Callable[[str], str] | None = None):
         self.kind = kind
         self._entry_point_group = entry_point_group
         self._builtin_modules = builtin_modules
+        self._key = key
         self._entries: dict[str, Any] = {}
         self._loaded = False
         self._lock = threading.RLock()
 
+    def _spelt(self, name: str) -> str:
+        return self._key(name) if self._key else name
+
     def add(self, name: str, entry: Any) -> None:
+        name = self._spelt(name)
         with self._lock:
             if name in self._entries and self._entries[name] is not entry:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
@@ -149,10 +162,11 @@ class Registry:
 
     def get(self, name: str) -> Any:
         self._ensure_loaded()
+        key = self._spelt(name)
         try:
-            return self._entries[name]
+            return self._entries[key]
         except KeyError:
-            close = difflib.get_close_matches(name, self._entries, n=3)
+            close = difflib.get_close_matches(key, self._entries, n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             known = ", ".join(sorted(self._entries))
             raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {known})") from None
@@ -163,7 +177,7 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         self._ensure_loaded()
-        return name in self._entries
+        return self._spelt(name) in self._entries
 
 
 MODELS = Registry("model", "vmbench.models", ("vmbench.models",))
@@ -242,12 +256,20 @@ def register_dataset(
     description: str = "",
     default_root: str | None = None,
     protocols: tuple[str, ...] = (HOLDOUT, PAPER),
+    forwarded_options: tuple[str, ...] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering a dataset builder ``f(root, split, protocol, img_size, augment, seed)``."""
+    """Decorator registering a dataset builder ``f(root, split, protocol, img_size, augment, seed, **options)``.
+
+    The builder's keyword parameters after those six are its ``data.options`` (``fold`` and
+    ``folds`` excepted: the engine passes them under protocol cv). A builder that takes
+    ``**kwargs`` names the options it forwards with ``forwarded_options``; one that does not is
+    refused here, so a misspelt option is one clear error at the first use, not a TypeError.
+    """
 
     evaluation_kind(evaluation)  # an unknown kind fails at registration, not at the first table
 
     def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
+        options = dataset_options(name, builder, forwarded_options)
         DATASETS.add(
             name,
             DatasetInfo(
@@ -262,11 +284,33 @@ def register_dataset(
                 description=description,
                 default_root=default_root,
                 protocols=tuple(protocols),
+                options=options,
             ),
         )
         return builder
 
     return decorator
+
+
+# The builder's positional parameters, and those the engine sets from the configuration.
+_BUILDER_ARGUMENTS = ("root", "split", "protocol", "img_size", "augment", "seed", "fold", "folds")
+
+
+def dataset_options(name: str, builder: Callable[..., Any], forwarded: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The ``data.options`` keys of a dataset builder (see :func:`register_dataset`)."""
+    import inspect
+
+    try:
+        params = inspect.signature(builder).parameters.values()
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"dataset {name!r}: its builder {builder!r} has no readable signature ({err})") from None
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    if takes_kwargs and forwarded is None:
+        raise TypeError(f"dataset {name!r}: its builder takes **kwargs; declare the options it forwards "
+                        "with register_dataset(..., forwarded_options=(...))")
+    own = [p.name for p in params if p.name not in _BUILDER_ARGUMENTS
+           and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    return tuple(dict.fromkeys([*own, *(forwarded or ())]))
 
 
 def list_datasets() -> list[str]:

@@ -1,4 +1,4 @@
-"""``vmbench ui``: the MLflow UI over vmbench's store, on loopback unless told otherwise.
+"""The MLflow UI over vmbench's store, on loopback unless told otherwise (``vmbench ui``: :mod:`vmbench.cli.ui`).
 
 On loopback (``127.0.0.0/8``, ``::1``, ``localhost``; the default) the server is open, as before:
 only this machine can reach it, and MLflow's Host-header check stops DNS rebinding. Any other
@@ -265,37 +265,3 @@ def stop(server: UIServer, timeout: float = 15.0) -> None:
     server.process.poll()
     if server.auth_dir is not None:
         shutil.rmtree(server.auth_dir, ignore_errors=True)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _announce(server: UIServer, uri: str, host: str, no_auth: bool) -> None:
-    line = f"MLflow UI for {uri} at {server.url}"
-    if server.password is not None:
-        shown = server.password if server.password_generated else f"${PASSWORD_ENV}"
-        line += f"  (on {host}; user {server.username}, password {shown})"
-    print(f"{line}  (Ctrl-C stops it)", flush=True)
-    if server.password_generated:
-        print(f"(the password is shown once; set ${PASSWORD_ENV} to choose it)", flush=True)
-    if no_auth and not is_loopback(host):
-        print(f"WARNING: --no-auth: every run, read and write, is served WITHOUT authentication to anyone who "
-              f"can reach {host} on port {server.url.rsplit(':', 1)[1]}", file=sys.stderr, flush=True)
-
-
-def serve(tracking_uri=None, runs_dir=tracking.DEFAULT_RUNS_DIR, host="127.0.0.1", port=None, allowed_hosts=None,
-          no_auth: bool = False) -> int:
-    # Explicit handlers: a process started in the background may inherit SIGINT as ignored, and
-    # SIGTERM (from a service manager) should stop the server as cleanly as Ctrl-C.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    server = start(tracking_uri, runs_dir, host, port, allowed_hosts, no_auth)
-    try:
-        _announce(server, tracking_uri or tracking.default_tracking_uri(runs_dir), host, no_auth)
-        return server.process.wait()
-    except KeyboardInterrupt:
-        print("stopping the MLflow UI", flush=True)
-        return 0
-    finally:
-        stop(server)

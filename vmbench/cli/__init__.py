@@ -1,8 +1,11 @@
 """The ``vmbench`` command: parses, calls, prints.
 
-Every message meant for the user is a :class:`vmbench.errors.VmbenchError`, printed as one line
-(``-v`` adds its traceback); any other exception is a bug or an environment failure and keeps its
-traceback. Log lines go through tqdm, so they never break a progress bar.
+Every command is a module here with ``add_parsers(sub)`` and its ``cmd_*`` functions; the options
+several commands share are declared once, in :mod:`vmbench.cli.options`. Errors take one path,
+:func:`main`: every message meant for the user is a :class:`vmbench.errors.VmbenchError` (MLflow's
+exceptions become one through :func:`vmbench.tracking.mlflow_errors`), printed as one line with
+exit status 2 (``-v`` adds its traceback); any other exception is a bug or an environment failure
+and keeps its traceback. Log lines go through tqdm, so they never break a progress bar.
 """
 
 from __future__ import annotations
@@ -25,9 +28,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vmbench import __version__, leaderboard
-    from vmbench.cli import bench, data, run, sweep
-    from vmbench.report import cli as report
+    from vmbench import __version__
+    from vmbench.cli import bench, data, leaderboard, models, report, run, sweep, ui
 
     parser = _Parser(
         prog="vmbench",
@@ -38,12 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log at INFO level (e.g. the scan backend chosen) and show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run.add_parsers(sub)
-    sweep.add_parsers(sub)
-    leaderboard.add_parser(sub)
-    report.add_parser(sub)
-    data.add_parsers(sub)
-    bench.add_parsers(sub)
+    for command in (run, sweep, ui, leaderboard, report, models, data, bench):  # the order of the --help list
+        command.add_parsers(sub)
     return parser
 
 
@@ -56,6 +54,15 @@ def _check_tracking_uri(args: argparse.Namespace) -> None:
         check_tracking_uri(uri)
 
 
+def _store(args: argparse.Namespace) -> str | None:
+    """The MLflow store a command uses, for its error messages; None for a command without --tracking-uri."""
+    if not hasattr(args, "tracking_uri"):
+        return None
+    from vmbench.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(args.tracking_uri, getattr(args, "runs_dir", None))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -65,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from vmbench.tracking import mlflow_errors
+
     try:
-        with logging_redirect_tqdm():
+        with logging_redirect_tqdm(), mlflow_errors(_store(args)):
             _check_tracking_uri(args)
             return args.func(args)
     except VmbenchError as err:

@@ -1,4 +1,4 @@
-"""Argument types shared by the commands: each bad value is one argparse error naming the option."""
+"""Options and argument types shared by the commands: each bad value is one argparse error naming the option."""
 
 from __future__ import annotations
 
@@ -6,6 +6,38 @@ import argparse
 from pathlib import Path
 
 from vmbench.errors import ConfigError
+from vmbench.tracking import DEFAULT_RUNS_DIR
+
+TRACKING_OPTIONS = ("--tracking-uri", "--runs-dir", "--experiment", "--no-track")
+
+
+def tracking_options(parser: argparse.ArgumentParser, *names: str, experiment: str | None = None,
+                     no_track: str = "the run to MLflow") -> None:
+    """Add the MLflow options ``names`` (of :data:`TRACKING_OPTIONS`) to ``parser``, in that order.
+
+    Declared here only, so every command offers each with the same meaning and help. ``experiment``:
+    the experiment the command logs to by default; None makes ``--experiment`` a repeatable filter
+    of the runs the command reads (default: every experiment). ``no_track``: what ``--no-track``
+    keeps out of MLflow, as its help says it: "do not log {no_track}".
+    """
+    unknown = sorted(set(names) - set(TRACKING_OPTIONS))
+    if unknown:
+        raise ValueError(f"not tracking options: {unknown}; known: {TRACKING_OPTIONS}")
+    for name in names:
+        if name == "--tracking-uri":
+            store = "RUNS_DIR/mlflow.db" if "--runs-dir" in names else f"./{DEFAULT_RUNS_DIR}/mlflow.db"
+            parser.add_argument(name, help="MLflow tracking URI: a server (http://HOST:PORT) or sqlite:///FILE "
+                                f"(default: $MLFLOW_TRACKING_URI, else {store})")
+        elif name == "--runs-dir":
+            parser.add_argument(name, default=DEFAULT_RUNS_DIR, help="folder of the default MLflow store: "
+                                f"RUNS_DIR/mlflow.db, artifacts in RUNS_DIR/mlartifacts (default {DEFAULT_RUNS_DIR})")
+        elif name == "--experiment" and experiment is None:
+            parser.add_argument(name, action="append",
+                                help="MLflow experiment name or id to read (repeatable; default: all)")
+        elif name == "--experiment":
+            parser.add_argument(name, default=experiment, help=f"MLflow experiment to log to (default {experiment})")
+        else:
+            parser.add_argument(name, action="store_true", help=f"do not log {no_track}")
 
 
 def positive_int(text: str) -> int:

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from vmbench.cli.options import existing_file, nonnegative_int, open_fraction, positive_float, positive_int, writable_folder
+from vmbench.cli.options import (existing_file, nonnegative_int, open_fraction, positive_float, positive_int,
+                                  tracking_options, writable_folder)
 from vmbench.errors import ConfigError
 from vmbench.io import read_yaml
 from vmbench.protocols import RUN_PROTOCOLS
@@ -32,7 +33,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", help="run folder (default vmbench-runs/train/MODEL_DATASET)")
     p.add_argument("--resume", action="store_true", help="continue the run folder's training from its last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _tracking_options(p)
+    tracking_options(p, "--experiment", "--tracking-uri", "--runs-dir", "--no-track", experiment="vmbench-train")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint: per-case CSV and summary JSON (attached to its MLflow run)")
@@ -44,7 +45,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", help="output folder (default: RUN/eval/SPLIT, or RUN/eval/DATASET-SPLIT for another dataset)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-track", action="store_true", help="do not attach the results to the checkpoint's MLflow run")
+    tracking_options(p, "--no-track", no_track="the results to the checkpoint's MLflow run")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="masks for images (PNG) or NIfTI volumes (NIfTI) from a checkpoint")
@@ -55,13 +56,6 @@ def add_parsers(sub) -> None:
                    help="probability threshold for binary masks, strictly between 0 and 1 (default 0.5)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
-
-
-def _tracking_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--experiment", default="vmbench-train", help="MLflow experiment (default vmbench-train)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or vmbench-runs/mlflow.db)")
-    p.add_argument("--runs-dir", default="vmbench-runs", help="folder of the default MLflow store")
-    p.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
 
 
 def _parse_value(text: str):
@@ -91,8 +85,10 @@ _FLAGS = (
 
 
 def train_config_from_args(args: argparse.Namespace):
-    """The ExperimentConfig of ``vmbench train``: defaults < --config file < flags < --set."""
-    from vmbench.config import ExperimentConfig
+    """The ExperimentConfig of ``vmbench train`` (defaults < --config file < flags < --set) and its
+    run folder (--out, else the --config file's ``out_dir``, else vmbench-runs/train/MODEL_DATASET)."""
+    from vmbench.config import RUN_FOLDER_KEY, ExperimentConfig
+    from vmbench.rundir import RunDir
 
     base = _load_config_file(args.config) if args.config else {}
     cfg = ExperimentConfig.from_dict(base, source=args.config or "defaults")
@@ -115,17 +111,16 @@ def train_config_from_args(args: argparse.Namespace):
 
     # The model's own rules on a meta-device copy: a size it cannot take names the option, not a layer.
     check_config_input(cfg, "command line", "data.img_size (--img-size)")
-    out = args.out or (base.get("out_dir") if args.config else None)
-    cfg.out_dir = str(out or Path("vmbench-runs") / "train" / f"{cfg.model.name}_{cfg.data.name}")
-    return cfg
+    out = args.out or base.get(RUN_FOLDER_KEY)
+    return cfg, RunDir(out or Path("vmbench-runs") / "train" / f"{cfg.model.name}_{cfg.data.name}")
 
 
-def _check_run_folder(cfg, resume: bool) -> str:
+def _check_run_folder(cfg, run_dir, resume: bool) -> str:
     """The message to print before training; refuses a folder that holds another run or nothing to resume."""
     from vmbench.engine import load_state
 
-    out = writable_folder(cfg.out_dir, "--out")
-    last = out / "checkpoints" / "last.pt"
+    out = writable_folder(run_dir.root, "--out")
+    last = run_dir.last
     if not resume:
         if last.exists():
             raise ConfigError(f"--out {out} already holds a run ({last}); pass --resume to continue it, or --out for a new folder")
@@ -142,14 +137,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vmbench.engine import fit
     from vmbench.engine.builders import LAST
 
-    cfg = train_config_from_args(args)
-    print(_check_run_folder(cfg, args.resume))
+    cfg, run_dir = train_config_from_args(args)
+    print(_check_run_folder(cfg, run_dir, args.resume))
     if args.no_track:
-        result = fit(cfg, resume=args.resume)
+        result = fit(cfg, run_dir, resume=args.resume)
     else:
         from vmbench.engine.tracked import train_tracked
 
-        result, tracked = train_tracked(cfg, tracking_uri=args.tracking_uri, experiment=args.experiment,
+        result, tracked = train_tracked(cfg, run_dir, tracking_uri=args.tracking_uri, experiment=args.experiment,
                                         runs_dir=args.runs_dir, resume=args.resume)
         print(f"MLflow run {tracked.run.run_id} in experiment {tracked.experiment!r} ({tracked.tracking_uri}); "
               "compare with `vmbench leaderboard`, browse with `vmbench ui`")
@@ -159,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"best epoch {result.best_epoch}: {result.select_metric} = {result.best_value:.4f} ({result.best_checkpoint})")
     if result.test is not None:
         print("test:", json.dumps(headline(cfg.data.name, result.test)))
-        print(f"per-case table and summary: {Path(cfg.out_dir) / 'eval' / 'test'}")
+        print(f"per-case table and summary: {run_dir.eval_dir('test')}")
     return 0
 
 
@@ -173,6 +168,7 @@ def headline(dataset: str, summary: dict) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from vmbench.engine import evaluate_checkpoint, load_state
+    from vmbench.rundir import RunDir
 
     checkpoint = existing_file(args.checkpoint, "--checkpoint", "checkpoint file")
     state = load_state(checkpoint)  # a bad file fails here, before any folder is made
@@ -180,8 +176,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = args.dataset or trained_on
     _check_same_task(trained_on, dataset, checkpoint)
     name = args.split if dataset == trained_on else f"{dataset}-{args.split}"
-    run_dir = checkpoint.parent.parent
-    out = writable_folder(args.out or run_dir / "eval" / name, "--out")
+    run_dir = RunDir.of_checkpoint(checkpoint)
+    out = writable_folder(args.out or run_dir.eval_dir(name), "--out")
     result = evaluate_checkpoint(
         checkpoint, dataset=args.dataset, root=args.data_root, split=args.split, protocol=args.protocol,
         out_dir=out, device=args.device, progress=not args.no_progress,

@@ -1,11 +1,10 @@
-"""``vmbench sweep`` and ``vmbench ui``."""
+"""``vmbench sweep``."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from vmbench.cli.options import port, positive_float, positive_int
+from vmbench.cli.options import positive_float, positive_int, tracking_options
 
 
 def add_parsers(sub) -> None:
@@ -14,26 +13,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and plan, run nothing")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     p.add_argument("--name", help="sweep name (default: the file's name field or stem)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or vmbench-runs/mlflow.db)")
-    p.add_argument("--runs-dir", default="vmbench-runs", help="local folder for the default store and runs")
-    p.add_argument("--storage-path", help="Ray Tune storage (shared: NFS path or s3://...) for clusters")
+    tracking_options(p, "--tracking-uri", "--runs-dir")
+    p.add_argument("--storage-path", help="Ray Tune storage (shared: NFS path or s3://...) for clusters "
+                   "(default: the file's storage_path, else RUNS_DIR/ray)")
     p.add_argument("--address", help="attach to a running Ray cluster: auto or HOST:PORT (default: start one here)")
     p.add_argument("--num-cpus", type=positive_int, help="CPUs of the local Ray instance")
     p.add_argument("--num-gpus", type=positive_float, help="GPUs of the local Ray instance")
     p.add_argument("--no-leaderboard", action="store_true",
-                   help="do not print the leaderboard nor write the HTML report at the end")
+                   help="do not print the leaderboard nor write the HTML report (RUNS_DIR/sweeps/NAME/report.html) "
+                   "at the end")
     p.set_defaults(func=cmd_sweep)
-
-    p = sub.add_parser("ui", help="the MLflow UI over vmbench's runs (127.0.0.1, a free port)")
-    p.add_argument("--tracking-uri", help="default $MLFLOW_TRACKING_URI or vmbench-runs/mlflow.db")
-    p.add_argument("--runs-dir", default="vmbench-runs")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
-    p.add_argument("--port", type=port, help="default: a free port")
-    p.add_argument("--allowed-hosts", help="Host headers to accept when served under a DNS name (MLflow option)")
-    p.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host WITHOUT a login: every run, "
-                   "read and write, to anyone who can reach it (default: a login, user admin, password from "
-                   "$VMBENCH_UI_PASSWORD or printed once)")
-    p.set_defaults(func=cmd_ui)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -49,12 +38,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     from vmbench.sweep import run_sweep
 
-    outcomes = run_sweep(
+    sweep = run_sweep(
         spec, tracking_uri=args.tracking_uri, runs_dir=args.runs_dir, storage_path=args.storage_path,
         resume=args.resume, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
     )
     failed = 0
-    for outcome in outcomes:
+    for outcome in sweep.studies:
         finished = sum(f["status"] == "FINISHED" for f in outcome.final)
         failed += len(outcome.final) - finished
         print(
@@ -68,12 +57,5 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         leaderboard.print_for_sweep(args.tracking_uri, spec.experiment, runs_dir=args.runs_dir)
         # The report: beside the sweep's files, and on its parent MLflow run (opens from the UI).
-        report_for_sweep(args.tracking_uri, spec.experiment, spec.name,
-                         Path(args.runs_dir) / "sweeps" / spec.name / "report.html", runs_dir=args.runs_dir)
+        report_for_sweep(sweep, sweep.sweep_dir / "report.html")
     return 1 if failed else 0
-
-
-def cmd_ui(args: argparse.Namespace) -> int:
-    from vmbench.ui import serve
-
-    return serve(args.tracking_uri, args.runs_dir, args.host, args.port, args.allowed_hosts, no_auth=args.no_auth)

@@ -4,9 +4,10 @@ Registered: ``isic2017``, ``isic2018`` (binary, pooled 2D evaluation), ``synapse
 3D volume evaluation), ``synthetic-isic`` and ``synthetic-synapse`` (generated stand-ins that
 build themselves into the vmbench cache when ``root`` is None).
 
-``build_dataset(name, root, split, protocol, img_size, augment, seed, **kwargs)`` is the one entry
-point the engine uses. Every dataset it returns has ``name``, ``split``, ``protocol``,
-``is_volume``, ``val_is_test``, ``img_size`` and ``__len__``; 2D datasets also have
+``dataset_for(cfg, split)`` builds a split from an experiment configuration: the one way the
+engine, the sweep and the commands build datasets. ``build_dataset(name, root, split, protocol,
+img_size, augment, seed, **options)`` is its keyword form, checked against the registry entry.
+Every dataset they return has ``name``, ``split``, ``protocol``, ``is_volume``, ``val_is_test``, ``img_size`` and ``__len__``; 2D datasets also have
 ``set_epoch(epoch)`` (augmentation is a function of seed, epoch and index).
 """
 
@@ -15,8 +16,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from vmbench.data.common import PROTOCOLS, SPLITS, cache_dir, check_split_protocol
-from vmbench.data.errors import DataError
+from vmbench.errors import DataError
 from vmbench.data import isic, synapse, synthetic  # noqa: F401  (registers the datasets)
+from vmbench.config import ExperimentConfig
 from vmbench.data.isic import ISICDataset, build_isic
 from vmbench.data.synapse import (
     HOLDOUT_VAL_CASES,
@@ -44,6 +46,7 @@ __all__ = [
     "SynapseSliceDataset",
     "SynapseVolumeDataset",
     "build_dataset",
+    "dataset_for",
     "build_isic",
     "build_synapse",
     "cache_dir",
@@ -93,6 +96,7 @@ def build_dataset(
     check_split_protocol(split, protocol)
     if protocol not in info.protocols:
         raise DataError(f"dataset {name!r} does not support protocol {protocol!r} (it supports {', '.join(info.protocols)})")
+    _check_options(name, info.options, kwargs)
     if protocol == CV:  # checked before a generated data set is written
         fold, folds = check_fold(fold, folds)
         kwargs.update(fold=fold, folds=folds)
@@ -101,23 +105,24 @@ def build_dataset(
         augment = split == "train"
     if root is None:
         root = info.default_root
-    _check_options(name, info.builder, kwargs)
     return info.builder(root, split, protocol, size, bool(augment), int(seed), **kwargs)
 
 
-def _check_options(name: str, builder, options: dict) -> None:
+def _check_options(name: str, accepted: tuple[str, ...], options: dict) -> None:
     """Unknown builder options (config key data.options) are one clear error, not a TypeError."""
-    import inspect
-
-    params = inspect.signature(builder).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        # Builders that forward **kwargs: check against what they forward to.
-        forwarded = inspect.signature(build_isic if "isic" in name else build_synapse).parameters
-        params = {**forwarded, **{k: v for k, v in params.items() if v.kind is not inspect.Parameter.VAR_KEYWORD}}
-    positional = ("root", "split", "protocol", "img_size", "augment", "seed")
-    accepted = sorted(k for k, p in params.items() if k not in positional and p.kind is not inspect.Parameter.VAR_KEYWORD)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise DataError(
             f"data.options: {unknown[0]!r} is not an option of dataset {name!r} (accepted: {', '.join(accepted) or 'none'})"
         )
+
+
+def dataset_for(cfg: ExperimentConfig, split: str, *, img_size: int | Sequence[int] | None = None,
+                augment: bool | None = None):
+    """Split ``split`` of the dataset that ``cfg.data`` describes: the one way the engine, the
+    sweep and the commands build a dataset from a configuration. ``img_size`` None: ``data.img_size``
+    (then the dataset's default)."""
+    data = cfg.data
+    return build_dataset(data.name, root=data.root, split=split, protocol=data.protocol,
+                         img_size=data.img_size if img_size is None else img_size, augment=augment,
+                         seed=cfg.train.seed, fold=data.fold, folds=data.folds, **data.options)

@@ -1,4 +1,4 @@
-"""Small helpers shared by the data modules: cache folder, atomic writes, seeded splits."""
+"""Small helpers shared by the data modules: cache folder, atomic folders, seeded splits."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from vmbench.data.errors import DataError
+from vmbench.errors import DataError
 from vmbench.protocols import RUN_PROTOCOLS
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "PROTOCOLS",
     "cache_dir",
     "atomic_dir",
-    "atomic_write_bytes",
     "check_split_protocol",
     "check_empty_output",
     "progress_bar",
@@ -70,20 +69,6 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
             raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _hash_key(seed: int, key: str) -> str:

@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from vmbench.data.common import atomic_dir, cache_dir, check_empty_output, progress_bar
-from vmbench.data.errors import DataError
-from vmbench.data.isic import CHALLENGE_FOLDERS
+from vmbench.data.isic_files import CHALLENGE_FOLDERS
+from vmbench.errors import DataError
 
 log = logging.getLogger("vmbench.data")
 

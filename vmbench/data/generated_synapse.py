@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from vmbench.data.common import atomic_dir, cache_dir, check_empty_output, progress_bar
-from vmbench.data.errors import DataError
+from vmbench.errors import DataError
 from vmbench.data.synapse import HOLDOUT_VAL_CASES, PAPER_TEST_CASES, PAPER_TRAIN_CASES
 from vmbench.data.synapse_prepare import prepare_synapse
 

@@ -58,9 +58,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vmbench.data.transforms import _albumentations
+from vmbench.data.albumentations_env import albumentations
 
-A = _albumentations()
+A = albumentations()
 
 __all__ = [
     "Contrast",

@@ -53,7 +53,7 @@ from torch.utils.data import Dataset
 from vmbench.data.common import check_split_protocol
 from vmbench.data.splits import check_fold, kfold_splits
 from vmbench.protocols import CV, HOLDOUT, PAPER
-from vmbench.data.errors import DataError, few
+from vmbench.errors import DataError, few
 from vmbench.data.transforms import SynapseTransform, item_rng
 from vmbench.registry import register_dataset
 
@@ -438,6 +438,8 @@ SYNAPSE_DATASET_INFO = dict(
     evaluation="volume",
     class_names=CLASS_NAMES_B,
     protocols=(HOLDOUT, PAPER, CV),
+    # data.options the wrappers forward to build_synapse (name is fixed by each wrapper)
+    forwarded_options=("val_cases", "class_names"),
 )
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from vmbench.data.common import atomic_dir, check_empty_output
-from vmbench.data.errors import DataError, few
+from vmbench.errors import DataError, few
 from vmbench.data.synapse import (
     CLASS_NAMES_A,
     CLASS_NAMES_B,

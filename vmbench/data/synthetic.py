@@ -34,14 +34,11 @@ from typing import Sequence
 
 from vmbench.data.isic import ISIC_DATASET_INFO, build_isic
 from vmbench.data.synapse import SYNAPSE_DATASET_INFO, build_synapse
-from vmbench.data.generated_isic import ISIC_GENERATOR_VERSION, synth_isic, synthetic_isic_root
-from vmbench.data.generated_synapse import SYNAPSE_GENERATOR_VERSION, SYNTH_CASE_ORDER, synth_synapse, synthetic_synapse_root
+from vmbench.data.generated_isic import synth_isic, synthetic_isic_root
+from vmbench.data.generated_synapse import synth_synapse, synthetic_synapse_root
 from vmbench.registry import register_dataset
 
 __all__ = [
-    "ISIC_GENERATOR_VERSION",
-    "SYNAPSE_GENERATOR_VERSION",
-    "SYNTH_CASE_ORDER",
     "synth_isic",
     "synth_synapse",
     "synthetic_isic_root",

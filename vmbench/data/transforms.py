@@ -54,11 +54,12 @@ Synapse
 
 from __future__ import annotations
 
-import os
 import random
 from typing import Sequence
 
 import numpy as np
+
+from vmbench.data.albumentations_env import albumentations
 
 __all__ = [
     "AUGMENTATION_PRESETS",
@@ -131,14 +132,6 @@ def _standardize(x: np.ndarray, mode: str) -> np.ndarray:
     return x
 
 
-def _albumentations():
-    # albumentations asks PyPI for a newer version on import unless told not to.
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    import albumentations as A
-
-    return A
-
-
 class IsicTransform:
     """uint8 image (H, W, 3) + {0,1} mask (H, W) -> float32 (3, h, w) image, float32 (1, h, w) mask."""
 
@@ -154,7 +147,7 @@ class IsicTransform:
     ):
         import cv2
 
-        A = _albumentations()
+        A = albumentations()
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"normalize {normalize!r} is not one of {', '.join(NORMALIZE_MODES)}")
         if preset not in AUGMENTATION_PRESETS:
@@ -190,6 +183,8 @@ class IsicTransform:
             )
         )
         if self.augment and preset == "nnunet":  # at the patch size, as nnU-Net augments its patches
+            # Imported here, not at the top, only because it imports albumentations and cv2 on load;
+            # it does not import this module (the shared loader is vmbench.data.albumentations_env).
             from vmbench.data.nnunet_augment import nnunet_2d_transforms
 
             ops += nnunet_2d_transforms()

@@ -1,8 +1,9 @@
 """One trial: fit, evaluate, checkpoint and resume.
 
-``fit(config)`` trains a registered model on a registered dataset, writes ``last.pt`` every epoch
-and ``best.pt`` when the selection metric improves, calls the callbacks with each epoch's metrics
-(the sweep reports them to Ray Tune), and finally evaluates ``best.pt`` on the test split.
+``fit(config, run_dir)`` trains a registered model on a registered dataset, writes ``last.pt``
+every epoch and ``best.pt`` when the selection metric improves (where: :class:`vmbench.rundir.RunDir`), calls
+the callbacks with each epoch's metrics (the sweep reports them to Ray Tune), and finally
+evaluates the selected weights on the test split; ``fit_all`` trains several in step.
 
 Modules: :mod:`~vmbench.engine.builders` (device, seeds, selection rule, model, optimiser,
 schedule, loss), :mod:`~vmbench.engine.outputs` (reading a model's output),
@@ -29,6 +30,7 @@ from vmbench.engine.evaluation import (
     evaluate_2d,
     evaluate_checkpoint,
     evaluate_volumes,
+    evaluation_meta,
     predict_volume,
     write_eval,
 )
@@ -42,9 +44,7 @@ from vmbench.engine.state import (
     model_from_checkpoint,
     preprocess_record,
 )
-from vmbench.engine.training import Callback, EpochResult, FitResult, Trial, TrialData, fit
-from vmbench.errors import TrainingDivergedError  # re-exported: callers have imported it from here
-from vmbench.protocols import selectable_metrics  # re-exported: callers have imported it from here
+from vmbench.engine.training import Callback, EpochResult, FitResult, Training, TrainingData, fit, fit_all
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -53,9 +53,8 @@ __all__ = [
     "EvalResult",
     "FitResult",
     "TrainState",
-    "TrainingDivergedError",
-    "Trial",
-    "TrialData",
+    "Training",
+    "TrainingData",
     "as_float",
     "autocast_dtype",
     "build_loss",
@@ -67,8 +66,10 @@ __all__ = [
     "evaluate_2d",
     "evaluate_checkpoint",
     "evaluate_volumes",
+    "evaluation_meta",
     "final_logits",
     "fit",
+    "fit_all",
     "image_size",
     "load_checkpoint",
     "load_state",
@@ -78,7 +79,6 @@ __all__ = [
     "preprocess_record",
     "resolve_device",
     "seed_everything",
-    "selectable_metrics",
     "selection_rule",
     "supervised_loss",
     "write_eval",

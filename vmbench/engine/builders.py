@@ -14,7 +14,7 @@ import torch
 import vmbench
 from vmbench import losses as losses_mod
 from vmbench.config import ExperimentConfig
-from vmbench.errors import BackendUnavailableError, ConfigError
+from vmbench.errors import BackendUnavailableError, ConfigError, UnknownNameError
 from vmbench.protocols import PAPER, default_select_mode, selectable_metrics
 
 log = logging.getLogger("vmbench.engine")
@@ -203,30 +203,19 @@ def build_scheduler(cfg: ExperimentConfig, optimizer, steps_per_epoch: int):
     return None, "epoch"
 
 
-# The loss options of the config that each registered loss takes (its weights; ce_dice also the
-# background switch); a loss registered elsewhere takes none of them.
-_LOSS_OPTIONS = {
-    "bce_dice": ("bce_weight", "dice_weight"),
-    "bce": ("bce_weight",),
-    "ce_dice": ("ce_weight", "dice_weight", "include_background"),
-    "ce": ("ce_weight",),
-    "dice": ("dice_weight",),
-    "nnunet_dice_ce": ("ce_weight", "dice_weight"),
-    "nnunet_dice_bce": ("bce_weight", "dice_weight"),
-}
-
-
 def build_loss(cfg: ExperimentConfig, task: str, num_classes: int) -> torch.nn.Module:
+    """The loss of ``loss.name`` (``auto``: the papers' loss of the task) with the ``loss:`` keys its
+    registration declares (:func:`vmbench.losses.register_loss`); the section's other keys belong
+    to other losses and are not passed."""
     name = cfg.loss.name
     if name == "auto":
         name = "bce_dice" if task == "binary" else "ce_dice"
-    key = losses_mod.loss_key(name)
-    if key not in losses_mod.list_losses():
-        raise ConfigError(f"loss.name: {name!r} is not a loss; choose auto or one of {', '.join(losses_mod.list_losses())}")
-    needs = losses_mod.loss_task(key) or task
-    if needs != task:
-        fitting = [k for k in losses_mod.list_losses() if losses_mod.loss_task(k) in (None, task)]
-        raise ConfigError(f"loss.name: {name!r} is for {needs} outputs but dataset {cfg.data.name!r} is {task}; "
-                          f"choose auto or one of {', '.join(fitting)}")
-    kwargs: dict[str, Any] = {option: getattr(cfg.loss, option) for option in _LOSS_OPTIONS.get(key, ())}
-    return losses_mod.build_loss(key, num_classes, **kwargs)
+    try:
+        info = losses_mod.loss_info(name)
+    except UnknownNameError as err:  # the registry's message, close matches included, naming the key
+        raise UnknownNameError(f"loss.name: {err}; or auto (the task's default)") from None
+    if info.task not in (None, task):
+        raise ConfigError(f"loss.name: {name!r} is for {info.task} outputs but dataset {cfg.data.name!r} is {task}; "
+                          f"choose auto or one of {', '.join(losses_mod.losses_for(task))}")
+    kwargs: dict[str, Any] = {option: getattr(cfg.loss, option) for option in info.options}
+    return losses_mod.build_loss(info.name, num_classes, **kwargs)

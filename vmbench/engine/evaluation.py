@@ -13,12 +13,13 @@ from torch.utils.data import DataLoader
 
 import vmbench
 from vmbench import metrics as metrics_mod
-from vmbench.data import build_dataset
+from vmbench.data import dataset_for
 from vmbench.engine.batches import iterate, progress_bar, target_tensor
 from vmbench.engine.builders import resolve_device
 from vmbench.engine.outputs import final_logits
 from vmbench.engine.state import model_from_checkpoint
 from vmbench.io import atomic_write
+from vmbench.protocols import CV
 
 __all__ = [
     "EvalResult",
@@ -26,6 +27,7 @@ __all__ = [
     "evaluate_2d",
     "evaluate_checkpoint",
     "evaluate_volumes",
+    "evaluation_meta",
     "predict_volume",
     "write_eval",
 ]
@@ -178,6 +180,36 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def evaluation_meta(checkpoint: str | Path, cfg, dataset, split: str, epoch: int,
+                    img_size: tuple[int, int]) -> dict[str, Any]:
+    """What ``summary.json`` records beside the metrics: which weights, on which data."""
+    return {
+        "checkpoint": str(checkpoint),
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "split": split,
+        "protocol": cfg.data.protocol,
+        "epoch": epoch,
+        "img_size": list(img_size),
+        "val_is_test": bool(getattr(dataset, "val_is_test", False)),
+        "vmbench_version": vmbench.__version__,
+    }
+
+
+def _data_config(cfg, dataset: str | None, root: str | None, protocol: str | None):
+    """The checkpoint's data settings, or another dataset's (its own root and options, none of the
+    checkpoint's); a fold is kept only under protocol cv, where the test split is every fold's."""
+    if dataset is None or dataset == cfg.data.name:
+        overrides: dict[str, Any] = {"data.root": root} if root is not None else {}
+    else:
+        overrides = {"data.name": dataset, "data.root": root, "data.options": {}}
+    if protocol is not None and protocol != cfg.data.protocol:
+        overrides["data.protocol"] = protocol
+        if protocol != CV:
+            overrides["data.fold"] = None
+    return cfg.with_overrides(overrides, source="evaluation") if overrides else cfg
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     dataset: str | None = None,
@@ -191,32 +223,9 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on a split; writes per_case.csv and summary.json when out_dir is given."""
     device = resolve_device(device, where="device")
     model, cfg, state = model_from_checkpoint(checkpoint, device)
-    name = dataset or cfg.data.name
-    protocol = protocol or cfg.data.protocol
-    same_data = name == cfg.data.name
-    data = build_dataset(
-        name,
-        root=root if root is not None else (cfg.data.root if same_data else None),
-        split=split,
-        protocol=protocol,
-        img_size=state.img_size,
-        seed=cfg.train.seed,
-        # The checkpoint's fold (protocol cv; ignored by the other protocols).
-        **({"fold": cfg.data.fold, "folds": cfg.data.folds} if same_data else {}),
-        **(cfg.data.options if same_data else {}),
-    )
+    cfg = _data_config(cfg, dataset, root, protocol)
+    data = dataset_for(cfg, split, img_size=state.img_size)
     result = evaluate(model, data, device, state.img_size, progress=progress)
     if out_dir is not None:
-        meta = {
-            "checkpoint": str(checkpoint),
-            "model": cfg.model.name,
-            "dataset": name,
-            "split": split,
-            "protocol": protocol,
-            "epoch": state.epoch,
-            "img_size": list(state.img_size),
-            "val_is_test": bool(getattr(data, "val_is_test", False)),
-            "vmbench_version": vmbench.__version__,
-        }
-        write_eval(result, Path(out_dir), meta)
+        write_eval(result, Path(out_dir), evaluation_meta(checkpoint, cfg, data, split, state.epoch, state.img_size))
     return result

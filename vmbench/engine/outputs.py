@@ -15,7 +15,7 @@ from typing import Callable, Sequence, Union
 
 import torch
 
-from vmbench.losses import DeepSupervisionLoss
+from vmbench.losses import DeepSupervisionLoss, DownsampledDeepSupervisionLoss
 
 ModelOutput = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -49,7 +49,5 @@ def supervised_loss(loss_fn: Callable[..., torch.Tensor], output: ModelOutput, t
             f"{type(model).__name__} returned {len(output)} outputs but declares no deep_supervision_weights"
         )
     if getattr(model, "deep_supervision_targets", None) == "downsample":
-        from vmbench.losses_ds import DownsampledDeepSupervisionLoss
-
         return DownsampledDeepSupervisionLoss(loss_fn, weights)(output, target)
     return DeepSupervisionLoss(loss_fn, weights)(output, target)

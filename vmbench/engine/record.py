@@ -7,7 +7,7 @@ voxels), the cost metrics (parameters, GMACs, latency, training time, device-hou
 epochs) and the artifacts ``eval/per_case.csv``, ``eval/summary.json``, the selected checkpoint and
 a few prediction overlays.
 
-A run folder records which MLflow run it belongs to in ``mlflow_run.json``, so that ``--resume``
+A run folder records which MLflow run it belongs to (:attr:`RunDir.pointer`), so that ``--resume``
 and ``vmbench evaluate`` find the run again.
 """
 
@@ -16,19 +16,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import vmbench
 from vmbench import tracking as T
 from vmbench.config import ExperimentConfig
+from vmbench.rundir import RunDir
 from vmbench.errors import DataError
 from vmbench.io import atomic_write
 
 log = logging.getLogger("vmbench.engine")
 
-RUN_POINTER = "mlflow_run.json"
-
-__all__ = ["RUN_POINTER", "log_overlays", "read_run_pointer", "record_test_results", "run_costs", "run_tags",
+__all__ = ["log_overlays", "read_run_pointer", "record_test_results", "run_costs", "run_tags",
            "write_run_pointer"]
 
 
@@ -77,53 +75,39 @@ def run_costs(model, cfg: ExperimentConfig, img_size: tuple[int, int], result, g
     }
 
 
-def log_overlays(run: T.TrialRun, cfg: ExperimentConfig, model, img_size: tuple[int, int], device, split: str,
-                 count: int = 4) -> None:
-    """A few images of ``split`` with the ground truth and the prediction drawn over them."""
-    from vmbench.data import build_dataset
+def log_overlays(run: T.TrialRun, model, dataset, img_size: tuple[int, int], device, count: int = 4) -> None:
+    """A few images of ``dataset`` with the ground truth and the prediction drawn over them."""
     from vmbench.visualize import overlays_for
 
-    try:
-        data = build_dataset(cfg.data.name, root=cfg.data.root, split=split, protocol=cfg.data.protocol,
-                             img_size=img_size, seed=cfg.train.seed, **_fold_args(cfg), **cfg.data.options)
-    except DataError as err:  # e.g. no validation split under the paper protocol
-        log.info("no %s overlays: %s", split, err)
-        return
-    for name, png in overlays_for(model, data, device, img_size, count):
-        run.log_bytes(png, name, f"overlays/{split}")
-
-
-def _fold_args(cfg: ExperimentConfig) -> dict[str, Any]:
-    fold = getattr(cfg.data, "fold", None)
-    return {} if fold is None else {"fold": fold, "folds": cfg.data.folds}
+    for name, png in overlays_for(model, dataset, device, img_size, count):
+        run.log_bytes(png, name, f"overlays/{dataset.split}")
 
 
 def record_test_results(run: T.TrialRun, cfg: ExperimentConfig, result, device, gpu: float = 0.0) -> dict[str, str]:
-    """Log a finished ``fit``'s test metrics, costs and artifacts; returns the tags to finish the run with."""
-    from vmbench.engine.state import model_from_checkpoint
-
-    model, _, state = model_from_checkpoint(result.best_checkpoint, device)
-    costs = run_costs(model, cfg, state.img_size, result, gpu, device)
-    run.log_metrics({**{f"test_{k}": v for k, v in (result.test or {}).items()}, **costs})
-    eval_dir = Path(cfg.out_dir) / "eval" / "test"
+    """Log a finished ``fit``'s test metrics, costs and artifacts (from what ``fit`` kept in memory:
+    the selected model, its test split and evaluation); returns the tags to finish the run with."""
+    if result.model is None:
+        raise ValueError("record_test_results needs a fit run with evaluate_test=True")
+    costs = run_costs(result.model, cfg, result.img_size, result, gpu, device)
+    run.log_metrics({**{f"test_{k}": v for k, v in result.test.items()}, **costs})
+    eval_dir = result.run_dir.eval_dir("test")
     artifact_dir = str(Path(T.PER_CASE_ARTIFACT).parent)
     run.log_file(eval_dir / Path(T.PER_CASE_ARTIFACT).name, artifact_dir)
     run.log_file(eval_dir / "summary.json", artifact_dir)
     run.log_file(result.best_checkpoint, "checkpoints")
-    log_overlays(run, cfg, model, state.img_size, device, split="test")
-    val_is_test = json.loads((eval_dir / "summary.json").read_text()).get("val_is_test", False)
-    return {T.TAG_OUTCOME: T.COMPLETED, T.TAG_VAL_IS_TEST: str(bool(val_is_test)).lower()}
+    log_overlays(run, result.model, result.test_data, result.img_size, device)
+    return {T.TAG_OUTCOME: T.COMPLETED, T.TAG_VAL_IS_TEST: str(result.val_is_test).lower()}
 
 
-def write_run_pointer(out_dir: str | Path, tracking_uri: str, experiment_id: str, run_id: str, key: str) -> Path:
-    """``<out_dir>/mlflow_run.json``: the MLflow run this folder's training belongs to."""
+def write_run_pointer(run_dir: RunDir, tracking_uri: str, experiment_id: str, run_id: str, key: str) -> Path:
+    """The run folder's ``mlflow_run.json``: the MLflow run this folder's training belongs to."""
     payload = {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "run_id": run_id, "key": key}
-    return atomic_write(Path(out_dir) / RUN_POINTER, json.dumps(payload, indent=2) + "\n")
+    return atomic_write(run_dir.pointer, json.dumps(payload, indent=2) + "\n")
 
 
-def read_run_pointer(out_dir: str | Path) -> dict[str, str] | None:
+def read_run_pointer(run_dir: RunDir) -> dict[str, str] | None:
     """The folder's ``mlflow_run.json``, or None when the training was not tracked."""
-    path = Path(out_dir) / RUN_POINTER
+    path = run_dir.pointer
     if not path.is_file():
         return None
     try:

@@ -19,6 +19,7 @@ from vmbench import tracking as T
 from vmbench.config import ExperimentConfig
 from vmbench.engine.builders import resolve_device
 from vmbench.engine.record import read_run_pointer, record_test_results, run_tags, write_run_pointer
+from vmbench.rundir import RunDir
 from vmbench.engine.training import FitResult, fit
 from vmbench.errors import ConfigError
 
@@ -37,15 +38,15 @@ class TrackedRun:
     experiment: str
 
 
-def open_tracked_run(cfg: ExperimentConfig, device, *, tracking_uri: str | None, experiment: str,
+def open_tracked_run(cfg: ExperimentConfig, run_dir: RunDir, device, *, tracking_uri: str | None, experiment: str,
                      runs_dir: str | Path, resume: bool) -> TrackedRun:
-    """The MLflow run of the training in ``cfg.out_dir``: the folder's own on ``--resume``, else a new one."""
-    out_dir = Path(cfg.out_dir).resolve()
-    pointer = read_run_pointer(out_dir) if resume else None
+    """The MLflow run of the training in ``run_dir``: the folder's own on ``--resume``, else a new one."""
+    run_dir = RunDir(run_dir.root.resolve())
+    pointer = read_run_pointer(run_dir) if resume else None
     uri = T.default_tracking_uri(runs_dir, tracking_uri)
     if pointer is not None and pointer["tracking_uri"] != uri:
         raise ConfigError(
-            f"{out_dir / 'mlflow_run.json'}: this run is tracked in {pointer['tracking_uri']}, not {uri}; "
+            f"{run_dir.pointer}: this run is tracked in {pointer['tracking_uri']}, not {uri}; "
             f"pass --tracking-uri {pointer['tracking_uri']} to resume it there (or --no-track)"
         )
     client = T.client(uri)
@@ -54,24 +55,24 @@ def open_tracked_run(cfg: ExperimentConfig, device, *, tracking_uri: str | None,
         experiment = client.get_experiment(experiment_id).name
     else:
         experiment_id = T.get_or_create_experiment(client, experiment, T.default_artifact_location(uri, runs_dir))
-        key = f"{out_dir}#{uuid.uuid4().hex[:12]}"
-    tags = {**run_tags(cfg, T.STAGE_SINGLE, device), T.TAG_RUN_DIR: str(out_dir)}
+        key = f"{run_dir}#{uuid.uuid4().hex[:12]}"
+    tags = {**run_tags(cfg, T.STAGE_SINGLE, device), T.TAG_RUN_DIR: str(run_dir)}
     run_name = f"{cfg.model.name}-{cfg.data.name}-seed{cfg.train.seed}"
     run = T.TrialRun(uri, experiment_id, None, key_tag=T.TAG_RUN_KEY, key=key, run_name=run_name, tags=tags,
                      params=cfg.flat())
-    write_run_pointer(out_dir, uri, experiment_id, run.run_id, key)
+    write_run_pointer(run_dir, uri, experiment_id, run.run_id, key)
     return TrackedRun(run, uri, experiment_id, experiment)
 
 
-def train_tracked(cfg: ExperimentConfig, *, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
+def train_tracked(cfg: ExperimentConfig, run_dir: RunDir, *, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
                   runs_dir: str | Path = T.DEFAULT_RUNS_DIR, resume: bool = False) -> tuple[FitResult, TrackedRun]:
     """``fit(cfg)`` with every epoch, the test results and the costs logged to MLflow."""
     device = resolve_device(cfg.train.device)
-    tracked = open_tracked_run(cfg, device, tracking_uri=tracking_uri, experiment=experiment, runs_dir=runs_dir,
+    tracked = open_tracked_run(cfg, run_dir, device, tracking_uri=tracking_uri, experiment=experiment, runs_dir=runs_dir,
                                resume=resume)
     run = tracked.run
     try:
-        result = fit(cfg, callbacks=[lambda r: run.log_metrics(r.metrics, step=r.epoch)], resume=resume)
+        result = fit(cfg, run_dir, callbacks=[lambda r: run.log_metrics(r.metrics, step=r.epoch)], resume=resume)
         finish_tags = record_test_results(run, cfg, result, device, gpu=1.0 if device.type == "cuda" else 0.0)
     except KeyboardInterrupt:
         run.finish("KILLED", {T.TAG_OUTCOME: T.FAILED, T.TAG_ERROR: "interrupted"})
@@ -83,7 +84,7 @@ def train_tracked(cfg: ExperimentConfig, *, tracking_uri: str | None = None, exp
     return result, tracked
 
 
-def attach_evaluation(run_dir: str | Path, name: str, summary: dict[str, Any], eval_dir: str | Path) -> dict[str, str] | None:
+def attach_evaluation(run_dir: RunDir, name: str, summary: dict[str, Any], eval_dir: str | Path) -> dict[str, str] | None:
     """Log an evaluation (``vmbench evaluate``) to the run of ``run_dir``, if it was tracked.
 
     Metrics are ``eval_<name>_<metric>`` (``name``: the split, or dataset-split for another

@@ -27,37 +27,33 @@ Modules: ``store`` (MLflow: :func:`load_runs`, its SQLite reader, per-case files
 ``paired`` (the Holm-corrected paired tests), ``rankings`` (ranking schemes, bootstrap stability,
 consensus), ``budget`` (the equal-budget audit), ``published`` (the registry's published rows),
 ``board`` (:func:`leaderboard`), ``tables`` (per dataset and protocol), ``render`` and ``plot``
-(output), ``cli`` (the sub-command). The statistics themselves are :mod:`vmbench.statistics`.
+(output), ``summary`` (the table printed after a sweep). The statistics themselves are
+:mod:`vmbench.statistics`; the sub-command is :mod:`vmbench.cli.leaderboard`.
 ``benchmarks/leaderboard_scale.py`` times it on 10,000 runs.
 """
 
 from vmbench.leaderboard.board import case_tables, finished_runs, leaderboard
 from vmbench.leaderboard.budget import audit_store, budget_audit, budget_flags
-from vmbench.leaderboard.cli import add_parser, cmd_leaderboard, print_for_sweep
 from vmbench.leaderboard.history import metric_histories
 from vmbench.leaderboard.plot import plot
 from vmbench.leaderboard.rankings import Rankings, rankings
 from vmbench.leaderboard.render import display_frame, print_rankings_terminal, print_terminal, render, render_rankings
 from vmbench.leaderboard.store import MlflowPerCaseLoader, load_runs
+from vmbench.leaderboard.summary import print_for_sweep
 from vmbench.leaderboard.tables import Table, split_tables
-from vmbench.protocols import metric_column  # re-exported: was part of this module's API
-from vmbench.tracking import resolve_tracking_uri  # re-exported: was part of this module's API
 
 __all__ = [
     "MlflowPerCaseLoader",
     "Rankings",
     "Table",
-    "add_parser",
     "audit_store",
     "budget_audit",
     "budget_flags",
     "case_tables",
-    "cmd_leaderboard",
     "display_frame",
     "finished_runs",
     "leaderboard",
     "load_runs",
-    "metric_column",
     "metric_histories",
     "plot",
     "print_for_sweep",
@@ -66,6 +62,5 @@ __all__ = [
     "rankings",
     "render",
     "render_rankings",
-    "resolve_tracking_uri",
     "split_tables",
 ]

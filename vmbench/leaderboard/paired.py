@@ -15,15 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from vmbench.leaderboard.cases import CaseTables, PerCaseLoader, per_case_scores
+from vmbench.leaderboard.cases import CaseTables
 from vmbench.statistics import holm, wilcoxon_signed_rank
 
-__all__ = ["PerCaseLoader", "paired_tests", "per_case_dsc"]
-
-
-def per_case_dsc(frame: pd.DataFrame) -> pd.Series:
-    """Per-case DSC indexed by case id: ISIC per-image dice; Synapse mean over organs of ``dice``."""
-    return per_case_scores(frame, "dice")
+__all__ = ["paired_tests"]
 
 
 def paired_tests(out: pd.DataFrame, reference: str, cases: CaseTables | None) -> None:

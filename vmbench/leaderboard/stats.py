@@ -6,7 +6,6 @@
   (:func:`vmbench.statistics.t_interval`): the logit scale for fractions shown in percent (the
   interval stays inside [0, 100]), the log scale for HD95 (it stays above 0), the plain scale
   otherwise. A plain t-interval over two seeds of mIoU 60 % and 99.9 % reads [-, 104.9].
-* :func:`wilcoxon_signed_rank` (from :mod:`vmbench.statistics`): the paired test.
 
 The tests, rankings and corrections themselves live in :mod:`vmbench.statistics`.
 """
@@ -20,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from vmbench.protocols import metric_unit
-from vmbench.statistics import from_scale, to_scale, wilcoxon_signed_rank
+from vmbench.statistics import from_scale, to_scale
 
-__all__ = ["CONFIDENCE", "GroupSummary", "INTERVAL_TEXT", "group_summary", "interval_scale", "t_quantile", "wilcoxon_signed_rank"]
+__all__ = ["CONFIDENCE", "GroupSummary", "INTERVAL_TEXT", "group_summary", "interval_scale", "t_quantile"]
 
 CONFIDENCE = 0.95
 # What each interval scale means, for the tables' notes.

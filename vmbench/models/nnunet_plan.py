@@ -27,7 +27,7 @@ whether deep supervision is on or not. With it on the network returns the 6 logi
 resolution first (256, 128, ..., 8). nnU-Net weighs them ``1/2**i``, sets the lowest
 resolution's weight to 0 and normalises (:func:`deep_supervision_weights`), and compares each with
 the target **downsampled** to its size by nearest-exact interpolation
-(:mod:`vmbench.losses_ds`). These models declare ``deep_supervision_targets = "downsample"`` so
+(:mod:`vmbench.losses.nnunet`). These models declare ``deep_supervision_targets = "downsample"`` so
 the trainer can tell them from TransFuse, whose heads are all at full resolution.
 
 One output channel: nnU-Net itself has no one-output softmax (a binary task is 2 softmax outputs,

@@ -17,10 +17,10 @@ API::
     from vmbench.report import build_report, log_report_to_run, report_for_sweep
     path = build_report("sqlite:///vmbench-runs/mlflow.db", experiments=["vmbench-isic2018"], out="report.html")
     log_report_to_run(mlflow_client, sweep_parent_run_id, path)    # the sweep's parent run keeps a copy
-    report_for_sweep(tracking_uri, experiment, sweep_name, "report.html")  # both, never raises (end of a sweep)
+    report_for_sweep(run_sweep(spec), "report.html")  # both, for a finished sweep; never raises
 
 Modules: ``collect`` (reads the store once), ``verdict`` (the wording rules), ``figures`` (SVG),
-``page`` (the HTML), ``cli`` (``vmbench report``).
+``page`` (the HTML). The sub-command is :mod:`vmbench.cli.report`.
 """
 
 from __future__ import annotations
@@ -77,11 +77,9 @@ def log_report_to_run(client, run_id: str, html_path: str | Path, artifact_path:
     return f"{artifact_path}/{path.name}"
 
 
-def report_for_sweep(
-    tracking_uri: str | None, experiment: str, sweep: str, out: str | Path, *, runs_dir: str | Path | None = None,
-    n_boot: int = 1000, file=None,
-) -> Path | None:
-    """The report of a sweep's experiment, written to ``out`` and logged on the sweep's parent run.
+def report_for_sweep(sweep, out: str | Path, *, n_boot: int = 1000, file=None) -> Path | None:
+    """The report of a finished sweep (a :class:`vmbench.sweep.SweepResult`: its store, experiment
+    and parent run), written to ``out`` and logged on the sweep's parent run.
 
     For the end of ``vmbench sweep`` (as :func:`vmbench.leaderboard.print_for_sweep`): never
     raises, since a sweep that trained for hours must not end in a report traceback. A problem is
@@ -90,19 +88,11 @@ def report_for_sweep(
     """
     file = file or sys.stderr
     try:
-        uri = tracking.resolve_tracking_uri(tracking_uri, runs_dir)
-        path = build_report(uri, [experiment], out, n_boot=n_boot)
-        client = tracking.client(uri)
-        exp = client.get_experiment_by_name(experiment)
-        parents = client.search_runs(
-            [exp.experiment_id],
-            f"tags.`{tracking.TAG_KIND}` = '{tracking.KIND_SWEEP}' and tags.`{tracking.TAG_SWEEP}` = '{sweep}'",
-            max_results=1,
-        ) if exp is not None else []
-        where = ""
-        if parents:
-            artifact = log_report_to_run(client, parents[0].info.run_id, path)
-            where = f", logged as {artifact} of sweep run {parents[0].info.run_id}"
+        client = tracking.client(sweep.tracking_uri)
+        experiment = client.get_experiment(sweep.experiment_id).name
+        path = build_report(sweep.tracking_uri, [experiment], out, n_boot=n_boot)
+        artifact = log_report_to_run(client, sweep.parent_run_id, path)
+        where = f", logged as {artifact} of sweep run {sweep.parent_run_id}"
         print(f"(report: {path}{where})", file=file)
         return path
     except Exception as err:  # noqa: BLE001 - the sweep's results are saved; see the docstring

@@ -33,8 +33,10 @@ resources per trial, fixed settings, the space and the final stage::
     sampler: {name: tpe, seed: 0}         # tpe | random | gp | cmaes
 
 Every model x dataset pair is one study with the same budget. Under protocol ``cv`` the final
-stage retrains the best configuration on every fold with every seed. Errors name the file, the
-key and what was expected (:class:`vmbench.config.ConfigError`).
+stage retrains the best configuration on every fold with every seed. The sections (budget,
+resources, final, sampler) are dataclasses checked by the configuration's own validator
+(:func:`vmbench.config.build_section`): every error is one line naming the file, the key and what
+was expected (:class:`vmbench.config.ConfigError`), worded as for a ``--config`` file.
 
 Modules: :mod:`~vmbench.search_space.params` (the ``space:`` entries and their Optuna form),
 :mod:`~vmbench.search_space.spec` (the file, its studies and plan).

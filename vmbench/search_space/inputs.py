@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmbench.search_space.params import SpaceParam, err
+from vmbench.config import config_error
+from vmbench.search_space.params import SpaceParam
 
 __all__ = ["check_config_input", "check_study_inputs"]
 
@@ -56,11 +57,11 @@ def check_config_input(cfg, source: str, where: str = IMG_SIZE) -> None:
             model = build_model(cfg, info.num_classes, hw, load_pretrained=False)
         check_input_size(model.eval(), (2, 3, *hw))
     except ModelInputError as error:
-        raise err(source, where, f"{shown} cannot be used with model {cfg.model.name!r}: {error}") from None
+        raise config_error(source, where, f"{shown} cannot be used with model {cfg.model.name!r}: {error}") from None
     except TypeError as error:  # the constructor's own refusal of an argument it does not have
         if "unexpected keyword argument" not in str(error):
             raise
-        raise err(source, "model.overrides", f"model {cfg.model.name!r} does not take it ({error})") from None
+        raise config_error(source, "model.overrides", f"model {cfg.model.name!r} does not take it ({error})") from None
 
 
 def check_study_inputs(spec) -> None:

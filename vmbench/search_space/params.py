@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import decimal
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from vmbench.config import ConfigError, ExperimentConfig
+from vmbench.config import (
+    ConfigError,
+    ExperimentConfig,
+    check_bound,
+    check_choice,
+    check_keys,
+    check_mapping,
+    check_value,
+    config_error,
+)
 
 __all__ = ["SPACE_TYPES", "SpaceParam", "check_space_against", "decode_sample", "inside", "optuna_distributions",
            "parse_space"]
@@ -40,57 +48,6 @@ class SpaceParam:
 
 
 # ------------------------------------------------------------------------------------------------
-# Checked reading of YAML values (shared with the rest of the file's schema)
-
-
-def err(source: str, key: str, message: str) -> ConfigError:
-    return ConfigError(f"{source}: {key}: {message}")
-
-
-def number(value: Any, source: str, key: str) -> float:
-    # PyYAML reads 1e-4 (no dot) as a string: accept numeric strings for numbers.
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise err(source, key, f"expected a number, got {value!r}")
-    if not math.isfinite(value):  # .nan or .inf: no range, resource or step is made of them
-        raise err(source, key, f"expected a finite number, got {value!r}")
-    return float(value)
-
-
-def integer(value: Any, source: str, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise err(source, key, f"expected an integer, got {value!r}")
-    if value < minimum:
-        raise err(source, key, f"must be >= {minimum}, got {value}")
-    return value
-
-
-def flag(value: Any, source: str, key: str) -> bool:
-    # bool("false") is True: only YAML's true/false may switch a flag.
-    if not isinstance(value, bool):
-        raise err(source, key, f"expected true or false, got {value!r}")
-    return value
-
-
-def mapping(value: Any, source: str, key: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise err(source, key, f"expected a mapping, got {type(value).__name__}")
-    return value
-
-
-def check_keys(values: dict, allowed: set[str], source: str, where: str) -> None:
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise err(source, f"{where}{unknown[0]}", f"unknown key (known: {', '.join(sorted(allowed))})")
-
-
-# ------------------------------------------------------------------------------------------------
 # The space
 
 
@@ -102,38 +59,36 @@ def _on_grid(low: float, step: float, value: float) -> bool:
 
 def parse_space(values: Any, source: str, where: str) -> list[SpaceParam]:
     params = []
-    for key, spec in mapping(values, source, where.rstrip(".")).items():
+    for key, spec in check_mapping(values, where.rstrip("."), source).items():
         name = f"{where}{key}"
-        spec = mapping(spec, source, name)
-        kind = spec.get("type")
-        if kind not in SPACE_TYPES:
-            raise err(source, f"{name}.type", f"expected one of {', '.join(SPACE_TYPES)}, got {kind!r}")
+        spec = check_mapping(spec, name, source)
+        kind = check_choice(spec.get("type"), SPACE_TYPES, f"{name}.type", source)
         if kind == "choice":
-            check_keys(spec, {"type", "values"}, source, f"{name}.")
+            check_keys(spec, ("type", "values"), name, source)
             options = spec.get("values")
             if not isinstance(options, list) or not options:
-                raise err(source, f"{name}.values", "expected a non-empty list")
+                raise config_error(source, f"{name}.values", "expected a non-empty list")
             params.append(SpaceParam(key, kind, values=tuple(options)))
             continue
-        check_keys(spec, {"type", "low", "high", "step", "log"}, source, f"{name}.")
+        check_keys(spec, ("type", "low", "high", "step", "log"), name, source)
         if "low" not in spec or "high" not in spec:
-            raise err(source, name, "needs low and high")
+            raise config_error(source, name, "needs low and high")
         if kind == "int":
-            low = integer(spec["low"], source, f"{name}.low", -(2**62))
-            high = integer(spec["high"], source, f"{name}.high", -(2**62))
-            step = integer(spec.get("step", 1), source, f"{name}.step", 1)
+            low, high = (check_value(spec[end], int, f"{name}.{end}", source) for end in ("low", "high"))
+            step = check_bound(check_value(spec.get("step", 1), int, f"{name}.step", source), 1, ">=", f"{name}.step",
+                               source)
         else:
-            low, high = number(spec["low"], source, f"{name}.low"), number(spec["high"], source, f"{name}.high")
-            step = number(spec["step"], source, f"{name}.step") if "step" in spec else None
-            if step is not None and step <= 0:
-                raise err(source, f"{name}.step", f"must be > 0, got {step:g}")
+            low, high = (check_value(spec[end], float, f"{name}.{end}", source) for end in ("low", "high"))
+            step = check_bound(check_value(spec.get("step"), float | None, f"{name}.step", source), 0, ">",
+                               f"{name}.step", source)
         if not low < high:
-            raise err(source, name, f"empty range: low ({low:g}) must be < high ({high:g})")
-        log = flag(spec.get("log", kind == "loguniform"), source, f"{name}.log")
+            raise config_error(source, name, f"empty range: low ({low:g}) must be < high ({high:g})")
+        log = check_value(spec.get("log", kind == "loguniform"), bool, f"{name}.log", source)
         if kind == "loguniform" and not log:
-            raise err(source, f"{name}.log", "a loguniform range is always log scale: use type uniform for a linear one")
+            raise config_error(source, f"{name}.log", "a loguniform range is always log scale: use type uniform for "
+                                                      "a linear one")
         if log and low <= 0:
-            raise err(source, f"{name}.low", f"a log-scale range needs low > 0, got {low:g}")
+            raise config_error(source, f"{name}.low", f"a log-scale range needs low > 0, got {low:g}")
         _check_step(kind, low, high, step, log, source, name)
         params.append(SpaceParam(key, kind, low=low, high=high, step=step, log=log))
     return params
@@ -144,11 +99,11 @@ def _check_step(kind: str, low: float, high: float, step: float | None, log: boo
     if step is None or (kind == "int" and step == 1):
         return
     if log:
-        raise err(source, f"{name}.step", f"step {step:g} cannot be combined with a log scale (Optuna samples "
-                                          "log-scale ranges without steps): drop step or the log scale")
+        raise config_error(source, f"{name}.step", f"step {step:g} cannot be combined with a log scale (Optuna "
+                                                   "samples log-scale ranges without steps): drop step or the log scale")
     if not _on_grid(low, step, high):
         # Optuna would lower high to the last multiple with only a warning: say it here.
-        raise err(source, f"{name}.step", f"high - low ({high:g} - {low:g}) is not a multiple of {step:g}")
+        raise config_error(source, f"{name}.step", f"high - low ({high:g} - {low:g}) is not a multiple of {step:g}")
 
 
 def check_space_against(base: ExperimentConfig, space: list[SpaceParam], source: str, where: str) -> None:

@@ -10,21 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from vmbench.config import ConfigError, ExperimentConfig
+from vmbench.config import (
+    ConfigError,
+    ExperimentConfig,
+    build_section,
+    check_bound,
+    check_choice,
+    check_keys,
+    check_mapping,
+    check_value,
+    config_error,
+)
 from vmbench.io import read_yaml
 from vmbench.protocols import CV, HOLDOUT, PAPER, VOLUME, check_protocol, default_select_mode, selectable_metrics
-from vmbench.search_space.params import (
-    SpaceParam,
-    check_keys,
-    check_space_against,
-    err,
-    inside,
-    integer,
-    mapping,
-    number,
-    parse_space,
-)
+from vmbench.search_space.params import SpaceParam, check_space_against, inside, parse_space
 
 __all__ = [
     "CV_MEAN", "CV_ONE_FOLD", "CV_SEARCH_MODES", "Budget", "FinalStage", "Resources", "SamplerSpec", "Study",
@@ -58,13 +57,31 @@ MAX_TRIALS = 10_000
 MAX_EPOCHS = 100_000
 
 
+# The file's sections, checked by the configuration's own validator (vmbench.config.build_section:
+# types, unknown keys, _choices, _minimums, then _check_together).
+
+
+def _beyond(source: str, key: str, value: int, limit: int, what: str) -> None:
+    if value > limit:
+        raise config_error(source, key, f"{value} is beyond what {what} can finish (at most {limit:,}); is it a typo?")
+
+
 @dataclass(frozen=True)
 class Budget:
     trials: int = 4
     concurrent: int = 1
     max_epochs: int = 10
     grace_period: int = 1
-    reduction_factor: int = 2
+    reduction_factor: int = 2  # ASHA keeps 1/reduction_factor of the trials at each rung
+
+    _minimums = {"trials": 1, "concurrent": 1, "max_epochs": 1, "grace_period": 1, "reduction_factor": 2}
+
+    def _check_together(self, prefix: str, source: str) -> None:
+        if self.grace_period > self.max_epochs:
+            raise config_error(source, f"{prefix}.grace_period", f"({self.grace_period}) exceeds {prefix}.max_epochs "
+                                                                 f"({self.max_epochs})")
+        _beyond(source, f"{prefix}.trials", self.trials, MAX_TRIALS, "a sweep")
+        _beyond(source, f"{prefix}.max_epochs", self.max_epochs, MAX_EPOCHS, "a sweep")
 
 
 @dataclass(frozen=True)
@@ -72,17 +89,34 @@ class Resources:
     cpu: float = 1.0
     gpu: float = 0.0
 
+    _minimums = {"cpu": 0, "gpu": 0}
+
+    def _check_together(self, prefix: str, source: str) -> None:
+        if self.gpu > 1 and not self.gpu.is_integer():  # Ray takes a fraction of one GPU or whole GPUs
+            raise config_error(source, f"{prefix}.gpu", f"fractions are allowed below 1 only, got {self.gpu:g}")
+
 
 @dataclass(frozen=True)
 class FinalStage:
     seeds: tuple[int, ...] = (1, 2, 3)
     epochs: int | None = None  # default: budget.max_epochs
 
+    _minimums = {"epochs": 1}
+
+    def _check_together(self, prefix: str, source: str) -> None:
+        if not self.seeds:
+            raise config_error(source, f"{prefix}.seeds", "expected a non-empty list of integers, got []")
+        if self.epochs is not None:
+            _beyond(source, f"{prefix}.epochs", self.epochs, MAX_EPOCHS, "a run")
+
 
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str = "tpe"
     seed: int = 0
+
+    _choices = {"name": SAMPLERS}
+    _minimums = {"seed": 0}
 
 
 @dataclass
@@ -261,32 +295,32 @@ def load_spec(path: str | Path, *, check_registry: bool = True) -> SweepSpec:
 
 def _names(raw: dict, single: str, plural: str, source: str) -> list[str]:
     if single in raw and plural in raw:
-        raise err(source, plural, f"give either {single} or {plural}, not both")
+        raise config_error(source, plural, f"give either {single} or {plural}, not both")
     value = raw.get(plural, [raw[single]] if single in raw else None)
     if value is None:
-        raise err(source, single, "is required")
+        raise config_error(source, single, "is required")
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise err(source, plural, f"expected a non-empty list of names, got {value!r}")
+        raise config_error(source, plural, f"expected a non-empty list of names, got {value!r}")
     return list(dict.fromkeys(value))
 
 
 def _check_registered(models: list[str], datasets: list[str], protocol: str, source: str) -> None:
     import vmbench
-    from vmbench.registry import UnknownNameError
+    from vmbench.errors import UnknownNameError
 
     for key, items, lookup in (("models", models, vmbench.model_info), ("datasets", datasets, vmbench.dataset_info)):
         for item in items:
             try:
                 lookup(item)
             except UnknownNameError as error:
-                raise err(source, key, str(error)) from None
+                raise config_error(source, key, str(error)) from None
     for dataset in datasets:
         supported = vmbench.dataset_info(dataset).protocols
         if protocol not in supported:
-            raise err(source, "protocol", f"dataset {dataset!r} does not support protocol {protocol!r} "
-                                          f"(it supports {', '.join(supported)})")
+            raise config_error(source, "protocol", f"dataset {dataset!r} does not support protocol {protocol!r} "
+                                                   f"(it supports {', '.join(supported)})")
 
 
 def _cv_settings(raw: dict, protocol: str, source: str) -> tuple[int | None, str | None]:
@@ -294,73 +328,23 @@ def _cv_settings(raw: dict, protocol: str, source: str) -> tuple[int | None, str
     if protocol != CV:
         for key in ("folds", "cv_search"):
             if key in raw:
-                raise err(source, key, f"only protocol cv has folds (protocol is {protocol!r}); "
-                                       f"set protocol: cv or remove {key}")
+                raise config_error(source, key, f"only protocol cv has folds (protocol is {protocol!r}); "
+                                                f"set protocol: cv or remove {key}")
         return None, None
-    folds = integer(raw.get("folds", 5), source, "folds", 2)
-    cv_search = raw.get("cv_search", CV_ONE_FOLD)
-    if cv_search not in CV_SEARCH_MODES:
-        raise err(source, "cv_search", f"expected one of {', '.join(CV_SEARCH_MODES)}, got {cv_search!r}")
-    return folds, cv_search
-
-
-def _budget(raw: dict, source: str) -> Budget:
-    budget_raw = mapping(raw.get("budget"), source, "budget")
-    check_keys(budget_raw, set(Budget.__dataclass_fields__), source, "budget.")
-    budget = Budget(**{k: integer(v, source, f"budget.{k}", 1) for k, v in budget_raw.items()})
-    if budget.grace_period > budget.max_epochs:
-        raise err(source, "budget.grace_period", f"({budget.grace_period}) exceeds budget.max_epochs ({budget.max_epochs})")
-    if budget_raw.get("reduction_factor", 2) < 2:
-        raise err(source, "budget.reduction_factor", "must be >= 2")
-    for key, limit in (("trials", MAX_TRIALS), ("max_epochs", MAX_EPOCHS)):
-        if getattr(budget, key) > limit:
-            raise err(source, f"budget.{key}", f"{getattr(budget, key)} is beyond what a sweep can finish (at most "
-                                               f"{limit:,}); is it a typo?")
-    return budget
-
-
-def _resources(raw: dict, source: str) -> Resources:
-    res_raw = mapping(raw.get("resources"), source, "resources")
-    check_keys(res_raw, {"cpu", "gpu"}, source, "resources.")
-    resources = Resources(**{k: number(v, source, f"resources.{k}") for k, v in res_raw.items()})
-    if resources.cpu < 0 or resources.gpu < 0:
-        raise err(source, "resources", "cpu and gpu must be >= 0")
-    if resources.gpu > 1 and not float(resources.gpu).is_integer():
-        raise err(source, "resources.gpu", f"fractions are allowed below 1 only, got {resources.gpu:g}")
-    return resources
-
-
-def _final(raw: dict, source: str) -> FinalStage:
-    final_raw = mapping(raw.get("final"), source, "final")
-    check_keys(final_raw, {"seeds", "epochs"}, source, "final.")
-    seeds = final_raw.get("seeds", [1, 2, 3])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise err(source, "final.seeds", f"expected a non-empty list of integers, got {seeds!r}")
-    epochs = final_raw.get("epochs")
-    epochs = None if epochs is None else integer(epochs, source, "final.epochs", 1)
-    if epochs is not None and epochs > MAX_EPOCHS:
-        raise err(source, "final.epochs", f"{epochs} is beyond what a run can finish (at most {MAX_EPOCHS:,}); is it a typo?")
-    return FinalStage(tuple(seeds), epochs)
-
-
-def _sampler(raw: dict, source: str) -> SamplerSpec:
-    sampler_raw = mapping(raw.get("sampler"), source, "sampler")
-    check_keys(sampler_raw, {"name", "seed"}, source, "sampler.")
-    sampler = SamplerSpec(sampler_raw.get("name", "tpe"), integer(sampler_raw.get("seed", 0), source, "sampler.seed", 0))
-    if sampler.name not in SAMPLERS:
-        raise err(source, "sampler.name", f"expected one of {', '.join(SAMPLERS)}, got {sampler.name!r}")
-    return sampler
+    folds = check_bound(check_value(raw.get("folds", 5), int, "folds", source), 2, ">=", "folds", source)
+    return folds, check_choice(raw.get("cv_search", CV_ONE_FOLD), CV_SEARCH_MODES, "cv_search", source)
 
 
 def _per_model(raw: dict, models: list[str], source: str) -> dict[str, dict[str, Any]]:
     per_model: dict[str, dict[str, Any]] = {}
-    for model_name, extra in mapping(raw.get("per_model"), source, "per_model").items():
+    for model_name, extra in check_mapping(raw.get("per_model"), "per_model", source).items():
         if model_name not in models:
-            raise err(source, f"per_model.{model_name}", f"is not one of the sweep's models ({', '.join(models)})")
-        extra = mapping(extra, source, f"per_model.{model_name}")
-        check_keys(extra, {"fixed", "space"}, source, f"per_model.{model_name}.")
+            raise config_error(source, f"per_model.{model_name}",
+                               f"is not one of the sweep's models ({', '.join(models)})")
+        extra = check_mapping(extra, f"per_model.{model_name}", source)
+        check_keys(extra, ("fixed", "space"), f"per_model.{model_name}", source)
         per_model[model_name] = {
-            "fixed": _dotted(mapping(extra.get("fixed"), source, f"per_model.{model_name}.fixed")),
+            "fixed": _dotted(check_mapping(extra.get("fixed"), f"per_model.{model_name}.fixed", source)),
             "space": parse_space(extra.get("space"), source, f"per_model.{model_name}.space."),
         }
     return per_model
@@ -370,8 +354,8 @@ def parse_spec(raw: Any, source: str = "sweep", default_name: str = "sweep", che
                space_file: str | Path | None = None) -> SweepSpec:
     """A checked :class:`SweepSpec`; ``space_file`` anchors a relative ``data_root`` (see
     :func:`data_root_anchor`); without it (a mapping built in code) the working directory does."""
-    raw = copy.deepcopy(mapping(raw, source, "(top level)"))
-    check_keys(raw, TOP_LEVEL_KEYS, source, "")
+    raw = copy.deepcopy(check_mapping(raw, "(top level)", source))
+    check_keys(raw, sorted(TOP_LEVEL_KEYS), "", source)
     models, datasets = _names(raw, "model", "models", source), _names(raw, "dataset", "datasets", source)
     protocol = check_protocol(raw.get("protocol", HOLDOUT), f"{source}: protocol")
     if check_registry:
@@ -379,25 +363,26 @@ def parse_spec(raw: Any, source: str = "sweep", default_name: str = "sweep", che
     folds, cv_search = _cv_settings(raw, protocol, source)
     metric = raw.get("metric", "val_dsc")
     if not isinstance(metric, str):
-        raise err(source, "metric", f"expected a metric name, got {metric!r}")
-    mode = raw.get("mode", default_select_mode(metric))
-    if mode not in ("min", "max"):
-        raise err(source, "mode", f"expected min or max, got {mode!r}")
+        raise config_error(source, "metric", f"expected a metric name, got {metric!r}")
+    mode = check_choice(raw.get("mode", default_select_mode(metric)), ("min", "max"), "mode", source)
     name = raw.get("name", default_name)
     experiment = raw.get("experiment", "vmbench")
     for key, value in (("name", name), ("experiment", experiment)):
         check_name(value, f"{source}: {key}")
     data_root = raw.get("data_root")
     if data_root is not None and not isinstance(data_root, str):
-        raise err(source, "data_root", f"expected a folder path, got {data_root!r}")
+        raise config_error(source, "data_root", f"expected a folder path, got {data_root!r}")
     anchor, anchor_text = data_root_anchor(space_file) if space_file else (Path.cwd(), "the working directory")
     note = ""
     if data_root is not None and "://" not in data_root and not Path(data_root).expanduser().is_absolute():
         note = f"data_root {data_root} -> {_resolve_root(data_root, anchor)} (relative to {anchor_text})"
     spec = SweepSpec(
         name=name, experiment=experiment, models=models, datasets=datasets, protocol=protocol, data_root=data_root,
-        metric=metric, mode=mode, budget=_budget(raw, source), resources=_resources(raw, source),
-        final=_final(raw, source), sampler=_sampler(raw, source), fixed=_dotted(mapping(raw.get("fixed"), source, "fixed")),
+        metric=metric, mode=mode, budget=build_section(Budget, raw.get("budget"), "budget", source),
+        resources=build_section(Resources, raw.get("resources"), "resources", source),
+        final=build_section(FinalStage, raw.get("final"), "final", source),
+        sampler=build_section(SamplerSpec, raw.get("sampler"), "sampler", source),
+        fixed=_dotted(check_mapping(raw.get("fixed"), "fixed", source)),
         space=parse_space(raw.get("space"), source, "space."), per_model=_per_model(raw, models, source),
         source=source, storage_path=raw.get("storage_path"), description=str(raw.get("description", "")),
         folds=folds, cv_search=cv_search, data_root_note=note,
@@ -415,10 +400,11 @@ def _build_study(spec: SweepSpec, model: str, dataset: str, anchor: Path) -> Stu
     space = [p for p in spec.space if p.key not in {q.key for q in extra["space"]}] + list(extra["space"])
     for key, instead in SWEEP_SET_KEYS.items():
         if key in overrides or key in {p.key for p in space}:
-            raise err(source, key, f"is set by the sweep: {instead}")
+            raise config_error(source, key, f"is set by the sweep: {instead}")
     if not space and spec.budget.trials > 1:
-        raise err(source, "space", f"has no entries for {model} on {dataset}, so its {spec.budget.trials} trials would "
-                                   "all train the same configuration: add space entries, or set budget.trials: 1")
+        raise config_error(source, "space", f"has no entries for {model} on {dataset}, so its {spec.budget.trials} "
+                                            "trials would all train the same configuration: add space entries, or set "
+                                            "budget.trials: 1")
     overrides.update({
         "model.name": model,
         "data.name": dataset,
@@ -441,7 +427,8 @@ def _build_study(spec: SweepSpec, model: str, dataset: str, anchor: Path) -> Stu
         if param.key in overrides:
             value = overrides[param.key]
             if not inside(param, value):
-                raise err(source, param.key, f"the fixed value {value!r} is outside its search space ({param.describe()})")
+                raise config_error(source, param.key,
+                                   f"the fixed value {value!r} is outside its search space ({param.describe()})")
             start_point[param.key] = value
     return Study(model, dataset, base, space, start_point)
 
@@ -455,9 +442,10 @@ def _check_metric(spec: SweepSpec, dataset: str) -> None:
     # its test split and Synapse has none.
     has_val = spec.protocol != PAPER or evaluation != VOLUME
     if spec.metric.startswith("val_") and not has_val:
-        raise err(spec.source, "metric", f"{spec.metric!r} needs a validation split, but {dataset} under the paper "
-                                         "protocol has none (use train_loss, as VM-UNet's Synapse recipe)")
+        raise config_error(spec.source, "metric", f"{spec.metric!r} needs a validation split, but {dataset} under "
+                                                  "the paper protocol has none (use train_loss, as VM-UNet's Synapse "
+                                                  "recipe)")
     choices = selectable_metrics(evaluation, has_val)
     if spec.metric not in choices:
-        raise err(spec.source, "metric", f"{spec.metric!r} is not reported by trials on {dataset} "
-                                         f"(protocol {spec.protocol}); choose one of {', '.join(choices)}")
+        raise config_error(spec.source, "metric", f"{spec.metric!r} is not reported by trials on {dataset} "
+                                                  f"(protocol {spec.protocol}); choose one of {', '.join(choices)}")

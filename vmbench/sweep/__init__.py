@@ -29,7 +29,7 @@ Importing this package imports neither Ray, Optuna, MLflow nor torch.
 from __future__ import annotations
 
 from vmbench.errors import PreflightError
-from vmbench.sweep.context import StudyOutcome, SweepContext
+from vmbench.sweep.context import StudyOutcome, SweepContext, SweepResult
 from vmbench.sweep.driver import (
     build_tuner,
     check_data,
@@ -47,6 +47,7 @@ __all__ = [
     "PreflightError",
     "StudyOutcome",
     "SweepContext",
+    "SweepResult",
     "build_tuner",
     "check_data",
     "check_data_on_node",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vmbench.search_space import SpaceParam
@@ -40,3 +41,14 @@ class StudyOutcome:
     best_value: float
     trials: dict[str, int]
     final: list[dict[str, Any]]
+
+
+@dataclass
+class SweepResult:
+    """What ``run_sweep`` did and where: its MLflow parent run, its folder, every study's outcome."""
+
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    sweep_dir: Path
+    studies: list[StudyOutcome]

@@ -16,7 +16,7 @@ from vmbench.errors import PreflightError
 from vmbench.io import atomic_write
 from vmbench.protocols import CV
 from vmbench.search_space import Study, SweepSpec, decode_sample, optuna_distributions
-from vmbench.sweep.context import StudyOutcome, SweepContext
+from vmbench.sweep.context import StudyOutcome, SweepContext, SweepResult
 from vmbench.sweep.trainable import final_run, search_trial
 
 log = logging.getLogger("vmbench.sweep")
@@ -61,16 +61,13 @@ def check_data(spec: SweepSpec) -> dict[str, Any]:
     Under protocol cv, returns per dataset every fold's train/val ids and the test ids (what
     ``splits.json`` records); the models of a sweep must share them, or their folds pair nothing.
     """
-    from vmbench.data import build_dataset
+    from vmbench.data import dataset_for
     from vmbench.data.splits import CV_SEED
 
     splits: dict[str, Any] = {}
     for study in spec.studies:
         cfg = study.base
-        built = {split: build_dataset(cfg.data.name, root=cfg.data.root, split=split, protocol=cfg.data.protocol,
-                                      img_size=cfg.data.img_size, seed=cfg.train.seed, fold=cfg.data.fold,
-                                      folds=cfg.data.folds, **cfg.data.options)
-                 for split in ("train", "test")}
+        built = {split: dataset_for(cfg, split) for split in ("train", "test")}
         if cfg.data.protocol != CV:
             continue
         entry = {"folds": [{"fold": k, "train": sorted(part["train"]), "val": sorted(part["val"])}
@@ -230,8 +227,8 @@ def run_finals(spec: SweepSpec, study: Study, ctx: SweepContext, best: dict[str,
                 overrides["data.fold"] = fold
             cfg = study.base.with_overrides(overrides, source=key)
             folder = _sweep_dir(spec, ctx) / "final" / study.key
-            cfg.out_dir = str((folder / f"fold{fold}" if fold is not None else folder) / f"seed{seed}")
-            futures[key] = remote.remote(cfg.to_dict(), ctx, key)
+            run_dir = (folder / f"fold{fold}" if fold is not None else folder) / f"seed{seed}"
+            futures[key] = remote.remote(cfg.to_dict(), ctx, key, str(run_dir))
     for key, future in futures.items():
         try:
             finals.append(ray.get(future))
@@ -334,8 +331,9 @@ def run_sweep(
     address: str | None = None,
     num_cpus: int | None = None,
     num_gpus: float | None = None,
-) -> list[StudyOutcome]:
-    """Run (or resume) every study of ``spec``; returns the best configs and final-run results."""
+) -> SweepResult:
+    """Run (or resume) every study of ``spec``; returns where it was recorded (the parent MLflow run
+    and the sweep folder) and each study's best configuration and final-run results."""
     import ray
 
     runs_dir = Path(runs_dir).resolve()
@@ -363,7 +361,8 @@ def run_sweep(
             )
             for study in spec.studies
         ]
-        return _run_studies(spec, contexts, client, parent, storage_path, resume)
+        outcomes = _run_studies(spec, contexts, client, parent, storage_path, resume)
+        return SweepResult(parent, experiment_id, tracking_uri, runs_dir / "sweeps" / spec.name, outcomes)
     finally:
         if started_ray and not address:
             ray.shutdown()

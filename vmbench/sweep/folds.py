@@ -2,8 +2,8 @@
 
 Under protocol ``cv`` with ``cv_search: mean`` a trial's score is the mean over the folds, per
 epoch, so that ASHA compares trials on the cross-validated estimate at every rung: every fold's
-model trains and validates epoch ``e`` (the engine's own stages, :func:`vmbench.engine.training.run_epoch`),
-then the trial reports once. Each fold follows exactly the trajectory it would follow alone (every
+model trains and validates epoch ``e`` (the engine's :func:`vmbench.engine.fit_all` trains them in
+step), then the trial reports once. Each fold follows exactly the trajectory it would follow alone (every
 epoch reseeds from the seed and the epoch). Otherwise the trial trains one model, as ``fit`` would.
 """
 
@@ -11,38 +11,31 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vmbench.config import ExperimentConfig
+from vmbench.rundir import RunDir
 from vmbench.search_space import CV_MEAN
 
-__all__ = ["Part", "combine", "device_hours", "fit_in_step", "trial_costs", "trial_parts"]
+__all__ = ["Part", "combine", "device_hours", "trial_costs", "trial_parts"]
 
 
 @dataclass
 class Part:
-    """One model of a trial: its config and its folder in the trial's Tune checkpoint ("" = the top)."""
+    """One model of a trial: its config and its run folder inside the trial's work folder; ``name``
+    is also its folder in the trial's Tune checkpoint ("" = the top)."""
 
     name: str
     cfg: ExperimentConfig
-
-    @property
-    def checkpoints(self) -> Path:
-        return Path(self.cfg.out_dir) / "checkpoints"
+    run_dir: RunDir
 
 
-def trial_parts(cfg: ExperimentConfig, cv_search: str | None, work: Path) -> list[Part]:
+def trial_parts(cfg: ExperimentConfig, cv_search: str | None, work: RunDir) -> list[Part]:
     """The trial's models: every fold of ``cfg.data.folds`` under cv_search mean, else ``cfg`` alone."""
     if cv_search != CV_MEAN:
-        cfg.out_dir = str(work)
-        return [Part("", cfg)]
-    parts = []
-    for fold in range(cfg.data.folds):
-        fold_cfg = cfg.with_overrides({"data.fold": fold}, source=f"fold {fold}")
-        fold_cfg.out_dir = str(work / f"fold{fold}")
-        parts.append(Part(f"fold{fold}", fold_cfg))
-    return parts
+        return [Part("", cfg, work)]
+    return [Part(f"fold{fold}", cfg.with_overrides({"data.fold": fold}, source=f"fold {fold}"), work.child(f"fold{fold}"))
+            for fold in range(cfg.data.folds)]
 
 
 def combine(per_part: list[dict[str, float]], metric: str) -> dict[str, float]:
@@ -71,24 +64,3 @@ def trial_costs(histories: list[list[dict[str, Any]]], gpu: float) -> dict[str, 
     train_time = sum(h.get("epoch_time_s", 0.0) for history in histories for h in history)
     return {"train_time_s": train_time, "device_hours": device_hours(train_time, gpu),
             "epochs": sum(len(history) for history in histories)}
-
-
-def fit_in_step(parts: list[Part], on_epoch: Callable[[int, list, list], Any], resume: bool) -> list:
-    """Train every part for ``train.epochs`` epochs, epoch by epoch; ``on_epoch(epoch, trials, results)``
-    after each (1-based epoch, the engine's Trial and EpochResult of every part). Returns their FitResults."""
-    from vmbench.engine.training import finish, resume_from, run_epoch, set_up
-
-    trials = [set_up(part.cfg) for part in parts]
-    if resume:
-        for trial in trials:
-            if trial.last_path.exists():
-                resume_from(trial, trial.last_path)
-    start = min(trial.epoch for trial in trials)
-    for epoch in range(start, parts[0].cfg.train.epochs):
-        results = []
-        for trial in trials:
-            if trial.epoch > epoch:  # cannot happen with checkpoints taken together; never train twice
-                raise RuntimeError(f"{trial.out_dir} is at epoch {trial.epoch}, ahead of its trial's epoch {epoch}")
-            run_epoch(trial, epoch, [results.append])
-        on_epoch(epoch + 1, trials, results)
-    return [finish(trial, evaluate_test=False) for trial in trials]

@@ -22,7 +22,8 @@ from vmbench.errors import DataError
 from vmbench.protocols import CV
 from vmbench.search_space import CV_MEAN, decode_sample
 from vmbench.sweep.context import SweepContext
-from vmbench.sweep.folds import Part, combine, fit_in_step, trial_costs, trial_parts
+from vmbench.rundir import RunDir
+from vmbench.sweep.folds import Part, combine, trial_costs, trial_parts
 
 log = logging.getLogger("vmbench.sweep")
 
@@ -96,19 +97,20 @@ def _restore_checkpoint(checkpoint, parts: list[Part]) -> bool:
     """Copy a retried or restored trial's Tune checkpoint into each part's folder; True if every part
     can resume. The checkpoint holds ``<part>/last.pt`` and ``<part>/best.pt`` (part "" = the top)."""
     for part in parts:
-        part.checkpoints.mkdir(parents=True)
+        part.run_dir.checkpoints.mkdir(parents=True)
     if checkpoint is None:
         return False
     with checkpoint.as_directory() as restored:
         for part in parts:
-            for name in ("last.pt", "best.pt"):
-                if (Path(restored) / part.name / name).exists():
-                    shutil.copy2(Path(restored) / part.name / name, part.checkpoints / name)
-    return all((part.checkpoints / "last.pt").exists() for part in parts)
+            for kept in (part.run_dir.last, part.run_dir.best):
+                saved = Path(restored) / part.name / kept.name
+                if saved.exists():
+                    shutil.copy2(saved, kept)
+    return all(part.run_dir.last.exists() for part in parts)
 
 
 class _EpochReporter:
-    """``fit_in_step`` callback of a search trial: each epoch to MLflow (metrics and the cost so far),
+    """``fit_all``'s ``on_epoch`` of a search trial: each epoch to MLflow (metrics and the cost so far),
     then to Tune with a checkpoint of every part."""
 
     def __init__(self, run: T.TrialRun, ctx: SweepContext, parts: list[Part], device, work: Path):
@@ -117,30 +119,35 @@ class _EpochReporter:
         self.epoch = 0
         self.costs = trial_costs([], ctx.gpu)
 
-    def __call__(self, epoch: int, trials: list, results: list) -> None:
+    def __call__(self, step) -> None:
         from ray import tune
 
+        epoch, trainings, results = step.epoch, step.trainings, step.results
+        from vmbench import profiling
+
         metrics = combine([r.metrics for r in results], self.ctx.metric)
-        self.epoch, self.costs = epoch, trial_costs([t.history for t in trials], self.ctx.gpu)
+        self.epoch, self.costs = epoch, trial_costs([t.history for t in trainings], self.ctx.gpu)
+        self.costs["peak_mem_mb"] = profiling.peak_memory_mb(self.device)  # since the trial started
         # The cost so far, every epoch: the latest values are the trial's cost however it ends
         # (finished, stopped by ASHA, failed, or lost with its node).
         self.run.log_metrics({**metrics, **self.costs}, step=epoch)
         if epoch >= self.ctx.max_epochs:
             # The scheduler ends a trial at max_epochs as soon as it reports, before fit returns:
             # close the MLflow run first.
-            self._finish(results)
+            self._finish(results, trainings[0].data.val)
         snapshot = Path(tempfile.mkdtemp(prefix="report-", dir=self.work))
         for part, result in zip(self.parts, results):
+            # The checkpoint holds each part's checkpoint files under its name, as _restore_checkpoint reads them.
             (snapshot / part.name).mkdir(parents=True, exist_ok=True)
-            _link_or_copy(result.last_checkpoint, snapshot / part.name / "last.pt")
-            if result.best_checkpoint is not None:
-                _link_or_copy(result.best_checkpoint, snapshot / part.name / "best.pt")
+            for kept in (result.last_checkpoint, result.best_checkpoint):
+                if kept is not None:
+                    _link_or_copy(kept, snapshot / part.name / kept.name)
         try:
             tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(snapshot))
         finally:
             shutil.rmtree(snapshot, ignore_errors=True)
 
-    def _finish(self, results: list) -> None:
+    def _finish(self, results: list, val_data) -> None:
         from vmbench.engine import load_state, model_from_checkpoint
         from vmbench.engine.record import log_overlays
 
@@ -151,8 +158,9 @@ class _EpochReporter:
             if len(states) == 1:
                 best["best_epoch"] = states[0].best_epoch
             self.run.log_metrics(best)
-            model, _, _ = model_from_checkpoint(bests[0], self.device)
-            log_overlays(self.run, self.parts[0].cfg, model, states[0].img_size, self.device, split="val")
+            if val_data is not None:  # the first part's (fold's) validation split, as built for training
+                model, _, _ = model_from_checkpoint(bests[0], self.device)
+                log_overlays(self.run, model, val_data, states[0].img_size, self.device)
         self.run.finish("FINISHED", {T.TAG_OUTCOME: T.COMPLETED})
         self.finished = True
 
@@ -161,7 +169,8 @@ def search_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """Ray Tune function trainable: one search trial, reporting once per epoch with a checkpoint."""
     from ray import tune
 
-    from vmbench.engine import load_state, resolve_device
+    from vmbench import profiling
+    from vmbench.engine import fit_all, load_state, resolve_device
 
     _prepare_worker(ctx)
     context = tune.get_context()
@@ -170,19 +179,20 @@ def search_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     sample = decode_sample(ctx.space, {k: v for k, v in config.items() if k in keys})
     cfg = ExperimentConfig.from_dict(ctx.base).with_overrides(sample, source=f"trial {trial_name}")
     work = Path(tempfile.mkdtemp(prefix=f"vmbench-{trial_name}-"))
-    parts = trial_parts(cfg, ctx.cv_search, work)
+    parts = trial_parts(cfg, ctx.cv_search, RunDir(work))
     try:
         resume = _restore_checkpoint(tune.get_checkpoint(), parts)
         device = resolve_device(cfg.train.device)
         tags = _run_tags(ctx, cfg, T.STAGE_SEARCH, device)
         if resume:  # retried (lost node, error) or restored sweep: say from where
-            tags[T.TAG_RESUMED_EPOCH] = str(load_state(parts[0].checkpoints / "last.pt").epoch)
+            tags[T.TAG_RESUMED_EPOCH] = str(load_state(parts[0].run_dir.last).epoch)
         params = {**cfg.flat(), **{f"search.{k}": v for k, v in sample.items()}}
         run = _open_run(ctx, T.TAG_TRIAL_ID, trial_id, trial_name, tags, params)
         reporter = _EpochReporter(run, ctx, parts, device, work)
         try:
             check_data_on_node(cfg)
-            fit_in_step(parts, reporter, resume=resume)
+            profiling.reset_peak_memory(device)  # the peak of this trial, not of what ran in the process before
+            fit_all([(part.cfg, part.run_dir) for part in parts], reporter, resume=resume, evaluate_test=False)
         except Exception as err:  # recorded on the run, then raised for Tune to retry or mark
             run.log_metrics(reporter.costs, step=reporter.epoch)  # a no-op when that epoch logged them
             run.finish("FAILED", {T.TAG_STAGE: T.STAGE_SEARCH, T.TAG_OUTCOME: T.FAILED, T.TAG_ERROR: T.error_summary(err)})
@@ -197,38 +207,44 @@ def search_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 # Final runs
 
 
-def _record_fold_validation(run: T.TrialRun, cfg: ExperimentConfig, best_checkpoint: Path, device) -> None:
-    """Protocol cv: ``best.pt`` on its fold's validation split, per case (``eval/val/per_case.csv``)
-    and as ``best_val_*`` (the per-epoch ``val_*`` history keeps its own steps)."""
-    from vmbench.engine import evaluate_checkpoint
+def _record_fold_validation(run: T.TrialRun, cfg: ExperimentConfig, result, device) -> None:
+    """Protocol cv: the selected model on its fold's validation split, per case
+    (``eval/val/per_case.csv``) and as ``best_val_*`` (the per-epoch ``val_*`` history keeps its own steps)."""
+    from vmbench.data import dataset_for
+    from vmbench.engine import evaluate, evaluation_meta, write_eval
 
-    out_dir = Path(cfg.out_dir) / "eval" / "val"
-    result = evaluate_checkpoint(best_checkpoint, split="val", out_dir=out_dir, device=device)
-    run.log_metrics({f"best_val_{k}": v for k, v in result.summary.items() if k not in ("n_images", "n_cases")})
+    val = dataset_for(cfg, "val", img_size=result.img_size)
+    evaluation = evaluate(result.model, val, device, result.img_size)
+    out_dir = result.run_dir.eval_dir("val")
+    write_eval(evaluation, out_dir, evaluation_meta(result.best_checkpoint, cfg, val, "val", result.best_epoch,
+                                                    result.img_size))
+    run.log_metrics({f"best_val_{k}": v for k, v in evaluation.summary.items() if k not in ("n_images", "n_cases")})
     artifact_dir = str(Path(T.PER_CASE_VAL_ARTIFACT).parent)
     run.log_file(out_dir / Path(T.PER_CASE_VAL_ARTIFACT).name, artifact_dir)
     run.log_file(out_dir / "summary.json", artifact_dir)
 
 
-def final_run(cfg_dict: dict[str, Any], ctx: SweepContext, key: str) -> dict[str, Any]:
-    """Retrain the chosen configuration with one seed (on one fold under cv), evaluate on test, log everything."""
+def final_run(cfg_dict: dict[str, Any], ctx: SweepContext, key: str, run_dir: str) -> dict[str, Any]:
+    """Retrain the chosen configuration with one seed (on one fold under cv) into ``run_dir``,
+    evaluate on test, log everything."""
     from vmbench import profiling
     from vmbench.engine import fit, resolve_device
     from vmbench.engine.record import record_test_results
 
     _prepare_worker(ctx)
     cfg = ExperimentConfig.from_dict(cfg_dict, source=key)
+    run_dir = RunDir(run_dir)
     device = resolve_device(cfg.train.device)
     tags = _run_tags(ctx, cfg, T.STAGE_FINAL, device)
     fold = "" if cfg.data.fold is None else f"-fold{cfg.data.fold}"
     run = _open_run(ctx, T.TAG_FINAL_KEY, key, f"{ctx.study}-final{fold}-seed{cfg.train.seed}", tags, cfg.flat())
-    resume = (Path(cfg.out_dir) / "checkpoints" / "last.pt").exists()
     try:
         check_data_on_node(cfg)
         profiling.reset_peak_memory(device)  # the peak of this run, not of the worker's earlier ones
-        result = fit(cfg, callbacks=[lambda r: run.log_metrics(r.metrics, step=r.epoch)], resume=resume)
+        result = fit(cfg, run_dir, callbacks=[lambda r: run.log_metrics(r.metrics, step=r.epoch)],
+                     resume=run_dir.last.exists())
         if cfg.data.protocol == CV:
-            _record_fold_validation(run, cfg, result.best_checkpoint, device)
+            _record_fold_validation(run, cfg, result, device)
         run.finish("FINISHED", record_test_results(run, cfg, result, device, ctx.gpu))
         return {"key": key, "status": "FINISHED", "test": result.test}
     except Exception as err:  # recorded on the run, then raised to the driver

@@ -25,7 +25,8 @@ The default store on one machine is ``sqlite:///<abs>/vmbench-runs/mlflow.db`` w
 ``vmbench-runs/mlartifacts``: absolute, so Ray trials (which run in other folders) log to the
 same place. ``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` select a server instead.
 
-Importing this package does not import MLflow; the functions that talk to a store do.
+Importing this package does not import MLflow; the functions that talk to a store do. MLflow's
+exceptions reach the user as one-line errors through :func:`mlflow_errors`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ import os
 # '_MLFLOW_TELEMETRY_SESSION_ID' in a sweep driver on a machine without internet); vmbench sends none.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from vmbench.tracking import conventions, runs
+from vmbench.tracking import conventions, errors, runs
 from vmbench.tracking.conventions import *  # noqa: F403  (the names listed in conventions.__all__)
+from vmbench.tracking.errors import *  # noqa: F403
 from vmbench.tracking.runs import *  # noqa: F403
 
-__all__ = [*conventions.__all__, *runs.__all__]
+__all__ = [*conventions.__all__, *errors.__all__, *runs.__all__]
