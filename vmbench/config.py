@@ -49,8 +49,11 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)  # extra builder arguments, e.g. normalize, n
     fold: int | None = None  # protocol cv: the fold trained (its val part validates), 0 .. folds - 1
     folds: int = 5  # protocol cv: the number of folds (nnU-Net's default)
+    # Where 2D test predictions are scored: auto (training size under protocol paper, as published;
+    # each image's own size otherwise), native or training. Validation always uses the training size.
+    eval_resolution: str = "auto"
 
-    _choices = {"protocol": RUN_PROTOCOLS}
+    _choices = {"protocol": RUN_PROTOCOLS, "eval_resolution": ("auto", "native", "training")}
     _minimums = {"img_size": 1, "num_workers": 0, "fold": 0, "folds": 2}
 
     def _check_together(self, prefix: str, source: str) -> None:
@@ -63,6 +66,12 @@ class DataConfig:
         if self.fold is not None and self.fold >= self.folds:
             raise ConfigError(f"{source}: {prefix}.fold: {self.fold} is out of range (must be < {prefix}.folds, "
                               f"which is {self.folds})")
+        if "format" in self.options:
+            # A declared dataset (vmbench.data.user): registered wherever the configuration is built,
+            # Ray workers included, so every later dataset_info(name) finds it.
+            from vmbench.registry import declare_dataset
+
+            declare_dataset(self.name, self.root, self.options)
 
 
 @dataclass

@@ -32,6 +32,7 @@ __all__ = [
     "HOLDOUT",
     "PAPER",
     "PAPER_P2",
+    "MULTICLASS_2D",
     "POOLED_2D",
     "PROTOCOLS",
     "RUN_PROTOCOLS",
@@ -93,6 +94,7 @@ def check_protocol(name: object, where: str) -> str:
 # Evaluation kinds: what a dataset's validation and test report
 
 POOLED_2D, VOLUME = "pooled2d", "volume"
+MULTICLASS_2D = "multiclass2d"  # 2D images with several classes (user datasets): per-image mean Dice per class
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,8 @@ EVALUATIONS: dict[str, EvaluationKind] = {
     POOLED_2D: EvaluationKind(
         POOLED_2D,
         val_metrics=("loss", "dsc", "miou", "acc", "sen", "spe", "per_image_dice", "per_image_iou"),
-        test_metrics=("miou", "dsc", "acc", "spe", "sen", "per_image_dice", "per_image_iou", "per_image_acc"),
+        test_metrics=("miou", "dsc", "acc", "spe", "sen", "per_image_dice", "per_image_iou", "per_image_acc",
+                      "jaccard", "threshold_jaccard"),
         table_metrics=("miou", "dsc", "acc", "spe", "sen", "per_image_dice"),
         headline=("dsc", "miou", "acc", "spe", "sen", "per_image_dice"),
         per_class=False,
@@ -130,6 +133,17 @@ EVALUATIONS: dict[str, EvaluationKind] = {
         test_metrics=("dsc", "hd95", "dsc_strict", "hd95_strict"),
         table_metrics=("dsc", "hd95", "dsc_strict", "hd95_strict"),
         headline=("dsc", "hd95", "dsc_strict", "hd95_strict"),
+        per_class=True,
+    ),
+    # Multi-class 2D images: Dice per image and class, averaged over the images where the class is in
+    # the truth or the prediction (an image with neither says nothing about that class), then over
+    # classes (nnU-Net's foreground mean); no HD95 on 2D images.
+    MULTICLASS_2D: EvaluationKind(
+        MULTICLASS_2D,
+        val_metrics=("loss", "dsc"),
+        test_metrics=("dsc",),
+        table_metrics=("dsc",),
+        headline=("dsc",),
         per_class=True,
     ),
 }
@@ -165,6 +179,8 @@ _LABELS = {
     "per_image_dice": "DSC/img",
     "per_image_iou": "IoU/img",
     "per_image_acc": "Acc/img",
+    "jaccard": "ISIC J",  # the ISIC Challenge's per-image Jaccard, macro-averaged
+    "threshold_jaccard": "ISIC J>=.65",  # ISIC 2018 Task 1's ranking metric
     "hd95": "HD95",
     "dsc_strict": "DSC strict",
     "hd95_strict": "HD95 strict",

@@ -111,6 +111,15 @@ class ISICDataset(Dataset):
             mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
         return image, mask
 
+    def native_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of the image as released: where native-resolution metrics are scored."""
+        width, height = image_size(self.samples[index].image)
+        return height, width
+
+    def native_mask(self, index: int) -> np.ndarray:
+        """The {0, 1} uint8 mask at the image's released size (never decoded at a reduced scale)."""
+        return load_isic_mask(self.samples[index].mask)
+
     def __getitem__(self, index: int) -> dict:
         image, mask = self.load(index)
         x, m = self.transform(image, mask, item_rng(self.seed, self.epoch, index))

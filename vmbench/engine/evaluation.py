@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import vmbench
@@ -19,10 +20,26 @@ from vmbench.engine.builders import resolve_device
 from vmbench.engine.outputs import final_logits
 from vmbench.engine.state import model_from_checkpoint
 from vmbench.io import atomic_write
-from vmbench.protocols import CV
+from vmbench.protocols import CV, PAPER
+
+# Where 2D test predictions are scored: at each image's released size (as the ISIC Challenge
+# scores submissions) or at the training size (VM-UNet's published protocol, masks resized to 256).
+NATIVE_SIZE, TRAINING_SIZE = "native", "training"
+
+
+def eval_resolution(cfg) -> str:
+    """``data.eval_resolution``; ``auto``: the training size under the paper protocol (faithful to
+    the published numbers), each image's own size otherwise."""
+    choice = cfg.data.eval_resolution
+    if choice == "auto":
+        return TRAINING_SIZE if cfg.data.protocol == PAPER else NATIVE_SIZE
+    return choice
 
 __all__ = [
+    "NATIVE_SIZE",
+    "TRAINING_SIZE",
     "EvalResult",
+    "eval_resolution",
     "evaluate",
     "evaluate_2d",
     "evaluate_checkpoint",
@@ -37,17 +54,44 @@ __all__ = [
 class EvalResult:
     rows: list[dict[str, Any]]  # per case (ISIC: per image; Synapse: per case and class)
     summary: dict[str, Any]
+    resolution: str = TRAINING_SIZE  # where 2D predictions were scored: NATIVE_SIZE or TRAINING_SIZE
+
+
+def _native_pairs(dataset, start: int, probs: torch.Tensor):
+    """(probability map resized to the image's own size, its mask at that size) per image of a
+    batch that starts at dataset index ``start``: probabilities are resized bilinearly before
+    thresholding, as challenges score masks at the size the image was released in."""
+    for i in range(probs.shape[0]):
+        height, width = dataset.native_size(start + i)
+        truth = torch.from_numpy(np.asarray(dataset.native_mask(start + i), dtype=np.uint8)).to(probs.device)
+        resized = F.interpolate(probs[i : i + 1].float(), size=(height, width), mode="bilinear", align_corners=False)
+        yield resized[0], truth[None]
+
+
+def _image_rows(case_ids, probs, target) -> list[dict[str, Any]]:
+    """Per image: TransFuse's P2 Dice/IoU/accuracy and the ISIC Challenge's Jaccard scores."""
+    per_image = metrics_mod.isic_per_image(probs.cpu(), target.cpu())
+    rows = []
+    for i, case_id in enumerate(case_ids):
+        challenge = metrics_mod.isic_challenge_per_image(probs[i].cpu() >= 0.5, target[i].cpu() >= 0.5)
+        rows.append({"id": case_id, **{k: float(per_image[k][i]) for k in ("dice", "iou", "acc")},
+                     "jaccard": challenge["jaccard"], "threshold_jaccard": challenge["threshold_jaccard"]})
+    return rows
 
 
 @torch.no_grad()
-def evaluate_2d(model, dataset, device: torch.device, batch_size: int = 8, loss_fn=None, progress=False) -> EvalResult:
-    """ISIC: pooled confusion matrix over all test pixels (P1) plus per-image Dice/IoU (P2)."""
+def evaluate_2d(model, dataset, device: torch.device, batch_size: int = 8, loss_fn=None, progress=False,
+                native: bool = False) -> EvalResult:
+    """ISIC: pooled confusion matrix over all test pixels (P1) plus per-image Dice/IoU (P2) and the
+    ISIC Challenge's per-image Jaccard and thresholded Jaccard. ``native``: scored at each image's
+    own size (datasets that provide ``native_size``/``native_mask``), else at the training size."""
     model.eval()
     info = vmbench.dataset_info(dataset.name)
+    native = native and hasattr(dataset, "native_mask")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     pooled = metrics_mod.PooledConfusion()
     rows: list[dict[str, Any]] = []
-    loss_sum, n = 0.0, 0
+    loss_sum, n, start = 0.0, 0, 0
     for batch in progress_bar(iterate(loader), len(loader), "eval", progress):
         images = batch["image"].to(device)
         target = target_tensor(batch, info.task, device)
@@ -56,17 +100,22 @@ def evaluate_2d(model, dataset, device: torch.device, batch_size: int = 8, loss_
             loss_sum += float(loss_fn(logits, target)) * images.shape[0]
             n += images.shape[0]
         probs = torch.sigmoid(logits.float())
-        pooled.update(probs, target)
-        per_image = metrics_mod.isic_per_image(probs.cpu(), target.cpu())
-        for i, case_id in enumerate(batch["id"]):
-            rows.append({"id": case_id, **{k: float(per_image[k][i]) for k in ("dice", "iou", "acc")}})
+        if native:
+            for case_id, (prob, truth) in zip(batch["id"], _native_pairs(dataset, start, probs)):
+                pooled.update(prob, truth)
+                rows += _image_rows([case_id], prob[None], truth[None].float())
+        else:
+            pooled.update(probs, target)
+            rows += _image_rows(batch["id"], probs, target)
+        start += images.shape[0]
     summary = {k: float(v) for k, v in pooled.compute().items()}
-    summary["per_image_dice"] = float(np.mean([r["dice"] for r in rows])) if rows else float("nan")
-    summary["per_image_iou"] = float(np.mean([r["iou"] for r in rows])) if rows else float("nan")
+    for key, column in (("per_image_dice", "dice"), ("per_image_iou", "iou"), ("jaccard", "jaccard"),
+                        ("threshold_jaccard", "threshold_jaccard")):
+        summary[key] = float(np.mean([r[column] for r in rows])) if rows else float("nan")
     if loss_fn is not None and n:
         summary["loss"] = loss_sum / n
     summary["n_images"] = len(rows)
-    return EvalResult(rows, summary)
+    return EvalResult(rows, summary, NATIVE_SIZE if native else TRAINING_SIZE)
 
 
 @torch.no_grad()
@@ -156,10 +205,13 @@ def evaluate_volumes(model, dataset, device, img_size, with_hd95: bool = True, p
     return EvalResult(rows, summary)
 
 
-def evaluate(model, dataset, device, img_size, loss_fn=None, progress=False, with_hd95=True) -> EvalResult:
+def evaluate(model, dataset, device, img_size, loss_fn=None, progress=False, with_hd95=True,
+             native: bool = False) -> EvalResult:
+    """Volumes are always scored at their own size (slices are resized back); 2D images at their
+    own size with ``native`` (see :func:`evaluate_2d`)."""
     if getattr(dataset, "is_volume", False):
         return evaluate_volumes(model, dataset, device, img_size, with_hd95=with_hd95, progress=progress)
-    return evaluate_2d(model, dataset, device, loss_fn=loss_fn, progress=progress)
+    return evaluate_2d(model, dataset, device, loss_fn=loss_fn, progress=progress, native=native)
 
 
 def write_eval(result: EvalResult, out_dir: Path, meta: dict[str, Any]) -> tuple[Path, Path]:
@@ -168,7 +220,8 @@ def write_eval(result: EvalResult, out_dir: Path, meta: dict[str, Any]) -> tuple
 
     csv_path, json_path = Path(out_dir) / "per_case.csv", Path(out_dir) / "summary.json"
     atomic_write(csv_path, pd.DataFrame(result.rows).to_csv(index=False))
-    atomic_write(json_path, json.dumps({**meta, "metrics": result.summary}, indent=2, default=_json_default))
+    payload = {**meta, "resolution": result.resolution, "metrics": result.summary}
+    atomic_write(json_path, json.dumps(payload, indent=2, default=_json_default))
     return csv_path, json_path
 
 
@@ -225,7 +278,8 @@ def evaluate_checkpoint(
     model, cfg, state = model_from_checkpoint(checkpoint, device)
     cfg = _data_config(cfg, dataset, root, protocol)
     data = dataset_for(cfg, split, img_size=state.img_size)
-    result = evaluate(model, data, device, state.img_size, progress=progress)
+    result = evaluate(model, data, device, state.img_size, progress=progress,
+                      native=eval_resolution(cfg) == NATIVE_SIZE)
     if out_dir is not None:
         write_eval(result, Path(out_dir), evaluation_meta(checkpoint, cfg, data, split, state.epoch, state.img_size))
     return result

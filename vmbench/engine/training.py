@@ -39,7 +39,7 @@ from vmbench.engine.builders import (
     seed_everything,
     selection_rule,
 )
-from vmbench.engine.evaluation import EvalResult, evaluate, evaluation_meta, write_eval
+from vmbench.engine.evaluation import NATIVE_SIZE, EvalResult, eval_resolution, evaluate, evaluation_meta, write_eval
 from vmbench.engine.outputs import as_float, supervised_loss
 from vmbench.rundir import RunDir
 from vmbench.engine.state import TrainState, load_state, load_weights, preprocess_record
@@ -393,7 +393,8 @@ def finish(training: Training, evaluate_test: bool) -> FitResult:
         best = load_state(run_dir.best)
         load_weights(training.model, best.model, run_dir.best, best.model_name)
         test = training.data.test
-        evaluation = evaluate(training.model, test, training.device, training.img_size)
+        evaluation = evaluate(training.model, test, training.device, training.img_size,
+                              native=eval_resolution(cfg) == NATIVE_SIZE)
         meta = evaluation_meta(run_dir.best, cfg, test, "test", best.epoch, training.img_size)
         write_eval(evaluation, run_dir.eval_dir("test"), meta)
         result.model, result.test_data, result.evaluation = training.model, test, evaluation

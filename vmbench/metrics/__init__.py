@@ -4,7 +4,7 @@
 from. Inputs may be numpy arrays or torch tensors (any device).
 """
 
-from vmbench.metrics.isic import PooledConfusion, isic_per_image, isic_pooled
+from vmbench.metrics.isic import ISIC_JACCARD_THRESHOLD, PooledConfusion, isic_challenge_per_image, isic_per_image, isic_pooled
 from vmbench.metrics.synapse import (
     SynapseCaseResult,
     SynapseSummary,
@@ -18,7 +18,9 @@ from vmbench.metrics.synapse import (
 
 __all__ = [
     "isic_pooled",
+    "ISIC_JACCARD_THRESHOLD",
     "PooledConfusion",
+    "isic_challenge_per_image",
     "isic_per_image",
     "binary_dc",
     "binary_hd95",

@@ -175,3 +175,36 @@ def isic_per_image(probs: Any, masks: Any, threshold: float = 0.5, smooth: float
         "mean_iou": _mean(iou),
         "mean_acc": _mean(np.asarray(acc, dtype=np.float64)),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# The ISIC Challenge's own per-image metrics (Task 1)
+# --------------------------------------------------------------------------------------------
+
+# ISIC 2018 Task 1 ranks by the mean of this Jaccard, zeroed below 0.65 (Codella et al. 2019,
+# arXiv:1902.03368; ImageMarkup/isic-challenge-scoring 5.6.0 ``segmentation.py``).
+ISIC_JACCARD_THRESHOLD = 0.65
+
+
+def isic_challenge_per_image(pred: Any, truth: Any) -> dict[str, float]:
+    """One image's scores as the ISIC Challenge scorer computes them (isic-challenge-scoring 5.6.0,
+    ``isic_challenge_scoring/metrics.py``): ``accuracy``, ``sensitivity``, ``specificity``,
+    ``jaccard``, ``threshold_jaccard`` and ``dice`` of boolean (H, W) ``pred`` against ``truth``,
+    with the scorer's conventions for empty sets (sensitivity 1 with no positive truth, specificity
+    1 with no negative truth, Jaccard and Dice 1 when truth and prediction are both empty)."""
+    p, t = _to_numpy(pred).astype(bool), _to_numpy(truth).astype(bool)
+    _check_same_shape(p, t)
+    tp = int(np.count_nonzero(p & t))
+    fp = int(np.count_nonzero(p & ~t))
+    fn = int(np.count_nonzero(~p & t))
+    tn = p.size - tp - fp - fn
+    union = tp + fp + fn
+    jaccard = tp / union if union else 1.0
+    return {
+        "accuracy": (tp + tn) / p.size if p.size else float("nan"),
+        "sensitivity": tp / (tp + fn) if tp + fn else 1.0,
+        "specificity": tn / (tn + fp) if tn + fp else 1.0,
+        "jaccard": jaccard,
+        "threshold_jaccard": jaccard if jaccard >= ISIC_JACCARD_THRESHOLD else 0.0,
+        "dice": 2 * tp / (2 * tp + fp + fn) if union else 1.0,
+    }
