@@ -204,3 +204,55 @@ def build_cv_store(root: Path) -> Store:
                   tags={tracking.TAG_OUTCOME: outcome})
     s.log_study("isic2018__vmunet", {"optim.lr": 3e-4, "model.overrides.drop_path_rate": 0.1})
     return s
+
+
+# The ablation store: isic2018 holdout on 10 cases, unet the reference, vmunet with its two twins and
+# a ResEnc baseline. Per-case dice is AB_REF plus each model's gains (no ties, no zeros, in every
+# comparison the tests make).
+AB_IDS = [f"C{i}" for i in range(10)]
+AB_REF = [0.40 + 0.05 * i for i in range(10)]
+AB_GAIN = {  # per-case dice minus the reference's
+    "vmunet": [0.0111, 0.0223, 0.0135, 0.0247, 0.0159, 0.0262, 0.0174, 0.0286, 0.0198, 0.0305],  # all better
+}
+AB_TWIN_GAIN = {  # per-case dice minus vmunet's
+    "vmunet~no-ssm": [-0.0213, -0.0327, -0.0431, -0.0549, -0.0253, -0.0361, -0.0477, -0.0583, -0.0288, -0.0619],
+    "vmunet~no-mamba": [0.0121, -0.0233, 0.0347, -0.0451, 0.0163, -0.0279, 0.0383, -0.0497, 0.0119, -0.0521],
+    "resenc-unet-m": [0.0057, -0.0161, 0.0273, -0.0089, 0.0191, -0.0317, 0.0123, -0.0239, 0.0341, -0.0453],
+}
+AB_COST = {  # test_dsc, n_params, gmacs, peak_mem_mb
+    "unet": (0.78, 7_800_000, 13.0, 700.0),
+    "vmunet": (0.82, 27_427_561, 4.11, 900.0),
+    "vmunet~no-ssm": (0.76, 27_427_561, 4.11, 880.0),
+    "vmunet~no-mamba": (0.81, 27_427_561, 4.11, 600.0),
+    "resenc-unet-m": (0.80, 20_000_000, 30.0, 3000.0),
+}
+
+
+def ablation_scores() -> dict[str, list[float]]:
+    """Each model's per-case dice (its seeds' mean)."""
+    vm = [r + g for r, g in zip(AB_REF, AB_GAIN["vmunet"])]
+    return {"unet": AB_REF, "vmunet": vm, **{m: [v + g for v, g in zip(vm, gain)] for m, gain in AB_TWIN_GAIN.items()}}
+
+
+def build_ablation_store(root: Path) -> Store:
+    """unet, vmunet (two seeds, ±0.01 per case), vmunet~no-ssm, vmunet~no-mamba, resenc-unet-m (one seed each)."""
+    s = Store(root)
+    for model, scores in ablation_scores().items():
+        dsc, n_params, gmacs, peak = AB_COST[model]
+        metrics = {**_isic_metrics(dsc, 60, 0.1), "n_params": n_params, "gmacs": gmacs, "peak_mem_mb": peak}
+        noises = (-0.01, 0.01) if model == "vmunet" else (0.0,)
+        for seed, noise in enumerate(noises):
+            s.log(model, "isic2018", "holdout", seed, metrics, per_case=_isic_case(AB_IDS, [v + noise for v in scores]))
+    return s
+
+
+_ABLATION_STORES: dict[Path, Store] = {}
+
+
+def ablation_store(tmp_path_factory) -> Store:
+    """One ablation store per test session, shared by the leaderboard and report tests."""
+    root = tmp_path_factory.getbasetemp() / "ablation-store"
+    if root not in _ABLATION_STORES:
+        root.mkdir()
+        _ABLATION_STORES[root] = build_ablation_store(root)
+    return _ABLATION_STORES[root]

@@ -15,15 +15,21 @@ from typing import Iterable
 
 __all__ = [
     "BackendUnavailableError",
+    "clear_stop",
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "Interrupted",
     "ModelInputError",
     "PreflightError",
     "TrainingDivergedError",
+    "UnknownAblationError",
     "UnknownNameError",
     "VmbenchError",
     "few",
+    "raise_if_stopped",
+    "request_stop",
+    "stop_requested",
 ]
 
 
@@ -64,6 +70,49 @@ class UnknownNameError(VmbenchError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownAblationError(UnknownNameError):
+    """A model-name suffix ``~<ablation>`` that is unknown or names a model with no Mamba part."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM asked vmbench to stop. A KeyboardInterrupt, so every ``except
+    KeyboardInterrupt`` that marks a run KILLED handles SIGTERM too; exit status 128 + ``signum``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        import signal
+
+        return f"stopped by {signal.Signals(self.signum).name}"
+
+
+# The signal that asked this process to stop, for loops (the sweep's Ray Tune run) that catch the
+# exception themselves and must check after they return. Set by the command line's handler.
+_stop: list[int] = []
+
+
+def request_stop(signum: int) -> None:
+    if not _stop:
+        _stop.append(signum)
+
+
+def clear_stop() -> None:
+    """Forget a stop request (the command line, at the start of each command run in one process)."""
+    _stop.clear()
+
+
+def stop_requested() -> int | None:
+    """The signal number that asked vmbench to stop, or None."""
+    return _stop[0] if _stop else None
+
+
+def raise_if_stopped() -> None:
+    if _stop:
+        raise Interrupted(_stop[0])
 
 
 def few(items: Iterable[object], k: int = 5) -> str:

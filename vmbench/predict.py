@@ -18,7 +18,7 @@ import torch
 
 from vmbench.engine import final_logits, model_from_checkpoint, predict_volume, resolve_device
 from vmbench.errors import DataError
-from vmbench.io import atomic_write
+from vmbench.io import atomic_write, check_output_apart
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
@@ -120,6 +120,11 @@ def _output_paths(kinds: dict[Path, str], out_dir: Path) -> dict[Path, Path]:
     by_output: dict[Path, list[Path]] = {}
     for path, out_path in out_paths.items():
         by_output.setdefault(out_path, []).append(path)
+    inputs = {p.resolve(): p for p in kinds}
+    taken = next((out for out in out_paths.values() if out.resolve() in inputs), None)
+    if taken is not None:  # writing it would destroy an input (and read the prediction back as one)
+        raise DataError(f"--out {out_dir}: the prediction {taken} would replace the input {inputs[taken.resolve()]}; "
+                        "write to another folder")
     clashes = {out: paths for out, paths in by_output.items() if len(paths) > 1}
     if clashes:  # one prediction would overwrite another
         out, paths = next(iter(clashes.items()))
@@ -136,6 +141,8 @@ def predict_paths(checkpoint, inputs, out_dir, device="auto", threshold: float =
 
     import vmbench
 
+    # An output folder apart from every input folder: predictions never land among the inputs.
+    check_output_apart(out_dir, [p for p in map(Path, inputs) if p.is_dir()], "--out", "input folder")
     kinds = {p: _kind(p) for p in _input_files(inputs)}  # check every input before writing anything
     device = resolve_device(device, where="device")
     model, cfg, state = model_from_checkpoint(checkpoint, device)

@@ -27,12 +27,13 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmbench import tracking
-from vmbench.errors import BackendUnavailableError, ConfigError
+from vmbench.errors import BackendUnavailableError, ConfigError, DataError
 
 # Wildcard hosts bind every interface; the URL printed (and polled) is the matching loopback.
 _LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
@@ -265,3 +266,51 @@ def stop(server: UIServer, timeout: float = 15.0) -> None:
     server.process.poll()
     if server.auth_dir is not None:
         shutil.rmtree(server.auth_dir, ignore_errors=True)
+
+
+def sweep_location(tracking_uri: str, sweep: str) -> tuple[str, str, str, bool]:
+    """(experiment id, parent run id, sweep name, whether the sweep has its saved runs view) of sweep
+    ``sweep`` in the store; a one-line error if there is none."""
+    client = tracking.client(tracking_uri)
+    with tracking.mlflow_errors(tracking_uri):
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(experiments, filter_string=(
+            f"tags.`{tracking.TAG_KIND}` = '{tracking.KIND_SWEEP}' and tags.`{tracking.TAG_SWEEP}` = '{sweep}'"),
+            max_results=1) if experiments else []
+        if not runs:
+            raise DataError(f"--sweep {sweep}: no sweep of that name in {tracking_uri} (a sweep's name is its --name "
+                            "or its search-space file's name field)")
+        experiment = client.get_experiment(runs[0].info.experiment_id)
+    has_view = tracking.TAG_SAVED_VIEW_PREFIX + tracking.sweep_view_key(sweep) in experiment.tags  # older sweeps lack it
+    return experiment.experiment_id, runs[0].info.run_id, sweep, has_view
+
+
+# The UI's model-training workspace (runs, models, system metrics) rather than its GenAI one: the
+# sidebar's switch, which the UI also reads from this query parameter.
+TRAINING_VIEW = {"workflowType": "machine_learning"}
+
+
+def _query(params: dict[str, str]) -> str:
+    return urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+
+
+def start_url(url: str) -> str:
+    """The experiments list in the model-training workspace."""
+    return f"{url}/#/experiments?{_query(TRAINING_VIEW)}"
+
+
+def runs_url(url: str, experiment_id: str, view: str = tracking.RUNS_VIEW_KEY) -> str:
+    """An experiment's runs table in one of vmbench's saved views (test metrics as columns)."""
+    return f"{url}/#/experiments/{experiment_id}/runs?{_query({**TRAINING_VIEW, 'viewStateShareKey': view})}"
+
+
+def sweep_urls(url: str, experiment_id: str, run_id: str, sweep: str, has_view: bool = True) -> tuple[str, str]:
+    """The UI's runs table of the sweep's runs (its saved view; for a sweep started before vmbench saved
+    views, a filter in the URL, which shows MLflow's default columns), and the parent run's page."""
+    if has_view:
+        runs = runs_url(url, experiment_id, tracking.sweep_view_key(sweep))
+    else:
+        query = _query({**TRAINING_VIEW, "searchFilter": f"tags.`{tracking.TAG_SWEEP}` = '{sweep}'"})
+        runs = f"{url}/#/experiments/{experiment_id}/runs?{query}"
+    return (runs,
+            f"{url}/#/experiments/{experiment_id}/runs/{run_id}?{_query(TRAINING_VIEW)}")

@@ -308,7 +308,14 @@ def test_prepare_refuses_existing_output(raw, tmp_path):
     with pytest.raises(DataError, match=re.escape(f"output folder {tmp_path / 'out'} already exists")):
         prepare_synapse(raw, tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").is_file()
-    report = prepare_synapse(raw, tmp_path / "out", overwrite=True)
-    assert not (tmp_path / "out" / "keep.txt").exists() and report.train_slices > 0
+    # --overwrite never deletes a folder vmbench did not write: the user's file survives.
+    with pytest.raises(DataError, match="was not written by vmbench"):
+        prepare_synapse(raw, tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "x"
+    # A folder vmbench wrote is replaced.
+    first = prepare_synapse(raw, tmp_path / "made")
+    (tmp_path / "made" / "stale.txt").write_text("from before")
+    report = prepare_synapse(raw, tmp_path / "made", overwrite=True)
+    assert not (tmp_path / "made" / "stale.txt").exists() and report.train_slices == first.train_slices > 0
     with pytest.raises(DataError, match="mapping 'C'"):
         prepare_synapse(raw, tmp_path / "out2", mapping="C")

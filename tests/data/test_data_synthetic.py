@@ -59,7 +59,8 @@ def test_synth_synapse_is_byte_identical_and_ct_like(tmp_path):
     synth_synapse(tmp_path / "b", seed=3, **kw)
     synth_synapse(tmp_path / "c", seed=4, **kw)
     a = _tree(tmp_path / "a")
-    assert sorted(a) == ["img0001.nii.gz", "img0005.nii.gz", "label0001.nii.gz", "label0005.nii.gz"]
+    # BTCV's file names, and vmbench's output marker (what lets --overwrite replace the folder).
+    assert sorted(a) == [".vmbench-output", "img0001.nii.gz", "img0005.nii.gz", "label0001.nii.gz", "label0005.nii.gz"]
     assert a == _tree(tmp_path / "b") and a != _tree(tmp_path / "c")
     img = nib.load(str(tmp_path / "a" / "img0005.nii.gz"))
     lab = nib.load(str(tmp_path / "a" / "label0005.nii.gz"))

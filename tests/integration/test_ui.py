@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 import re
 import shutil
@@ -231,11 +232,20 @@ def test_port_in_use_is_one_line_and_starts_nothing(tmp_path):
 
 @needs_proc
 def test_failed_start_stops_every_server_process(tmp_path):
-    """The store is not a database: MLflow's server starts, fails and exits; vmbench reports it in one
-    line and stops every process of the server's group (MLflow starts a job runner and consumers)."""
+    """The store's schema is one MLflow does not know: MLflow's server starts, fails and exits; vmbench
+    reports it in one line and stops every process of the server's group (MLflow starts a job runner
+    and consumers)."""
+    import sqlite3
+
     env, marker = _marked_env(tmp_path)
     store = tmp_path / "mlflow.db"
-    store.write_bytes(bytes(range(256)) * 16)  # exists and is a file, so vmbench's own checks pass
+    # An MLflow store's tables, so vmbench's own read-only check passes (a file that is not a store
+    # is refused before any server starts), at a schema version no MLflow release has.
+    con = sqlite3.connect(store)
+    con.executescript("CREATE TABLE alembic_version (version_num TEXT); INSERT INTO alembic_version VALUES "
+                      "('0000notreal'); CREATE TABLE experiments (x); CREATE TABLE runs (x);")
+    con.commit()
+    con.close()
     done = subprocess.run(
         [sys.executable, "-m", "vmbench.cli", "ui", "--tracking-uri", f"sqlite:///{store}"],
         capture_output=True, text=True, timeout=400, env=env,
@@ -295,3 +305,37 @@ def test_opting_out_of_authentication_is_loud(capsys):
     _announce(server, "sqlite:///x.db", "0.0.0.0", no_auth=True)
     out, err = capsys.readouterr()
     assert "password" not in out and "WARNING" in err and "WITHOUT authentication" in err and "5055" in err
+
+
+def test_sweep_addresses_open_the_runs_view_and_an_unknown_sweep_is_one_line(sweep_store, capsys):
+    from urllib.parse import parse_qs, urlsplit
+
+    from vmbench.cli import main
+    from vmbench.ui import sweep_location, sweep_urls
+
+    uri, experiment_id = sweep_store
+    client = T.client(uri)
+    # The fixture's sweep was made by hand, without the saved view vmbench's sweeps get: a filter in the URL.
+    where = sweep_location(uri, "ui")
+    route = urlsplit(urlsplit(sweep_urls("http://127.0.0.1:5000", *where)[0]).fragment)
+    assert parse_qs(route.query) == {"workflowType": ["machine_learning"], "searchFilter": ["tags.`vmbench.sweep` = 'ui'"]}
+    # vmbench gives an experiment it logs to the tags it lacks: the model-training kind and the saved view.
+    assert T.get_or_create_experiment(client, "ui-test") == experiment_id
+    assert {T.TAG_EXPERIMENT_KIND, T.TAG_SAVED_VIEW_PREFIX + T.RUNS_VIEW_KEY} <= set(client.get_experiment(experiment_id).tags)
+    # A sweep vmbench started has its own saved view (open_sweep_run): the address opens it, filter and columns.
+    parent_id = T.open_sweep_run(client, experiment_id, sweep="ui2", experiment="ui-test", source="s.yaml", space_hash="0",
+                                 resume=False, tags={}, plan="")
+    where = sweep_location(uri, "ui2")
+    runs, parent = sweep_urls("http://127.0.0.1:5000", *where)
+    route = urlsplit(urlsplit(runs).fragment)
+    assert route.path == f"/experiments/{experiment_id}/runs"
+    assert parse_qs(route.query) == {"workflowType": ["machine_learning"], "viewStateShareKey": ["vmbench-sweep-ui2"]}
+    envelope = json.loads(client.get_experiment(experiment_id).tags["mlflow.sharedViewState.vmbench-sweep-ui2"])
+    state = json.loads(envelope["state"])
+    assert envelope["name"] == "vmbench: sweep ui2" and state["searchFilter"] == "tags.`vmbench.sweep` = 'ui2'"
+    assert "metrics.`test_dsc`" in state["selectedColumns"]
+    assert parent == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{parent_id}?workflowType=machine_learning"
+    # An unknown sweep fails before any server starts: one line, exit status 2.
+    assert main(["ui", "--tracking-uri", uri, "--sweep", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vmbench: error: --sweep nope: no sweep of that name") and "\n" not in err

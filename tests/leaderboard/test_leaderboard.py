@@ -386,7 +386,7 @@ def test_every_format_parses_and_names_the_protocol(store, tmp_path, capsys):
 
     tex = outputs["latex"]
     assert "\\begin{tabular}" in tex and "\\end{tabular}" in tex and "protocol: holdout" in tex
-    assert "vmunet & holdout & 3" in tex and "83.00 $\\pm$ 3.61" in tex and "DSC \\%" in tex
+    assert "vmunet & 3 & " in tex and "83.00 $\\pm$ 3.61" in tex and "DSC \\%" in tex
 
     payload = json.loads(outputs["json"])
     (table,) = payload["tables"]
@@ -882,3 +882,45 @@ def test_cli_ranks_and_budget_notes(cv_store, capsys):
     assert "--ranks with --format csv" in capsys.readouterr().err
     assert run_cli([*argv, "--budget-tolerance", "0.9", "--format", "md"]) == 0
     assert "unequal budgets" in capsys.readouterr().out  # 4 vs 0 trials: a spread of 100 %
+
+
+def test_latex_is_a_booktabs_table_with_chosen_columns(store, capsys):
+    base = ["--tracking-uri", store.uri, "--dataset", "isic2018", "--format", "latex"]
+    assert run_cli([*base, "--columns", "dsc,miou,hd95,params,gmacs"]) == 0
+    tex = capsys.readouterr().out
+    # hd95 is no ISIC metric: left out of this table, not an error; the model left, four numbers right.
+    assert "\\begin{tabular}{lrrrr}\n\\toprule\nModel & DSC \\% & mIoU \\% & Params M & GMACs \\\\\n\\midrule" in tex
+    assert "\\bottomrule\n\\end{tabular}" in tex and "\\hline" not in tex
+    # Best measured value per column in bold (unet's 0.85 DSC and 0.75 mIoU: fixture); equal costs stay plain;
+    # published rows are never bold. unet gains on all 6 paired cases: exact two-sided p = 2/2**6 = 0.031, one comparison
+    # so Holm leaves it: below 0.05, marked and explained.
+    assert "unet$^{*}$ & \\textbf{85.00} & \\textbf{75.00} & 27.43 & 4.11 \\\\" in tex
+    assert "vmunet & 83.00 $\\pm$ 3.61 & 73.00 $\\pm$ 3.61 & 27.43 & 4.11 \\\\" in tex
+    assert "vmunet [published] & 89.71 & 81.35 & -- & -- \\\\" in tex
+    assert "$^{*}$: differs from vmunet in per-case DSC" in tex and "Holm-corrected" in tex
+    # The default paper table: n, the dataset's metrics, the DSC interval, p Holm, params, GMACs (not 29 columns).
+    assert run_cli(base) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Model & "))
+    assert header.endswith("DSC \\% 95\\% CI & p Holm & Params M & GMACs \\\\") and header.count("&") == 11
+
+
+def test_columns_apply_to_md_csv_and_html_and_typos_are_one_line(store, tmp_path, capsys):
+    base = ["--tracking-uri", store.uri, "--dataset", "isic2018", "--columns", "dsc,dsc_ci,params"]
+    assert run_cli([*base, "--format", "md"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert [c.strip() for c in table[0].strip("|").split("|")] == ["Model", "DSC %", "DSC % 95% CI", "Params M"]
+    assert table[1].startswith("|:---") and table[1].endswith("---:|")  # model left, numbers right
+    assert "| vmunet " in table[4] and "83.00 ± 3.61 |" in table[4] and "[71.84, 90.60] |" in table[4]
+    assert run_cli([*base, "--format", "csv"]) == 0
+    csv = pd.read_csv(StringIO(capsys.readouterr().out))
+    assert list(csv.columns) == ["dataset", "protocol", "model", "kind", "dsc_pct_mean", "dsc_pct_std", "dsc_pct_ci_lo",
+                                 "dsc_pct_ci_hi", "n_params"]
+    assert run_cli([*base, "--format", "html"]) == 0
+    parsed = _Tables()
+    parsed.feed(capsys.readouterr().out)
+    assert parsed.tables[0][0] == ["Model", "DSC %", "DSC % 95% CI", "Params M"]
+    assert run_cli(["--tracking-uri", store.uri, "--columns", "dsc,dcs", "--format", "md"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vmbench: error: --columns dcs: not a column") and "\n" not in err
+    assert run_cli(["--tracking-uri", store.uri, "--columns", "dsc"]) == 2  # the terminal table fits itself
+    assert "--columns with --format terminal" in capsys.readouterr().err

@@ -7,6 +7,7 @@ are worked out here.
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -61,7 +62,7 @@ class _Outline(HTMLParser):
             self.scripts += 1
         for key in ("src", "href", "xlink:href"):
             value = attrs.get(key) or ""
-            if value and not value.startswith("#"):
+            if value and not value.startswith(("#", "data:")):  # inline images fetch nothing
                 self.fetches.append(value)
 
     def handle_endtag(self, tag):
@@ -100,7 +101,7 @@ def test_report_says_what_the_statistics_say(page):
     assert "protocol: cv" in flat and "cross-validation pool" in flat
     assert "ranks first in" in flat and "of 100 bootstraps" in flat
     # The cross-validation pool: unet ahead on every pool case, so first in every resample; caveat stated.
-    assert "Cross-validation pool (6 training-pool cases" in flat and "unet (77.50 %), first in 100 % of 100" in flat
+    assert "Cross-validation pool (6 training-pool cases" in flat and "unet (77.50 %), first in 100% of 100" in flat
     assert "lean optimistic" in flat
 
 
@@ -130,8 +131,18 @@ def test_verdict_claims_better_only_after_holm():
     assert p_mixed > 0.05
     assert "unet is better than vmunet" in text and "att-unet is better" not in text
     assert "att-unet vs vmunet" in text and "not significant at 0.05" in text
-    assert v.headline == "isic2018 (holdout): unet is better than vmunet."
+    # One sentence: the test that was significant, the bootstrap share of the highest mean, the caveat that
+    # explains the comparison that found nothing. unet beats vmunet on every case, and big - mixed is negative
+    # on one case only (-0.01, one zero, ten at +0.01 or more): a resample's mean difference is below zero only
+    # if nearly every draw is that case, so unet is first in every one of the 50 resamples.
+    assert v.headline == ("isic2018 (holdout): unet is better than vmunet; unet ranks first in 100% of 50 bootstrap "
+                          "resamples of the cases (caveats: low power).")
     assert any("Low power: only 12 cases" in w for w in v.warnings)
+    assert v.details[0].endswith("(Kendall's tau with the full ranking: median 1.00).")
+    # Every comparison significant: no low-power excuse, no "not a significant difference".
+    alone = _board_with({"unet": big}, ref, seeds=3)
+    assert not any("power" in w.lower() for w in alone.warnings)
+    assert "not a significant difference" not in " ".join(alone.details)
     # A worse model is called worse, with the same rule.
     worse = _board_with({"unet": [-g for g in big]}, ref, seeds=3)
     assert "unet is worse than vmunet" in " ".join(worse.details)
@@ -215,12 +226,19 @@ def test_report_for_sweep_logs_on_the_parent_and_never_raises(store, tmp_path):
     from vmbench.sweep import SweepResult
 
     experiment_id = store.client.get_experiment_by_name("bench-exp").experiment_id
-    sweep = SweepResult(store.parent, experiment_id, store.uri, tmp_path, [])
+    sweep = SweepResult(store.parent, experiment_id, store.uri, tmp_path, [], reference="vmunet")
     out = StringIO()
     path = report.report_for_sweep(sweep, tmp_path / "sweep-report.html", n_boot=20, file=out)
     assert path is not None and path.read_text().startswith("<!DOCTYPE html>")
     assert f"of sweep run {store.parent}" in out.getvalue()
     assert "report/sweep-report.html" in [f.path for f in store.client.list_artifacts(store.parent, "report")]
+    # The parent also keeps the leaderboard and says the verdict: the page's headline, word for word.
+    assert [f.path for f in store.client.list_artifacts(store.parent, "leaderboard")] == [
+        "leaderboard/leaderboard.csv", "leaderboard/leaderboard.md"]
+    note = store.client.get_run(store.parent).data.tags["mlflow.note.content"]
+    headline = re.search(r'<div class="verdict"><h3>(.*?)</h3>', path.read_text()).group(1)
+    assert f"- {html.unescape(headline)}" in note
+    assert note.startswith("**Verdict**") and "no model differs significantly from vmunet" in note
     out = StringIO()
     gone = SweepResult(store.parent, "987654", store.uri, tmp_path, [])  # an experiment the store does not have
     assert report.report_for_sweep(gone, tmp_path / "x.html", file=out) is None

@@ -43,6 +43,13 @@ def add_parsers(sub) -> None:
     p = data.add_parser("list", help="registered datasets")
     p.set_defaults(func=cmd_data_list)
 
+    p = data.add_parser("check", help="check a dataset folder (pairs, files, sizes, mask values, leaks) and print "
+                        "its fingerprint; exit 2 when it finds errors")
+    p.add_argument("path", help="a dataset folder: images/ + masks/ (or masks/0/), or nnU-Net's dataset.json layout")
+    p.add_argument("--format", choices=("folder", "nnunet"), help="default: nnunet where dataset.json exists, else folder")
+    p.add_argument("--split-seed", type=nonnegative_int, default=0, help="the holdout split's seed (data.options.split_seed)")
+    p.set_defaults(func=cmd_data_check)
+
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from vmbench.data import synth_isic, synth_synapse
@@ -93,3 +100,11 @@ def cmd_data_list(args: argparse.Namespace) -> int:
         print(f"{name:<18} {info.task:<10} {info.num_classes:>2} cl.  {size:<8} {info.evaluation:<9} {protocols:<18} "
               f"{info.description}")
     return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from vmbench.data.check import check_dataset
+
+    report = check_dataset(args.path, args.format, split_seed=args.split_seed)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 2

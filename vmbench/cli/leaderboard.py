@@ -55,6 +55,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-published", action="store_true", help="leave out the registry's published rows")
     p.add_argument("--no-wilcoxon", action="store_true", help="skip the paired test (no per-case downloads)")
     p.add_argument("--metrics", help="comma-separated metric keys to show, e.g. dsc,hd95,hd95_liver (default: per dataset)")
+    p.add_argument("--columns", help=(
+        "comma-separated columns after the model, in order (md, csv, html, latex, text): metric keys (dsc, miou, "
+        "hd95 ...: mean ± std), METRIC_ci (its 95%% CI), n, folds, failed, p, p_holm, pairs, delta, params, gmacs, "
+        "train_h, device_h, latency, source; e.g. dsc,miou,hd95,params,gmacs (default: every column; latex: "
+        "n, the metrics, dsc_ci, p_holm, params, gmacs)"))
     p.add_argument("--format", choices=list(FORMATS), help=(
         "output format (default: terminal; with --out, from the file suffix)"))
     p.add_argument("--out", help="write to FILE (atomically) instead of standard output")
@@ -122,7 +127,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         if ranks is not None:
             print_rankings_terminal(ranks)
     else:
-        text = _with_ranks(render(board, fmt), ranks, fmt)
+        text = _with_ranks(render(board, fmt, columns=as_list(args.columns) or None), ranks, fmt)
         if args.out:
             atomic_write(args.out, text)
             print(f"wrote {args.out} ({fmt}, {len(split_tables(board))} tables)", file=sys.stderr)
@@ -135,6 +140,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _check_options(args: argparse.Namespace, fmt: str, stage: str | None) -> None:
+    if args.columns and fmt in ("terminal", "json"):
+        raise ConfigError(f"--columns with --format {fmt}: use md, csv, html, latex or text (json keeps every column)")
     if args.ranks and fmt not in ("terminal", "md", "text", "html", "json"):
         raise ConfigError(f"--ranks with --format {fmt}: use terminal, md, text, html or json")
     if args.ranks and stage not in TESTED_STAGES:

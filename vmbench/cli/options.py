@@ -32,12 +32,20 @@ def tracking_options(parser: argparse.ArgumentParser, *names: str, experiment: s
             parser.add_argument(name, default=DEFAULT_RUNS_DIR, help="folder of the default MLflow store: "
                                 f"RUNS_DIR/mlflow.db, artifacts in RUNS_DIR/mlartifacts (default {DEFAULT_RUNS_DIR})")
         elif name == "--experiment" and experiment is None:
-            parser.add_argument(name, action="append",
+            parser.add_argument(name, action="append", type=experiment_name,
                                 help="MLflow experiment name or id to read (repeatable; default: all)")
         elif name == "--experiment":
-            parser.add_argument(name, default=experiment, help=f"MLflow experiment to log to (default {experiment})")
+            parser.add_argument(name, default=experiment, type=experiment_name,
+                                help=f"MLflow experiment to log to (default {experiment})")
         else:
             parser.add_argument(name, action="store_true", help=f"do not log {no_track}")
+
+
+def experiment_name(text: str) -> str:
+    """An MLflow experiment name: not empty or blank (MLflow would refuse it deep inside a run)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected an experiment name, got {text!r}")
+    return text
 
 
 def positive_int(text: str) -> int:

@@ -55,7 +55,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from vmbench import leaderboard
         from vmbench.report import report_for_sweep
 
-        leaderboard.print_for_sweep(args.tracking_uri, spec.experiment, runs_dir=args.runs_dir)
+        leaderboard.print_for_sweep(sweep.tracking_uri, spec.experiment, reference=sweep.reference)
         # The report: beside the sweep's files, and on its parent MLflow run (opens from the UI).
         report_for_sweep(sweep, sweep.sweep_dir / "report.html")
     return 1 if failed else 0

@@ -8,7 +8,7 @@ import sys
 
 from vmbench import tracking
 from vmbench.cli.options import port, tracking_options
-from vmbench.ui import PASSWORD_ENV, UIServer, is_loopback, start, stop
+from vmbench.ui import PASSWORD_ENV, UIServer, is_loopback, start, start_url, stop, sweep_location, sweep_urls
 
 
 def add_parsers(sub) -> None:
@@ -20,6 +20,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host WITHOUT a login: every run, "
                    "read and write, to anyone who can reach it (default: a login, user admin, password from "
                    "$VMBENCH_UI_PASSWORD or printed once)")
+    p.add_argument("--sweep", metavar="NAME", help="print the address of sweep NAME's runs (its experiment's runs "
+                   "table filtered to the sweep, and its parent run's page) instead of the store's start page")
     p.set_defaults(func=cmd_ui)
 
 
@@ -41,13 +43,20 @@ def _announce(server: UIServer, uri: str, host: str, no_auth: bool) -> None:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    uri = args.tracking_uri or tracking.default_tracking_uri(args.runs_dir)
+    where = sweep_location(uri, args.sweep) if args.sweep else None  # an unknown sweep fails before a server starts
     # Explicit handlers: a process started in the background may inherit SIGINT as ignored, and
     # SIGTERM (from a service manager) should stop the server as cleanly as Ctrl-C.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     server = start(args.tracking_uri, args.runs_dir, args.host, args.port, args.allowed_hosts, args.no_auth)
     try:
-        _announce(server, args.tracking_uri or tracking.default_tracking_uri(args.runs_dir), args.host, args.no_auth)
+        _announce(server, uri, args.host, args.no_auth)
+        if where is not None:
+            runs, parent = sweep_urls(server.url, *where)
+            print(f"sweep {args.sweep}: runs {runs}\n  parent run (verdict, leaderboard, report) {parent}", flush=True)
+        else:
+            print(f"experiments (model-training view): {start_url(server.url)}", flush=True)
         return server.process.wait()
     except KeyboardInterrupt:
         print("stopping the MLflow UI", flush=True)

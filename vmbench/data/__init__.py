@@ -2,7 +2,9 @@
 
 Registered: ``isic2017``, ``isic2018`` (binary, pooled 2D evaluation), ``synapse`` (9 classes,
 3D volume evaluation), ``synthetic-isic`` and ``synthetic-synapse`` (generated stand-ins that
-build themselves into the vmbench cache when ``root`` is None).
+build themselves into the vmbench cache when ``root`` is None). Datasets users bring (a folder of
+images and masks, an nnU-Net raw dataset) are registered at run time under the user's name from
+their declaration in the configuration: :mod:`vmbench.data.user`.
 
 ``dataset_for(cfg, split)`` builds a split from an experiment configuration: the one way the
 engine, the sweep and the commands build datasets. ``build_dataset(name, root, split, protocol,
@@ -17,7 +19,7 @@ from typing import Sequence
 
 from vmbench.data.common import PROTOCOLS, SPLITS, cache_dir, check_split_protocol
 from vmbench.errors import DataError
-from vmbench.data import isic, synapse, synthetic  # noqa: F401  (registers the datasets)
+from vmbench.data import isic, synapse, synthetic, user  # noqa: F401  (registers the datasets; user: declared ones)
 from vmbench.config import ExperimentConfig
 from vmbench.data.isic import ISICDataset, build_isic
 from vmbench.data.synapse import (
@@ -105,7 +107,25 @@ def build_dataset(
         augment = split == "train"
     if root is None:
         root = info.default_root
-    return info.builder(root, split, protocol, size, bool(augment), int(seed), **kwargs)
+    dataset = info.builder(root, split, protocol, size, bool(augment), int(seed), **kwargs)
+    _check_contract(name, dataset)
+    return dataset
+
+
+# What the engine reads from every dataset (the plug-in contract of vmbench.registry.register_dataset).
+_DATASET_ATTRIBUTES = ("name", "split", "protocol", "is_volume", "__len__", "__getitem__")
+
+
+def _check_contract(name: str, dataset) -> None:
+    missing = [a for a in _DATASET_ATTRIBUTES if not hasattr(dataset, a)]
+    if not getattr(dataset, "is_volume", True) and not hasattr(dataset, "set_epoch"):
+        missing.append("set_epoch")
+    if missing:
+        raise DataError(f"dataset {name!r}: its builder returned a {type(dataset).__name__} without "
+                        f"{', '.join(missing)} (see the dataset contract in vmbench.registry.register_dataset)")
+    if dataset.name != name:
+        raise DataError(f"dataset {name!r}: its builder returned a dataset named {dataset.name!r}; "
+                        "set its name to the registered one (runs are recorded under it)")
 
 
 def _check_options(name: str, accepted: tuple[str, ...], options: dict) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from vmbench.errors import DataError
+from vmbench.io import OUTPUT_MARKER, is_vmbench_output, mark_output
 from vmbench.protocols import RUN_PROTOCOLS
 
 __all__ = [
@@ -46,19 +47,25 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``final``; rename it to ``final`` on success.
 
     On an exception the temporary folder is removed, so ``final`` is either complete or absent.
-    If another process created ``final`` meanwhile (and ``overwrite`` is False), its copy is kept
-    and ours is discarded: both were built from the same inputs.
+    The folder gets vmbench's output marker (:data:`vmbench.io.OUTPUT_MARKER`): ``overwrite``
+    replaces an existing ``final`` only if it carries one (or is empty), never a folder vmbench did
+    not make. If another process created ``final`` meanwhile (and ``overwrite`` is False), its copy
+    is kept and ours is discarded: both were built from the same inputs.
     """
     final = Path(final)
+    if overwrite:
+        check_empty_output(final, overwrite)  # the marker rule, before any work
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        mark_output(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
     if final.exists() and overwrite:
+        check_empty_output(final, overwrite)  # replaced meanwhile by a folder vmbench did not make: kept
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
     try:
@@ -94,12 +101,23 @@ def split_by_hash(ids: Sequence[str], fractions: Sequence[float], seed: int) -> 
 
 
 def check_empty_output(out_dir: Path, overwrite: bool) -> None:
-    """A folder that generated or prepared data may be written to (new, empty, or replaced)."""
+    """A folder that generated or prepared data may be written to: new, empty, or (with
+    ``overwrite``) one vmbench wrote before, as its output marker shows. A folder vmbench did not
+    make is never replaced, whatever ``overwrite`` says."""
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink() and overwrite:
+        raise DataError(f"output folder {out_dir} is a symbolic link: vmbench replaces only folders it made; "
+                        "give the folder it points to, or a new one")
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"output folder {out_dir} is a file")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
         raise DataError(f"output folder {out_dir} already exists and is not empty: choose an empty folder, or replace "
                         "it (--overwrite on the command line, overwrite=True in Python)")
+    if not is_vmbench_output(out_dir):
+        raise DataError(f"output folder {out_dir} was not written by vmbench (no {OUTPUT_MARKER} in it), so "
+                        "--overwrite will not delete it: remove it yourself, or choose a new folder")
 
 
 def progress_bar(items, total: int | None, desc: str, enabled: bool, unit: str = "it"):

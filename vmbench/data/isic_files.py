@@ -28,9 +28,17 @@ Splits
     ``split_seed`` (default 0, deliberately separate from the training ``seed`` so the test set
     is the same for every seed of an experiment).
 
+Images and masks are decoded by format with the one decoder of every dataset
+(:mod:`vmbench.data.imagefiles`): 16-bit and greyscale images are rescaled to RGB uint8, TIFFs that
+Pillow refuses are read with tifffile.
+
 Masks
-    Read as 8-bit grey (``convert("L")`` as the official code). A mask whose values are all in
-    {0, 1} or all in {0, 255} is used as is. Anti-aliased masks (some values strictly between 0
+    Pixel values by format, not the official code's ``convert("L")`` (which empties a palette mask
+    whose lesion index has a dark colour and fills a mask held in the alpha channel): palette
+    indices, the alpha channel of a constant-colour RGBA mask, 1-bit as {0, 255}, RGB with equal
+    channels as one channel, lossy JPEG thresholded at 128, 16-bit scaled to 8 bits (65535 -> 255);
+    colour-coded or otherwise ambiguous masks are refused naming the file. Then a mask whose values
+    are all in {0, 1} or all in {0, 255} is used as is. Anti-aliased masks (some values strictly between 0
     and 255, at most 5 % of the pixels) are thresholded at 128. Anything else (e.g. a photograph
     or a JPEG saved as a mask) is an error naming the file. A mask must have its image's size.
 
@@ -47,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vmbench.data.imagefiles import image_size as height_width
+from vmbench.data.imagefiles import load_image, load_mask
 from vmbench.data.common import check_split_protocol, split_by_hash
 from vmbench.data.splits import check_fold, fold_ids, kfold_splits
 from vmbench.errors import DataError, few
@@ -268,40 +278,45 @@ def _cv_samples(root: Path, split: str, year: int | None, split_seed: int, fold,
 # Reading files
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
+def _reason(err: DataError, path: Path) -> str:
+    """The decoder's message without its leading ``<path>: `` (the ISIC messages name the file first)."""
+    text = str(err)
+    prefix = f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
 
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header (from the pixels for a TIFF that only tifffile reads)."""
     try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"cannot read {path}: {err}") from None
+        height, width = height_width(path)
+    except DataError as err:
+        raise DataError(f"cannot read {path}: {_reason(err, Path(path))}") from None
+    return width, height
 
 
 def load_isic_image(path: Path, draft: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """RGB uint8 (H, W, 3) and the file's full (width, height)."""
-    from PIL import Image
-
+    """RGB uint8 (H, W, 3) and the file's full (width, height), decoded by format as every user
+    dataset is (:mod:`vmbench.data.imagefiles`: 16-bit images rescaled, not clipped to white)."""
     try:
-        with Image.open(path) as im:
-            size = im.size
-            if draft is not None and im.format == "JPEG":
-                im.draft("RGB", draft)
-            arr = np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"cannot read image {path}: {err}") from None
-    return arr, size
+        height, width = height_width(path)  # the header: a JPEG decoded at a reduced scale is smaller
+        arr = load_image(path, draft)
+    except DataError as err:
+        raise DataError(f"cannot read image {path}: {_reason(err, Path(path))}") from None
+    return arr, (width, height)
 
 
 def load_isic_mask(path: Path) -> np.ndarray:
     """uint8 (H, W) with values {0, 1}; see the module docstring for what is accepted."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            m = np.asarray(im if im.mode == "L" else im.convert("L"))
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"cannot read mask {path}: {err}") from None
+        # By format (palette indices, the alpha channel, 1-bit, equal RGB channels, lossy JPEG
+        # thresholded): a grey conversion would empty a dark-coloured palette lesion and fill an
+        # alpha mask. What is ambiguous is refused there.
+        m, _ = load_mask(path)
+    except DataError as err:
+        raise DataError(f"cannot read mask {path}: {_reason(err, Path(path))}") from None
+    if m.dtype == np.uint16 and m.max() > 255:
+        # A 16-bit mask spans 0..65535: scaled to 8 bits (65535 -> 255), never clipped.
+        m = np.round(m / 257.0).astype(np.uint8)
     values = np.unique(m)
     if values.size and values.max() <= 1:
         return m.astype(np.uint8)

@@ -12,6 +12,7 @@ temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from vmbench.data.common import atomic_dir, check_empty_output
+from vmbench.io import check_output_apart
 from vmbench.errors import DataError, few
 from vmbench.data.synapse import (
     CLASS_NAMES_A,
@@ -144,6 +146,8 @@ def prepare_synapse(
     if mapping not in REMAPS:
         raise DataError(f"mapping {mapping!r} is not one of {', '.join(REMAPS)}")
     out_dir = Path(out_dir)
+    # Before the overwrite rule: a raw folder vmbench generated carries the marker too.
+    check_output_apart(out_dir, [raw_dir], "output folder", "raw folder")
     check_empty_output(out_dir, overwrite)
     imgs, labs, img_dir, lab_dir = _scan_raw(Path(raw_dir))
     train_set, test_set = set(train_cases), set(test_cases)
@@ -193,10 +197,14 @@ def prepare_synapse(
                 report.train_cases.append(case)
                 report.train_slices += vol.shape[0]
             else:
-                with h5py.File(tmp / "test_vol_h5" / f"{case}.npy.h5", "w") as f:
+                # Built in memory, written by Python: HDF5's own writer on a full disk prints tracebacks
+                # from its destructors, where Python's write is one OSError naming the file.
+                buffer = io.BytesIO()
+                with h5py.File(buffer, "w") as f:
                     f.create_dataset("image", data=vol, track_times=False)
                     f.create_dataset("label", data=seg, track_times=False)
                     f.attrs["spacing"] = spacing
+                (tmp / "test_vol_h5" / f"{case}.npy.h5").write_bytes(buffer.getvalue())
                 report.test_cases.append(case)
             if progress is not None:
                 progress(case)

@@ -20,7 +20,7 @@ from vmbench.engine.builders import resolve_device
 from vmbench.engine.outputs import final_logits
 from vmbench.engine.state import model_from_checkpoint
 from vmbench.io import atomic_write
-from vmbench.protocols import CV, PAPER
+from vmbench.protocols import CV, HOLDOUT, MULTICLASS_2D, PAPER
 
 # Where 2D test predictions are scored: at each image's released size (as the ISIC Challenge
 # scores submissions) or at the training size (VM-UNet's published protocol, masks resized to 256).
@@ -43,6 +43,7 @@ __all__ = [
     "evaluate",
     "evaluate_2d",
     "evaluate_checkpoint",
+    "evaluate_multiclass_2d",
     "evaluate_volumes",
     "evaluation_meta",
     "predict_volume",
@@ -115,6 +116,54 @@ def evaluate_2d(model, dataset, device: torch.device, batch_size: int = 8, loss_
     if loss_fn is not None and n:
         summary["loss"] = loss_sum / n
     summary["n_images"] = len(rows)
+    return EvalResult(rows, summary, NATIVE_SIZE if native else TRAINING_SIZE)
+
+
+def _class_dice(pred: torch.Tensor, truth: torch.Tensor, cls: int) -> float:
+    """Dice of class ``cls`` on one image; NaN when the class is in neither map (nothing to score:
+    nnU-Net's convention, rather than a free 1.0)."""
+    p, t = pred == cls, truth == cls
+    total = int(p.sum()) + int(t.sum())
+    return 2.0 * int((p & t).sum()) / total if total else float("nan")
+
+
+@torch.no_grad()
+def evaluate_multiclass_2d(model, dataset, device: torch.device, batch_size: int = 8, loss_fn=None,
+                           progress=False, native: bool = False) -> EvalResult:
+    """Multi-class 2D (user datasets): per image and foreground class the Dice of the argmax map,
+    then ``dsc`` (mean over images and classes, a class absent from both maps left out) and
+    ``dsc_<class>`` (mean over images). ``native``: probabilities resized bilinearly to each
+    image's own size before the argmax, scored against its released mask."""
+    model.eval()
+    info = vmbench.dataset_info(dataset.name)
+    class_names = getattr(dataset, "class_names", None) or info.class_names
+    native = native and hasattr(dataset, "native_mask")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    rows: list[dict[str, Any]] = []
+    loss_sum, n, start = 0.0, 0, 0
+    for batch in progress_bar(iterate(loader), len(loader), "eval", progress):
+        images = batch["image"].to(device)
+        target = target_tensor(batch, info.task, device)
+        logits = final_logits(model(images)).float()
+        if loss_fn is not None:
+            loss_sum += float(loss_fn(logits, target)) * images.shape[0]
+            n += images.shape[0]
+        probs = torch.softmax(logits, dim=1)
+        pairs = (_native_pairs(dataset, start, probs) if native
+                 else ((probs[i], target[i][None]) for i in range(probs.shape[0])))
+        for case_id, (prob, truth) in zip(batch["id"], pairs):
+            pred, truth = prob.argmax(dim=0), truth.reshape(prob.shape[1:]).long()
+            for cls in range(1, info.num_classes):
+                rows.append({"id": case_id, "class": cls, "organ": _organ(class_names, cls),
+                             "dice": _class_dice(pred, truth, cls)})
+        start += images.shape[0]
+    summary: dict[str, Any] = {"dsc": float(np.nanmean([r["dice"] for r in rows])) if rows else float("nan")}
+    for cls in range(1, info.num_classes):
+        values = [r["dice"] for r in rows if r["class"] == cls]
+        summary[f"dsc_{_organ(class_names, cls, sep='')}"] = float(np.nanmean(values)) if values else float("nan")
+    if loss_fn is not None and n:
+        summary["loss"] = loss_sum / n
+    summary["n_images"] = start
     return EvalResult(rows, summary, NATIVE_SIZE if native else TRAINING_SIZE)
 
 
@@ -211,6 +260,8 @@ def evaluate(model, dataset, device, img_size, loss_fn=None, progress=False, wit
     own size with ``native`` (see :func:`evaluate_2d`)."""
     if getattr(dataset, "is_volume", False):
         return evaluate_volumes(model, dataset, device, img_size, with_hd95=with_hd95, progress=progress)
+    if vmbench.dataset_info(dataset.name).evaluation == MULTICLASS_2D:
+        return evaluate_multiclass_2d(model, dataset, device, loss_fn=loss_fn, progress=progress, native=native)
     return evaluate_2d(model, dataset, device, loss_fn=loss_fn, progress=progress, native=native)
 
 
@@ -249,13 +300,22 @@ def evaluation_meta(checkpoint: str | Path, cfg, dataset, split: str, epoch: int
     }
 
 
-def _data_config(cfg, dataset: str | None, root: str | None, protocol: str | None):
-    """The checkpoint's data settings, or another dataset's (its own root and options, none of the
-    checkpoint's); a fold is kept only under protocol cv, where the test split is every fold's."""
+def _data_config(cfg, dataset: str | None, root: str | None, protocol: str | None,
+                 options: dict[str, Any] | None = None):
+    """The checkpoint's data settings, or another dataset's (its own root and ``options``, none of
+    the checkpoint's: a declared dataset's are its format and labels); a fold is kept only under
+    protocol cv, where the test split is every fold's."""
     if dataset is None or dataset == cfg.data.name:
         overrides: dict[str, Any] = {"data.root": root} if root is not None else {}
     else:
-        overrides = {"data.name": dataset, "data.root": root, "data.options": {}}
+        overrides = {"data.name": dataset, "data.root": root, "data.options": dict(options or {})}
+        if protocol is None:
+            # Building the configuration registers a declared dataset (``options``: format, labels).
+            supported = vmbench.dataset_info(cfg.with_overrides(overrides, source="evaluation").data.name).protocols
+            if cfg.data.protocol not in supported and HOLDOUT in supported:
+                # A declared dataset has no published (paper) split: its test split is the holdout
+                # one, which summary.json records as the protocol.
+                protocol = HOLDOUT
     if protocol is not None and protocol != cfg.data.protocol:
         overrides["data.protocol"] = protocol
         if protocol != CV:
@@ -272,14 +332,19 @@ def evaluate_checkpoint(
     out_dir: str | Path | None = None,
     device: str | torch.device = "auto",
     progress: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> EvalResult:
-    """Evaluate a checkpoint on a split; writes per_case.csv and summary.json when out_dir is given."""
+    """Evaluate a checkpoint on a split; writes per_case.csv and summary.json when out_dir is given.
+    ``dataset``: another registered (or declared, with its ``options``) dataset than the checkpoint's."""
     device = resolve_device(device, where="device")
-    model, cfg, state = model_from_checkpoint(checkpoint, device)
-    cfg = _data_config(cfg, dataset, root, protocol)
+    model, trained, state = model_from_checkpoint(checkpoint, device)
+    cfg = _data_config(trained, dataset, root, protocol, options)
     data = dataset_for(cfg, split, img_size=state.img_size)
     result = evaluate(model, data, device, state.img_size, progress=progress,
                       native=eval_resolution(cfg) == NATIVE_SIZE)
     if out_dir is not None:
-        write_eval(result, Path(out_dir), evaluation_meta(checkpoint, cfg, data, split, state.epoch, state.img_size))
+        meta = evaluation_meta(checkpoint, cfg, data, split, state.epoch, state.img_size)
+        if cfg.data.name != trained.data.name:  # a transfer evaluation: which data the model learnt, which it met
+            meta.update(transfer=True, trained_on=trained.data.name, data_root=cfg.data.root)
+        write_eval(result, Path(out_dir), meta)
     return result

@@ -96,10 +96,23 @@ class TrainState:
             raise CheckpointError(
                 f"{source} is not a vmbench training checkpoint (expected keys {', '.join(cls._REQUIRED)}; found {have})"
             )
+        config = values["config"]
+        # Malformed fields are one line naming the file, not a KeyError deep in evaluate or predict.
+        sections = ("model", "data")
+        if not isinstance(config, dict) or any(not isinstance(config.get(k), dict)
+                                               or not isinstance(config[k].get("name"), str) for k in sections):
+            raise CheckpointError(f"{source}: its 'config' is malformed (expected the sections model and data, each "
+                                  "with a name); was the file edited or written by something else than vmbench?")
+        try:
+            epoch = int(values["epoch"])
+            img_size = tuple(int(v) for v in values["img_size"])
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{source}: its 'epoch' or 'img_size' is malformed ({values['epoch']!r}, "
+                                  f"{values['img_size']!r}); was the file edited?") from None
         return cls(
-            config=values["config"],
-            epoch=int(values["epoch"]),
-            img_size=tuple(int(v) for v in values["img_size"]),
+            config=config,
+            epoch=epoch,
+            img_size=img_size,
             preprocess=values.get("preprocess") or {},
             model=values["model"],
             history=list(values.get("history") or []),
@@ -148,6 +161,11 @@ def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], so
             f"{len(mismatched)} mismatched keys (e.g. {few(first)}); was the file edited or written by "
             "another version of the model?"
         )
+    bad = next((k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point()
+                and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # NaN or infinite weights score DSC 0 without a word: a diverged or damaged file
+        raise CheckpointError(f"{source}: weight {bad!r} holds NaN or infinite values (a diverged training or a "
+                              "damaged file); use another checkpoint")
     model.load_state_dict(weights, strict=True)
 
 

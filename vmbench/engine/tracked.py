@@ -22,12 +22,18 @@ from vmbench.engine.record import read_run_pointer, record_test_results, run_tag
 from vmbench.rundir import RunDir
 from vmbench.engine.training import FitResult, fit
 from vmbench.errors import ConfigError
+from vmbench.tracking.store import prepare_store
 
 log = logging.getLogger("vmbench.engine")
 
 DEFAULT_EXPERIMENT = "vmbench-train"
+# ``vmbench.transfer.<dataset>-<split> = true`` on a run scored on a dataset it was not trained on
+# (U-Bench's zero-shot axis): its eval_<dataset>-<split>_* metrics are transfer results, not the
+# run's own test results.
+TAG_TRANSFER_PREFIX = "vmbench.transfer."
 
-__all__ = ["DEFAULT_EXPERIMENT", "TrackedRun", "attach_evaluation", "open_tracked_run", "train_tracked"]
+__all__ = ["DEFAULT_EXPERIMENT", "TAG_TRANSFER_PREFIX", "TrackedRun", "attach_evaluation", "open_tracked_run",
+           "train_tracked", "transfer_tag"]
 
 
 @dataclass
@@ -49,6 +55,7 @@ def open_tracked_run(cfg: ExperimentConfig, run_dir: RunDir, device, *, tracking
             f"{run_dir.pointer}: this run is tracked in {pointer['tracking_uri']}, not {uri}; "
             f"pass --tracking-uri {pointer['tracking_uri']} to resume it there (or --no-track)"
         )
+    prepare_store(uri)  # a new store is created and migrated by one process at a time
     client = T.client(uri)
     if pointer is not None:
         experiment_id, key = pointer["experiment_id"], pointer["key"]
@@ -80,29 +87,38 @@ def train_tracked(cfg: ExperimentConfig, run_dir: RunDir, *, tracking_uri: str |
     except BaseException as err:  # recorded on the run, then raised with its traceback or message
         run.finish("FAILED", {T.TAG_OUTCOME: T.FAILED, T.TAG_ERROR: T.error_summary(err)})
         raise
-    run.finish("FINISHED", finish_tags)
+    # NaN headline metrics (record_test_results' outcome) end the run FAILED: it ranks nothing.
+    run.finish("FAILED" if finish_tags.get(T.TAG_OUTCOME) == T.FAILED else "FINISHED", finish_tags)
     return result, tracked
 
 
-def attach_evaluation(run_dir: RunDir, name: str, summary: dict[str, Any], eval_dir: str | Path) -> dict[str, str] | None:
+def transfer_tag(name: str) -> str:
+    """The tag marking evaluation ``name`` (``<dataset>-<split>``) of a run as a transfer evaluation."""
+    return f"{TAG_TRANSFER_PREFIX}{name}"
+
+
+def attach_evaluation(run_dir: RunDir, name: str, summary: dict[str, Any], eval_dir: str | Path,
+                      transfer: bool = False) -> dict[str, str] | None:
     """Log an evaluation (``vmbench evaluate``) to the run of ``run_dir``, if it was tracked.
 
     Metrics are ``eval_<name>_<metric>`` (``name``: the split, or dataset-split for another
     dataset), so they never mix with the training's per-epoch ``val_*`` curves; the per-case table
-    and summary go to the artifacts ``eval/<name>/``. Returns the run pointer, or None.
+    and summary go to the artifacts ``eval/<name>/``. ``transfer`` (another dataset than the run
+    trained on): the run is tagged :func:`transfer_tag` ``= true``. Returns the run pointer, or None.
     """
     pointer = read_run_pointer(run_dir)
     if pointer is None:
         return None
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
     import time
 
     client = T.client(pointer["tracking_uri"])
     now = int(time.time() * 1000)
     metrics = [Metric(f"eval_{name}_{k}", float(v), now, 0) for k, v in summary.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if metrics:
-        client.log_batch(pointer["run_id"], metrics=metrics)
+    tags = [RunTag(transfer_tag(name), "true")] if transfer else []
+    if metrics or tags:
+        client.log_batch(pointer["run_id"], metrics=metrics, tags=tags)
     for file in ("per_case.csv", "summary.json"):
         client.log_artifact(pointer["run_id"], str(Path(eval_dir) / file), f"eval/{name}")
     return pointer

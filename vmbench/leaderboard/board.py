@@ -5,8 +5,9 @@
 1. :func:`select_runs`: the trial runs of the stage whose metrics are shown, as key columns;
 2. :func:`choose_metrics`: the metric keys per dataset (its registry entry);
 3. :func:`measured_rows`: status counts, statistics over seeds and cost per group;
-4. :func:`vmbench.leaderboard.paired.paired_tests` against the reference model (Holm-corrected
-   per table), on the per-case tables of :func:`case_tables`;
+4. :func:`vmbench.leaderboard.paired.paired_tests` against the reference model and of each model
+   against its ablation twins (Holm-corrected together per table), on the per-case tables of
+   :func:`case_tables`; a twin's acting parameters (:func:`acting_parameters`);
 5. the budget flags of :func:`vmbench.leaderboard.budget.budget_flags` (when an audit is given);
 6. :func:`vmbench.leaderboard.published.published_rows`, then ordering.
 
@@ -18,6 +19,7 @@ models share training data: folds are not independent samples).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -25,11 +27,13 @@ import numpy as np
 import pandas as pd
 
 from vmbench import tracking
-from vmbench.errors import ConfigError, few
-from vmbench.leaderboard.columns import COST_METRICS, COUNTS, KEYS, MEASURED, PRIMARY, PUBLISHED, dataset_metrics
+from vmbench.errors import ConfigError, UnknownNameError, few
+from vmbench.leaderboard.columns import (
+    COST_METRICS, COUNTS, KEYS, MEASURED, PRIMARY, PUBLISHED, dataset_metrics, registered_dataset,
+)
 from vmbench.leaderboard.budget import budget_flags
 from vmbench.leaderboard.cases import CaseTables, PerCaseLoader
-from vmbench.leaderboard.paired import paired_tests
+from vmbench.leaderboard.paired import ABLATION_COLUMNS, paired_tests, twin_of
 from vmbench.leaderboard.published import published_rows
 from vmbench.leaderboard.stats import group_summary
 from vmbench.leaderboard.store import MlflowPerCaseLoader
@@ -94,7 +98,10 @@ def leaderboard(
     Wilcoxon signed-rank, two-sided, of per-case DSC (seed- and fold-averaged, paired by case id)
     of each model against the reference in the same dataset and protocol: ``wilcoxon_p`` (raw),
     ``wilcoxon_p_holm`` (Holm-adjusted over the table's comparisons), ``wilcoxon_pairs``,
-    ``dsc_diff_pp`` (mean difference in percentage points) and ``note``.
+    ``dsc_diff_pp`` (mean difference in percentage points) and ``note``. A twin ``M~no-ssm`` /
+    ``M~no-mamba`` in the same table as ``M``: its row's ``ablation_*`` columns hold the test of
+    the twin against ``M`` (``ablation_diff_pp`` = twin − M), Holm-corrected in the same family
+    (``holm_m``: its size), and ``n_params_acting`` its parameters minus those the ablation silences.
 
     ``cases``: per-case tables already built over the same finished runs (:func:`case_tables`),
     reused instead of reading the files again (the report shares them with its rankings).
@@ -116,8 +123,11 @@ def leaderboard(
         return _empty_frame(attrs)
     choice = choose_metrics(runs, selection.rows, prefix, metrics)
     out, finished = measured_rows(runs, selection.rows, choice, prefix)
-    if reference and per_case_loader is not False:
+    twins = out["model"].map(twin_of).notna()
+    if (reference or twins.any()) and per_case_loader is not False:
         paired_tests(out, reference, cases if cases is not None else case_tables(runs, finished, per_case_loader))
+    out.loc[twins, "n_params_acting"] = [acting_parameters(r["model"], r["dataset"], r["n_params"])
+                                         for _, r in out[twins].iterrows()]
     if budget is not None:
         attrs["budget_flags"] = budget_flags(budget, budget_tolerance)
         attrs["budget_tolerance"] = budget_tolerance
@@ -248,6 +258,13 @@ def measured_rows(
     out["wilcoxon_pairs"] = pd.array([pd.NA] * len(out), dtype="Int64")
     out["dsc_diff_pp"] = np.nan
     out["note"] = ""
+    out["holm_m"] = pd.array([pd.NA] * len(out), dtype="Int64")
+    for col in ABLATION_COLUMNS:
+        out[col] = pd.array([pd.NA] * len(out), dtype="Int64") if col == "ablation_pairs" else (
+            "" if col == "ablation_note" else None if col in ("ablation_of", "ablation") else np.nan)
+    out["n_params_acting"] = np.nan
+    out["best_model"] = None
+    out["vs_best_p_holm"] = np.nan
     return out.copy(), fin
 
 
@@ -317,6 +334,31 @@ def _cost_columns(cost) -> dict[str, pd.Series]:
         peak_mem_mb_max=cost.max()["cost.peak_mem_mb"],
         epochs_mean=mean["cost.epochs"],
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _silenced(twin: str, dataset: str) -> int | None:
+    """Parameters the ablation silences, counted on the twin built as registered for ``dataset``
+    (its classes and channels); None when the model or dataset is not installed here."""
+    import vmbench
+    from vmbench.registry import silenced_parameter_count
+
+    info = registered_dataset(dataset)
+    try:
+        model = vmbench.create_model(twin, num_classes=info.num_classes if info else 1,
+                                     in_chans=info.in_chans if info else 3)
+    except UnknownNameError:
+        return None
+    return silenced_parameter_count(model)
+
+
+def acting_parameters(twin: str, dataset: str, n_params: float) -> float:
+    """The twin's logged parameters minus those its ablation silences: runs log every parameter the
+    twin holds (its silenced weights stay in the checkpoint), not the ones that act."""
+    if pd.isna(n_params):
+        return np.nan
+    silenced = _silenced(twin, dataset)
+    return float(n_params) - silenced if silenced is not None else np.nan
 
 
 def _empty_frame(attrs: dict) -> pd.DataFrame:

@@ -29,7 +29,7 @@ from vmbench.errors import ConfigError
 from vmbench.leaderboard.cases import CASE_METRICS, SPLIT_TEXT, CaseTable, CaseTables
 from vmbench.statistics import RANKING_SCHEMES, RankStability, bootstrap_mean_ci, bootstrap_rank_stability, consensus_rank
 
-__all__ = ["DatasetRanking", "Rankings", "rank_case_table", "rankings", "rankings_from_cases"]
+__all__ = ["DatasetRanking", "Rankings", "rank_case_table", "rankings", "rankings_from_cases", "share_text"]
 
 CONSENSUS_SCHEME = "aggregate-then-rank"
 METRIC_LABELS = {"dice": "DSC", "iou": "IoU", "hd95": "HD95", "dice_strict": "DSC strict", "hd95_strict": "HD95 strict"}
@@ -149,6 +149,18 @@ def rankings(
     return rankings_from_cases(cases, n_boot, seed, stability_scheme)
 
 
+def share_text(p: float) -> str:
+    """A share of resamples as a percentage that never rounds a rare event away: 999 of 1000 is
+    99.9 %, not 100 %, so it cannot sit beside a rank range that reaches rank 2 (same resamples)."""
+    if pd.isna(p):
+        return "–"
+    for digits in (0, 1):
+        text = f"{100 * p:.{digits}f}"
+        if (float(text) not in (0.0, 100.0)) or p in (0.0, 1.0):
+            return f"{text}%"
+    return "<0.1%" if p < 0.5 else ">99.9%"
+
+
 def ranking_frame(t: DatasetRanking) -> pd.DataFrame:
     """Display strings, one row per model (best first by the stability scheme's full-data rank)."""
     unit = "vox" if t.metric.startswith("hd95") else "%"
@@ -167,7 +179,7 @@ def ranking_frame(t: DatasetRanking) -> pd.DataFrame:
         if stab is not None:
             counts = stab.rank_counts.loc[model]
             spread = [r for r, c in counts.items() if c > 0]
-            row["P(rank 1)"] = f"{100 * stab.p_first[model]:.0f}%"
+            row["P(rank 1)"] = share_text(stab.p_first[model])
             row["mean rank (bootstrap)"] = f"{stab.mean_rank[model]:.2f}"
             row["rank range (bootstrap)"] = f"{min(spread)}–{max(spread)}" if spread else "–"
         rows.append(row)
@@ -188,7 +200,8 @@ def ranking_notes(t: DatasetRanking) -> list[str]:
         q = np.nanquantile(tau, [0.025, 0.975]) if len(tau) else [np.nan, np.nan]
         notes.append(
             f"Bootstrap over cases ({t.stability.n_boot} resamples, seed {t.stability.seed}, {t.stability.scheme}): "
-            f"P(rank 1) and the rank range over resamples; Kendall's tau-b between the full ranking and the "
+            "P(rank 1) is the share of these resamples in which the model ranks first, the rank range its lowest "
+            "and highest rank over the same resamples; Kendall's tau-b between the full ranking and the "
             f"resamples' rankings: median {t.stability.tau_median:.2f} (95% of resamples in [{q[0]:.2f}, {q[1]:.2f}]). "
             "Cases are resampled, not training runs: seed-to-seed variation is not in these numbers."
         )

@@ -106,6 +106,42 @@ def display_frame(table: Table, reference: str | None, ci: str = "all", pm: str 
     return out.reset_index(drop=True)
 
 
+ABLATION_TITLE = "Ablations: does the state-space part help?"
+
+
+def ablation_frame(table: Table) -> pd.DataFrame:
+    """One row per twin tested against its model in the table (empty when the table has none)."""
+    rows = table.rows[table.rows["kind"].eq(MEASURED)]
+    if "ablation_of" not in rows.columns:
+        return pd.DataFrame()
+    rows = rows[rows["ablation_of"].notna()].sort_values(["ablation_of", "model"])
+    return pd.DataFrame({
+        "Model": rows["ablation_of"],
+        "Twin": rows["model"],
+        "ΔDSC pp (twin − model)": [("–" if pd.isna(v) else f"{v:+.2f}") for v in rows["ablation_diff_pp"]],
+        "p": [_fmt_p(v) for v in rows["ablation_p"]],
+        "p Holm": [_fmt_p(v) for v in rows["ablation_p_holm"]],
+        "pairs": ["–" if pd.isna(v) else str(int(v)) for v in rows["ablation_pairs"]],
+        "Twin acting params M": [_fmt(v / 1e6) if not pd.isna(v) else "–" for v in rows["n_params_acting"]],
+    }).reset_index(drop=True)
+
+
+def ablation_notes(table: Table) -> list[str]:
+    """How the twin tests are made and corrected, and the notes of tests that were skipped."""
+    rows = table.rows[table.rows["kind"].eq(MEASURED)]
+    m = rows["holm_m"].dropna()
+    family = f"{int(m.iloc[0])} comparisons" if len(m) else "the table's comparisons"
+    notes = [
+        "Each twin (M~no-ssm: state-space recurrence removed; M~no-mamba: whole Mamba mixer removed) against its "
+        "model M: two-sided paired Wilcoxon signed-rank test of per-case DSC (cases paired by id, averaged over "
+        f"seeds), Holm-corrected in one family with the reference comparisons ({family}). Δ < 0: removing the part "
+        "costs DSC. Acting params: the twin's parameters minus those its ablation silences."
+    ]
+    skipped = rows[rows["ablation_of"].notna() & rows["ablation_p"].isna()]
+    notes += [f"{r['model']}: {r['ablation_note'] or 'no paired test'}" for _, r in skipped.iterrows()]
+    return notes
+
+
 def _numeric_records(table: Table) -> pd.DataFrame:
     """The table's numeric rows, without the metric columns that are empty for its dataset."""
     rows = table.rows.drop(columns=[c for c in ("evaluation",) if c in table.rows.columns])
@@ -132,12 +168,86 @@ def _latex_escape(text: str) -> str:
     return "".join(_LATEX.get(ch, ch) for ch in str(text))
 
 
-def _render_csv(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str) -> str:
-    frames = [_numeric_records(t) for t in tables]
+# --columns: short keys for the non-metric columns -> (display header, numeric columns, best is lower).
+# A metric key (dsc, miou, hd95, hd95_liver ...) shows its mean ± std; METRIC_ci its 95% interval.
+FIXED_COLUMNS: dict[str, tuple[str, tuple[str, ...], bool | None]] = {
+    "n": ("n", ("n",), None),
+    "folds": ("Folds", ("folds",), None),
+    "failed": ("Failed", ("failed",), None),
+    "p": ("p vs", ("wilcoxon_p",), None),
+    "p_holm": ("p Holm", ("wilcoxon_p_holm",), None),
+    "pairs": ("pairs", ("wilcoxon_pairs",), None),
+    "delta": ("ΔDSC pp", ("dsc_diff_pp",), None),
+    "params": ("Params M", ("n_params",), True),
+    "gmacs": ("GMACs", ("gmacs",), True),
+    "train_h": ("Train h", ("train_time_s_mean",), True),
+    "device_h": ("Device-h", ("device_hours_mean",), True),
+    "latency": ("Latency ms", ("latency_ms_mean",), True),
+    "source": ("Source", ("source",), None),
+}
+LATEX_DEFAULT = ("n", "<metrics>", "dsc_ci", "p_holm", "params", "gmacs")  # <metrics>: the table's metric keys
+ALPHA = 0.05
+
+
+def check_columns(columns: Sequence[str] | None, tables: list[Table]) -> None:
+    """A one-line error for a --columns key that is neither a fixed column nor a metric of any table."""
+    metrics = {k for t in tables for k in t.metrics}
+    for key in columns or ():
+        metric = key.removesuffix("_ci")
+        # Any known metric passes (hd95 with only ISIC tables shows nothing there), typos do not.
+        if key not in FIXED_COLUMNS and metric not in metrics and metric_label(metric) == metric:
+            raise ConfigError(f"--columns {key}: not a column; choose from {', '.join(FIXED_COLUMNS)}, the tables' "
+                              f"metrics ({', '.join(sorted(metrics)) or 'none'}) and METRIC_ci for an interval")
+
+
+def _table_columns(columns: Sequence[str], table: Table) -> list[str]:
+    """The keys that apply to ``table``: metrics it does not show are left out (another dataset's)."""
+    keys = []
+    for key in columns:
+        if key == "<metrics>":
+            keys += list(table.metrics)
+        elif key in FIXED_COLUMNS or key.removesuffix("_ci") in table.metrics:
+            keys.append(key)
+    return keys
+
+
+def _header(key: str, reference: str | None) -> str:
+    if key in FIXED_COLUMNS:
+        header = FIXED_COLUMNS[key][0]
+        return f"p vs {reference}" if key == "p" else header
+    metric = key.removesuffix("_ci")
+    return f"{metric_label(metric)} 95% CI" if key.endswith("_ci") else metric_label(metric)
+
+
+def chosen_frame(table: Table, reference: str | None, columns: Sequence[str], pm: str = "±") -> pd.DataFrame:
+    """:func:`display_frame` cut to the Model column and ``columns`` (keys, in the order given)."""
+    frame = display_frame(table, reference, "all", pm)
+    headers = ["Model"] + [_header(k, reference) for k in _table_columns(columns, table)]
+    return frame[[h for h in headers if h in frame.columns]]
+
+
+def _numeric_columns(key: str) -> tuple[str, ...]:
+    if key in FIXED_COLUMNS:
+        return FIXED_COLUMNS[key][1]
+    c = metric_column(key.removesuffix("_ci"))
+    return (f"{c}_ci_lo", f"{c}_ci_hi") if key.endswith("_ci") else (f"{c}_mean", f"{c}_std")
+
+
+def _render_csv(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str,
+                columns: Sequence[str] | None = None) -> str:
+    frames = []
+    for t in tables:
+        records = _numeric_records(t)
+        if columns:
+            wanted = ["dataset", "protocol", "model", "kind"] + [c for k in _table_columns(columns, t)
+                                                                 for c in _numeric_columns(k)]
+            records = records[[c for c in wanted if c in records.columns]]
+        frames.append(records)
     return pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else ""
 
 
-def _render_json(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str) -> str:
+def _render_json(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str,
+                 columns: Sequence[str] | None = None) -> str:
     payload = {
         "tracking_uri": board.attrs.get("tracking_uri"),
         "search": board.attrs.get("description"),
@@ -166,54 +276,117 @@ def _render_json(board: pd.DataFrame, tables: list[Table], reference: str | None
     return json.dumps(payload, indent=2, ensure_ascii=False)
 
 
-def _render_md(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str) -> str:
+_TEXT_COLUMNS = ("Model", "Protocol", "Source", "Note")
+
+
+def _frame_for(t: Table, reference: str | None, ci: str, columns: Sequence[str] | None, pm: str = "±") -> pd.DataFrame:
+    return chosen_frame(t, reference, columns, pm) if columns else display_frame(t, reference, ci, pm)
+
+
+def _render_md(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str,
+               columns: Sequence[str] | None = None) -> str:
     parts: list[str] = []
     for t in tables:
         parts.append(f"### {t.title}\n")
         parts += [f"> {n}  " for n in t.notes]
         parts.append("")
-        parts.append(display_frame(t, reference, ci).to_markdown(index=False, disable_numparse=True))
+        frame = _frame_for(t, reference, ci, columns)
+        align = ["left" if c in _TEXT_COLUMNS else "right" for c in frame.columns]
+        parts.append(frame.to_markdown(index=False, disable_numparse=True, colalign=align))
         parts.append("")
+        twins = ablation_frame(t)
+        if not twins.empty:
+            parts += [f"#### {ABLATION_TITLE}\n", *[f"> {n}  " for n in ablation_notes(t)], ""]
+            align = ["left" if c in ("Model", "Twin") else "right" for c in twins.columns]
+            parts += [twins.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
     return "\n".join(parts)
 
 
-def _render_html(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str) -> str:
+def _render_html(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str,
+                 columns: Sequence[str] | None = None) -> str:
     parts = ['<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>vmbench leaderboard</title></head><body>']
     for t in tables:
         parts.append(f"<h2>{html.escape(t.title)}</h2>")
         parts += [f"<p>{html.escape(n)}</p>" for n in t.notes]
-        parts.append(display_frame(t, reference, ci).to_html(index=False, escape=True, border=1))
+        parts.append(_frame_for(t, reference, ci, columns).to_html(index=False, escape=True, border=1))
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _render_latex(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str) -> str:
-    parts: list[str] = []
+def _best_rows(table: Table, frame: pd.DataFrame, key: str, header: str) -> set[int]:
+    """Positions of the measured rows holding the column's best value as displayed (ties all bold);
+    none for columns without a direction (counts, p-values, intervals) or without two different values."""
+    if key in FIXED_COLUMNS:
+        lower = FIXED_COLUMNS[key][2]
+    else:
+        lower = None if key.endswith("_ci") else key.startswith("hd95")
+    if lower is None:
+        return set()
+    measured = table.rows["kind"].eq(MEASURED).to_numpy()
+    values = {i: float(cell.split()[0]) for i, cell in enumerate(frame[header])
+              if measured[i] and cell not in ("–", "")}
+    if len(set(values.values())) < 2:  # one value, or all equal: nothing stands out
+        return set()
+    best = (min if lower else max)(values.values())
+    return {i for i, v in values.items() if v == best}
+
+
+def _latex_cell(text: str, bold: bool) -> str:
+    cell = _latex_escape(text)
+    return f"\\textbf{{{cell}}}" if bold and text != "–" else cell
+
+
+def _render_latex(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str,
+                  columns: Sequence[str] | None = None) -> str:
+    """booktabs tables (``\\usepackage{booktabs}``): the model left-aligned, numbers right-aligned, the best
+    value of each column in bold, models that differ significantly from the reference marked."""
+    parts: list[str] = ["% vmbench leaderboard: needs \\usepackage{booktabs} in the preamble"]
     for t in tables:
-        frame = display_frame(t, reference, ci, pm="±")
+        keys = _table_columns(columns or LATEX_DEFAULT, t)
+        frame = chosen_frame(t, reference, keys)
+        shown = [k for k in keys if _header(k, reference) in frame.columns]
+        bold = {k: _best_rows(t, frame, k, _header(k, reference)) for k in shown}
+        holm = t.rows["wilcoxon_p_holm"] if "wilcoxon_p_holm" in t.rows.columns else pd.Series(dtype=float)
+        marked = set(((holm.astype("float64") < ALPHA) & t.rows["kind"].eq(MEASURED)).to_numpy().nonzero()[0]) \
+            if reference and len(holm) else set()
+        caption = [_latex_escape(t.title) + "."]
+        if any(t.rows["kind"].eq(MEASURED)):
+            intervals = " Intervals are 95\\% CIs over seeds." if any(k.endswith("_ci") for k in shown) else ""
+            caption.append(f"Mean $\\pm$ standard deviation over seeds.{intervals} Bold: the best measured value of "
+                           "each column.")
+        if marked:
+            caption.append(f"$^{{*}}$: differs from {_latex_escape(reference)} in per-case DSC (two-sided paired "
+                           f"Wilcoxon signed-rank test, Holm-corrected over the table's comparisons, $p < {ALPHA}$).")
+        label = "tab:vmbench-" + "-".join(_latex_escape(x) for x in (t.dataset, t.protocol)).replace("\\_", "-")
         parts.append("\\begin{table}[ht]\n\\centering\n\\small")
-        parts.append(f"\\caption{{{_latex_escape(t.title)}}}")
-        parts.append(f"\\begin{{tabular}}{{{'l' * len(frame.columns)}}}\n\\hline")
-        parts.append(" & ".join(_latex_escape(c) for c in frame.columns) + " \\\\\n\\hline")
-        for row in frame.itertuples(index=False):
-            parts.append(" & ".join(_latex_escape(v) for v in row) + " \\\\")
-        parts.append("\\hline\n\\end{tabular}")
+        parts.append(f"\\caption{{{' '.join(caption)}}}\n\\label{{{label}}}")
+        parts.append(f"\\begin{{tabular}}{{l{'r' * len(shown)}}}\n\\toprule")
+        parts.append(" & ".join(_latex_escape(c) for c in frame.columns) + " \\\\\n\\midrule")
+        for i, cells in enumerate(frame.to_dict("records")):
+            model = _latex_escape(cells["Model"]) + ("$^{*}$" if i in marked else "")
+            values = [_latex_cell(cells[_header(k, reference)], i in bold[k]) for k in shown]
+            parts.append(" & ".join([model, *values]) + " \\\\")
+        parts.append("\\bottomrule\n\\end{tabular}")
         parts += [f"\\par\\footnotesize {_latex_escape(n)}" for n in t.notes]
         parts.append("\\end{table}\n")
     return "\n".join(parts)
 
 
-def _render_text(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str) -> str:
+def _render_text(board: pd.DataFrame, tables: list[Table], reference: str | None, ci: str,
+                 columns: Sequence[str] | None = None) -> str:
     parts: list[str] = []
     for t in tables:
         parts.append(t.title)
         parts += t.notes
-        parts.append(display_frame(t, reference, ci).to_string(index=False))
+        parts.append(_frame_for(t, reference, ci, columns).to_string(index=False))
         parts.append("")
+        twins = ablation_frame(t)
+        if not twins.empty:
+            parts += [ABLATION_TITLE, *ablation_notes(t), twins.to_string(index=False), ""]
     return "\n".join(parts)
 
 
-_RENDERERS: dict[str, Callable[[pd.DataFrame, list[Table], str | None, str], str]] = {
+_RENDERERS: dict[str, Callable[..., str]] = {
     "md": _render_md,
     "csv": _render_csv,
     "html": _render_html,
@@ -223,11 +396,17 @@ _RENDERERS: dict[str, Callable[[pd.DataFrame, list[Table], str | None, str], str
 }
 
 
-def render(board: pd.DataFrame, fmt: str = "md", *, ci: str | None = None) -> str:
-    """The leaderboard as text: ``md``, ``csv``, ``html``, ``latex``, ``json`` or ``text`` (plain)."""
+def render(board: pd.DataFrame, fmt: str = "md", *, ci: str | None = None, columns: Sequence[str] | None = None) -> str:
+    """The leaderboard as text: ``md``, ``csv``, ``html``, ``latex``, ``json`` or ``text`` (plain).
+
+    ``columns``: keys of the columns to show after the model (:data:`FIXED_COLUMNS`, metric keys,
+    ``METRIC_ci``), in that order; default every column (latex: :data:`LATEX_DEFAULT`). JSON keeps every column.
+    """
     if fmt not in _RENDERERS:
         raise ConfigError(f"leaderboard format {fmt!r}: expected one of {', '.join(_RENDERERS)}")
-    return _RENDERERS[fmt](board, split_tables(board), paired_reference(board), ci or "all")
+    tables = split_tables(board)
+    check_columns(columns, tables)
+    return _RENDERERS[fmt](board, tables, paired_reference(board), ci or "all", columns)
 
 
 # Columns the terminal table drops first when it does not fit (the model, n, the primary metrics, their
@@ -282,6 +461,11 @@ def print_terminal(board: pd.DataFrame, file=None, wide: bool = False) -> None:
             console.print(_rich_escape(f"Columns left out to fit {width} characters: {', '.join(hidden)} "
                                        "(--wide shows them; --format md/csv/json/html keep every column)"))
         _print_notes(console, t)
+        twins = ablation_frame(t)
+        if not twins.empty:
+            console.print(_rich_table(twins, [MEASURED] * len(twins), f"{t.dataset} | {ABLATION_TITLE}"))
+            for note in ablation_notes(t):
+                console.print(_rich_escape(note))
         console.print()
 
 
@@ -302,7 +486,7 @@ def _rich_table(frame: pd.DataFrame, kinds: Sequence[str], title: str):
 
     table = RichTable(title=_rich_escape(title), title_justify="left")
     for col in frame.columns:
-        left = col in ("Model", "Protocol")
+        left = col in ("Model", "Protocol", "Twin")
         table.add_column(_rich_escape(col), justify="left" if left else "right", no_wrap=left)
     for kind, row in zip(kinds, frame.itertuples(index=False)):
         table.add_row(*[_rich_escape(str(v)) for v in row], style="dim" if kind == PUBLISHED else None)

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def print_for_sweep(
-    tracking_uri: str | None, experiment: str, runs_dir: str | Path | None = None, file=None
+    tracking_uri: str | None, experiment: str, runs_dir: str | Path | None = None, file=None,
+    reference: str | None = "vmunet",
 ) -> bool:
     """The terminal leaderboard of one sweep's experiment, printed after ``vmbench sweep``.
 
@@ -29,7 +30,8 @@ def print_for_sweep(
     file = file or sys.stdout
     try:
         uri = resolve_tracking_uri(tracking_uri, runs_dir)
-        board = leaderboard(load_runs(uri, experiment=experiment), budget=audit_store(uri, experiment=experiment))
+        board = leaderboard(load_runs(uri, experiment=experiment), reference=reference,
+                            budget=audit_store(uri, experiment=experiment))
         measured = board[board["kind"] == MEASURED] if not board.empty else board
         if measured.empty:
             print(f"(leaderboard: no final runs in experiment {experiment!r} at {uri})", file=file)

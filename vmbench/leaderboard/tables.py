@@ -168,12 +168,14 @@ def _comparison_notes(group: pd.DataFrame, pub: pd.DataFrame, keys, protocol: st
     notes = []
     if reference:
         if (group["model"] == reference).any():
-            m = int(group["wilcoxon_p"].notna().sum()) if "wilcoxon_p" in group.columns else 0
+            family = group["holm_m"].dropna() if "holm_m" in group.columns else pd.Series(dtype="Int64")
+            m = int(family.iloc[0]) if len(family) else int(group["wilcoxon_p"].notna().sum())
+            twins = " (the ablation twins' tests included)" if "ablation_p" in group.columns and group["ablation_p"].notna().any() else ""
             notes.append(
                 "p: two-sided Wilcoxon signed-rank test of per-case DSC (ISIC: per image; Synapse: per case, mean "
                 f"over organs) against {reference} (cases paired by id, per-case values averaged over seeds"
                 f"{' and folds' if protocol == CV else ''}); p Holm: adjusted with Holm's step-down method over the "
-                f"{m} comparison{'s' if m != 1 else ''} of this table (call a difference significant only if p Holm "
+                f"{m} comparison{'s' if m != 1 else ''} of this table{twins} (call a difference significant only if p Holm "
                 "< 0.05); ΔDSC = mean paired difference in percentage points."
             )
         else:

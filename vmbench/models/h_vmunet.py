@@ -371,6 +371,7 @@ _RECIPE: dict[str, Any] = {
     "h-vmunet",
     family="h-vmunet",
     paper=PAPER,
+    mamba_parts=True,  # ablation twins: name~no-ssm, name~no-mamba
     input_size=(256, 256),
     description="H-vmunet: 6-level U-Net of high-order SS2D (H-VSS) blocks, c_list 8-256, SC attention "
     "bridge; 8.97 M parameters (0.40 M unused complex_weight, as the official); returns logits",

@@ -248,6 +248,7 @@ _RECIPE: dict[str, Any] = {
     "lightm-unet",
     family="lightm-unet",
     paper=PAPER,
+    mamba_parts=True,  # ablation twins: name~no-ssm, name~no-mamba
     input_size=(256, 256),
     description="LightM-UNet 2D with the official trainer's values: init_filters 32, blocks_down [1,2,2,4], "
     "blocks_up [1,1,1]; 5.01 M parameters (the README's 1M is not what the code builds); returns logits",

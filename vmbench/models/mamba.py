@@ -13,6 +13,13 @@ The conv runs on :func:`vmbench.ops.causal_conv1d` and the scan on
 ``scan_backend`` (constructor arguments and attributes), else its environment variable, else
 chosen automatically (logged once). UltraLight VM-UNet, LightM-UNet and U-Mamba build on this block.
 
+Ablation twins (``ablation``, set on a built model by :func:`vmbench.registry.ablate`): ``no-ssm``
+keeps in_proj, the conv, the gate and out_proj and replaces the selective scan by its skip path
+``D * u * SiLU(z)`` (:func:`ssm_skip`: the state-space recurrence, with x_proj, dt_proj and A_log,
+is gone); ``no-mamba`` makes the whole block the identity (the mixer removed, the caller's residual
+path kept: the "No-Mamba" control of Isensee et al., nnU-Net Revisited, MICCAI 2024,
+arXiv 2404.09556). The parameters stay in the state dict, so a twin loads the model's checkpoints.
+
 Differences from the official class, on purpose:
 
 * ``use_fast_path`` is kept as an attribute but selects nothing: vmbench has one (unfused) path.
@@ -26,11 +33,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vmbench.ops import causal_conv1d, selective_scan
+from vmbench.registry import NO_MAMBA, NO_SSM
 
-__all__ = ["Mamba", "inverse_softplus"]
+__all__ = ["Mamba", "inverse_softplus", "ssm_skip"]
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -38,13 +47,37 @@ def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
+def ssm_skip(u: torch.Tensor, D: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    """The selective scan without its recurrence: ``D * u`` (times SiLU(z) when given).
+
+    What :func:`vmbench.ops.selective_scan` returns with the state's contribution ``C_t . h_t``
+    taken out; computed in the scan's precision (fp32, fp64 for fp64) and returned in ``u``'s dtype,
+    as the scan does. u, z: (batch, dim, L); D: (dim,).
+    """
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    y = u.to(compute) * D.to(compute)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    return y.to(u.dtype)
+
+
+def check_ablation(module: nn.Module, ablation: str | None) -> str | None:
+    """``ablation`` if ``module`` can take it (None: the full block)."""
+    if ablation is not None and ablation not in module.ABLATIONS:
+        raise ValueError(f"{type(module).__name__}: ablation must be one of {module.ABLATIONS} or None, got {ablation!r}")
+    return ablation
+
+
 class Mamba(nn.Module):
     """Mamba-1 block: (batch, seqlen, d_model) -> (batch, seqlen, d_model).
 
     Arguments as ``mamba_ssm.modules.mamba_simple.Mamba``; ``scan_backend`` and ``conv_backend``
     (None: the environment variable or the automatic choice) pick the ops' backends and may be
-    changed on the instance at any time.
+    changed on the instance at any time; so may ``ablation`` (None, ``no-ssm`` or ``no-mamba``:
+    see the module's docstring).
     """
+
+    ABLATIONS = (NO_SSM, NO_MAMBA)  # the parts vmbench.registry.ablate may remove
 
     def __init__(
         self,
@@ -67,6 +100,7 @@ class Mamba(nn.Module):
         *,
         scan_backend: str | None = None,
         conv_backend: str | None = None,
+        ablation: str | None = None,
     ):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
@@ -80,6 +114,7 @@ class Mamba(nn.Module):
         self.layer_idx = layer_idx
         self.scan_backend = scan_backend
         self.conv_backend = conv_backend
+        self.ablation = check_ablation(self, ablation)
         self.activation = "silu"
 
         # Submodules are created in the official order, so that one seed gives the same weights.
@@ -127,6 +162,8 @@ class Mamba(nn.Module):
         """(batch, seqlen, d_model) -> (batch, seqlen, d_model)."""
         if inference_params is not None:
             raise NotImplementedError("vmbench's Mamba block has no incremental decoding (inference_params)")
+        if self.ablation == NO_MAMBA:
+            return hidden_states
         batch, seqlen, _ = hidden_states.shape
         # in_proj as one (2*d_inner, d_model) @ (d_model, batch*seqlen) product, straight into the
         # channels-first layout the conv and the scan take.
@@ -135,11 +172,12 @@ class Mamba(nn.Module):
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
         x, z = xz.chunk(2, dim=1)
+        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation, self.conv_backend)
+        if self.ablation == NO_SSM:
+            return self.out_proj(ssm_skip(x, self.D, z).transpose(1, 2))
 
         scan_dtype = torch.float64 if hidden_states.dtype == torch.float64 else torch.float32
         A = -torch.exp(self.A_log.to(scan_dtype))
-        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation, self.conv_backend)
-
         x_dbl = self.x_proj(x.transpose(1, 2).reshape(batch * seqlen, self.d_inner))
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (self.dt_proj.weight @ dt.t()).reshape(self.d_inner, batch, seqlen).transpose(0, 1)
@@ -159,8 +197,17 @@ class Mamba(nn.Module):
         )
         return self.out_proj(y.transpose(1, 2))
 
+    def silenced_parameters(self) -> list[nn.Parameter]:
+        """The parameters that no longer act under ``self.ablation`` (they stay in the state dict)."""
+        if self.ablation == NO_MAMBA:
+            return list(self.parameters())
+        if self.ablation == NO_SSM:  # x_proj only feeds the scan its (dt, B, C)
+            return [*self.x_proj.parameters(), *self.dt_proj.parameters(), self.A_log]
+        return []
+
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
             f"dt_rank={self.dt_rank}, scan_backend={self.scan_backend}, conv_backend={self.conv_backend}"
+            + (f", ablation={self.ablation}" if self.ablation else "")
         )

@@ -272,6 +272,7 @@ _RECIPE: dict[str, Any] = {
     "ultralight-vmunet",
     family="ultralight-vmunet",
     paper=PAPER,
+    mamba_parts=True,  # ablation twins: name~no-ssm, name~no-mamba
     input_size=(256, 256),
     description="UltraLight VM-UNet, official configuration: c_list [8,16,24,32,48,64], SC-Att bridge, "
     "one Mamba shared by 4 channel chunks per PVM layer; 49,457 parameters; returns logits",

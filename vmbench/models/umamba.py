@@ -23,6 +23,10 @@ Built as bowang-lab/U-Mamba@28459e33 builds it for nnU-Net's default 2d plan at 
   exactly 256x256.
 * He initialisation ``InitWeights_He(1e-2)`` of the 2D convs; the Mamba and LayerNorm parameters
   keep their own initialisation.
+* Ablation twins (:mod:`vmbench.models.mamba`): in ``~no-mamba`` the Mamba of each Mamba layer is
+  the identity and the layer's LayerNorm still acts, so ``umamba-bot~no-mamba`` is the residual
+  U-Net with a per-pixel LayerNorm over the bottleneck's 512 channels (a layer with no residual
+  path of its own, as official, cannot keep one).
 
 47,514,022 / 47,515,532 / 47,526,102 parameters (Bot) and 46,386,662 / 46,388,172 / 46,398,742
 (Enc) for 3 input channels and 1 / 2 / 9 outputs.
@@ -349,6 +353,7 @@ _RECIPE = trainer_recipe(
     "umamba-bot",
     family="umamba",
     paper=PAPER,
+    mamba_parts=True,  # ablation twins: name~no-ssm, name~no-mamba
     input_size=NNUNET_2D_256.patch_size,
     description=(
         f"U-Mamba_Bot 2D ({SOURCE}) at nnU-Net's 2d plan for 256x256: residual U-Net, Mamba at the "
@@ -366,6 +371,7 @@ def umamba_bot(num_classes: int = 1, in_chans: int = 3, **overrides: Any) -> UMa
     "umamba-enc",
     family="umamba",
     paper=PAPER,
+    mamba_parts=True,  # ablation twins: name~no-ssm, name~no-mamba
     input_size=NNUNET_2D_256.patch_size,
     description=(
         f"U-Mamba_Enc 2D ({SOURCE}) at nnU-Net's 2d plan for 256x256: Mamba after encoder stages 0, 2, 4, 6, "

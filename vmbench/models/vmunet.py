@@ -44,8 +44,9 @@ from vmbench.checkpoints import CheckpointFormatError, describe, read_checkpoint
 from vmbench.errors import ModelInputError
 from vmbench.models.layers import DropPath, check_image_channels, init_trunc_normal_, pixel_shuffle_nhwc, run_blocks
 from vmbench.models.loading import inner_module, shape_mismatch, state_dict_in
+from vmbench.models.mamba import check_ablation, ssm_skip
 from vmbench.ops import selective_scan
-from vmbench.registry import PublishedResult, register_model
+from vmbench.registry import NO_MAMBA, NO_SSM, PublishedResult, register_model
 
 __all__ = [
     "CheckpointFormatError",
@@ -198,9 +199,15 @@ class SS2D(nn.Module):
     Raw parameters (all k-major: row k*D + d belongs to direction k, channel d):
     ``x_proj_weight`` (4, R+2N, D), ``dt_projs_weight`` (4, D, R), ``dt_projs_bias`` (4, D),
     ``A_logs`` (4D, N), ``Ds`` (4D). The dt bias is applied inside the scan (``delta_bias``).
+
+    ``ablation`` (ablation twins, set by :func:`vmbench.registry.ablate`): ``no-ssm`` replaces the
+    scan by its skip path ``Ds * u`` per direction (the recurrence, with ``x_proj_weight``,
+    ``dt_projs_*`` and ``A_logs``, is gone; in_proj, the conv, the cross-merge, out_norm, the SiLU(z)
+    gate and out_proj remain); ``no-mamba`` makes the whole mixer the identity.
     """
 
     K = 4  # scan directions
+    ABLATIONS = (NO_SSM, NO_MAMBA)  # the parts vmbench.registry.ablate may remove
 
     def __init__(
         self,
@@ -217,8 +224,10 @@ class SS2D(nn.Module):
         dropout: float = 0.0,
         conv_bias: bool = True,
         bias: bool = False,
+        ablation: str | None = None,
     ):
         super().__init__()
+        self.ablation = check_ablation(self, ablation)
         self.d_model = d_model
         self.d_state = d_state
         self.d_conv = d_conv
@@ -294,14 +303,17 @@ class SS2D(nn.Module):
         k, n, rank = self.K, self.d_state, self.dt_rank
 
         xs = cross_scan(x)  # (B, K, D, L)
+        cdt = torch.float64 if xs.dtype == torch.float64 else torch.float32
+        if self.ablation == NO_SSM:
+            ys = ssm_skip(xs.reshape(batch, k * d_inner, length).to(cdt), self.Ds)
+            return cross_merge(ys.view(batch, k, d_inner, length), height, width)
         # Per-direction projections as broadcast matmuls: (K, c, D) @ (B, K, D, L) -> (B, K, c, L).
         x_dbl = torch.matmul(self.x_proj_weight, xs)
         dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=2)
         dts = torch.matmul(self.dt_projs_weight, dts)  # (K, D, R) @ (B, K, R, L) -> (B, K, D, L)
 
         # The official code runs the scan in fp32 whatever the input dtype; fp64 stays fp64 so the
-        # float64 oracle tests exercise the real module.
-        cdt = torch.float64 if xs.dtype == torch.float64 else torch.float32
+        # float64 oracle tests exercise the real module (cdt above).
         ys = selective_scan(
             xs.reshape(batch, k * d_inner, length).to(cdt),
             dts.reshape(batch, k * d_inner, length).to(cdt),
@@ -317,11 +329,21 @@ class SS2D(nn.Module):
         return cross_merge(ys, height, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ablation == NO_MAMBA:
+            return x
         x, z = self.in_proj(x).chunk(2, dim=-1)  # x = first half, z = second half (checkpoint format)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
         y = self.out_norm(self.forward_core(x))
         y = y * F.silu(z)
         return self.dropout(self.out_proj(y))
+
+    def silenced_parameters(self) -> list[nn.Parameter]:
+        """The parameters that no longer act under ``self.ablation`` (they stay in the state dict)."""
+        if self.ablation == NO_MAMBA:
+            return list(self.parameters())
+        if self.ablation == NO_SSM:  # x_proj_weight only feeds the scan its (dt, B, C)
+            return [self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs]
+        return []
 
 
 class VSSBlock(nn.Module):
@@ -948,6 +970,7 @@ _RECIPE: dict[str, Any] = {
     "vmunet",
     family="vmunet",
     paper=PAPER,
+    mamba_parts=True,  # ablation twins: name~no-ssm, name~no-mamba
     input_size=(256, 256),
     description="VM-UNet, paper configuration: enc [2,2,2,2], dec [2,2,2,1], dims 96-768, d_state 16; "
     "27.43 M parameters; returns logits",

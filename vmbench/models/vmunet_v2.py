@@ -398,6 +398,7 @@ _RECIPE: dict[str, Any] = {
     "vmunet-v2",
     family="vmunet-v2",
     paper=PAPER,
+    mamba_parts=True,  # ablation twins: name~no-ssm, name~no-mamba
     input_size=(256, 256),
     description="VM-UNetV2: VMamba encoder [2,2,9,2] (96-768), CBAM + SDI skips, conv decoder; 22.77 M "
     "parameters (8.95 M unused, as the official); square inputs; returns logits",

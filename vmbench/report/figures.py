@@ -124,23 +124,37 @@ def learning_curves(curves: pd.DataFrame, keys: list[str], title: str) -> str:
 
 
 def pareto_plots(points: pd.DataFrame, costs: dict[str, str], score: str, score_label: str, title: str) -> str:
-    """One panel per cost column (``costs``: column -> axis label), ``score`` on y; front marked."""
+    """One panel per cost column (``costs``: column -> axis label), ``score`` on y; front marked.
+
+    Each model has its own colour and marker, named once in a legend outside the panels (labels
+    beside the points overlap when models have similar costs); the axes have margins so that no
+    point sits on a spine, and ``bbox_inches="tight"`` keeps every label inside the image.
+    """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(costs), figsize=(3.3 * len(costs), 3.2), squeeze=False)
+    models = list(dict.fromkeys(points["model"]))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    style = {m: (colours[i % len(colours)], "osD^v<>ph"[i % 9]) for i, m in enumerate(models)}
+    fig, axes = plt.subplots(1, len(costs), figsize=(3.0 * len(costs), 3.0), squeeze=False)
     for ax, (column, label) in zip(axes[0], costs.items()):
         frame = points[["model", column, score]].dropna()
         if frame.empty:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
         else:
             best = pareto_optimal(frame[column].to_numpy(), frame[score].to_numpy())
-            ax.scatter(frame[column], frame[score], color="tab:gray", zorder=2)
             front = frame[best].sort_values(column)
-            ax.plot(front[column], front[score], color="tab:red", marker="*", ms=11, lw=1, zorder=3, label="Pareto-optimal")
+            ax.plot(front[column], front[score], color="tab:red", lw=1, zorder=1)
             for _, row in frame.iterrows():
-                ax.annotate(row["model"], (row[column], row[score]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            ax.legend(fontsize=7, loc="lower right")
+                colour, marker = style[row["model"]]
+                ax.scatter([row[column]], [row[score]], color=colour, marker=marker, s=40, zorder=2)
+            ax.scatter(front[column], front[score], facecolors="none", edgecolors="tab:red", s=160, lw=1.2, zorder=3)
+            ax.margins(0.15)
+            ax.locator_params(axis="x", nbins=4)  # long tick labels (0.025) stay apart in a narrow panel
         ax.set_xlabel(label)
         ax.set_ylabel(score_label)
         ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, marker=mk, ls="", label=m) for m, (c, mk) in style.items()]
+    handles.append(plt.Line2D([], [], color="tab:red", marker="o", mfc="none", ms=11, lw=1, label="Pareto-optimal"))
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.9), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return to_svg(fig)

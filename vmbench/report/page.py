@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import html
 import logging
@@ -16,7 +17,7 @@ from vmbench.leaderboard.tables import paired_reference
 from vmbench.protocols import metric_column
 from vmbench.report import figures
 from vmbench.report.collect import ReportData
-from vmbench.report.verdict import verdicts
+from vmbench.report.verdict import EFFICIENCY_DEFINITION, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ SECTIONS = (
     ("leaderboard", "Leaderboard"),
     ("ranks", "Rank stability"),
     ("cases", "Per-case distributions"),
+    ("examples", "Example segmentations"),
     ("curves", "Learning curves"),
     ("pareto", "Accuracy versus cost"),
     ("budget", "Budget audit"),
@@ -35,13 +37,14 @@ SECTIONS = (
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;font-size:12px;margin:.6em 0;display:block;overflow-x:auto}
+table{border-collapse:collapse;font-size:12px;margin:.6em 0;display:block;overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap} th{background:#f4f4f4}
 td:first-child,th:first-child{text-align:left}
 p.note{font-size:12px;color:#444;margin:.2em 0} p.warn{font-size:13px;color:#8a4b00;margin:.2em 0}
 .verdict{border-left:4px solid #4a78b0;padding:.3em 1em;margin:1em 0;background:#f7f9fc}
 .figure{margin:.8em 0} .figure svg{max-width:100%;height:auto}
 nav a{margin-right:1em} .meta{font-size:12px;color:#555}
+table.examples td{text-align:center;vertical-align:top} table.examples img{width:160px;image-rendering:pixelated}
 """
 
 
@@ -119,6 +122,30 @@ def cases_section(data: ReportData) -> str:
     return "".join(parts) or _empty("No per-case files in the final runs.")
 
 
+def examples_section(data: ReportData) -> str:
+    if not data.examples:
+        return _empty("No example segmentations: they need the test overlays (overlays/test/) of final or single runs.")
+    parts = []
+    for (dataset, protocol), (chooser, examples) in sorted(data.examples.items()):
+        models = sorted({m for e in examples for m in e.images})
+        parts.append(f"<h3>{_esc(dataset)} | protocol: {_esc(protocol)} | test split</h3>")
+        head = "".join(f"<th>{_esc(m)}</th>" for m in models)
+        rows = []
+        for e in examples:
+            cells = "".join(
+                f'<td><img alt="{_esc(m)} on {_esc(e.case)}" src="data:image/png;base64,'
+                f'{base64.b64encode(e.images[m]).decode()}"><br>DSC {100 * e.scores.get(m, float("nan")):.1f} %</td>'
+                for m in models)
+            rows.append(f"<tr><td>{_esc(e.label)} for {_esc(chooser)}<br>{_esc(e.case)}</td>{cells}</tr>")
+        parts.append(f'<table class="examples"><tr><th>case</th>{head}</tr>{"".join(rows)}</table>')
+    return "".join(parts) + _notes([
+        "Each image is the test image with the ground truth in green, the prediction in red and their overlap in "
+        "yellow, from each model's first run (by seed). The cases are the best, median and worst per-case DSC of the "
+        "named model among the test images every model drew (spread evenly over the test split); the same images "
+        "for every model. DSC: the model's per-case score, mean over its runs."
+    ])
+
+
 def curves_section(data: ReportData) -> str:
     curves = data.curves
     if curves.empty:
@@ -148,7 +175,8 @@ def pareto_points(data: ReportData, dataset: str, protocol: str) -> pd.DataFrame
     audit = data.audit
     if not audit.empty:
         total = audit[(audit["dataset"] == dataset) & (audit["protocol"] == protocol)].set_index("model")["device_hours_total"]
-        points["device_hours"] = points["model"].map(total).fillna(points["device_hours"])
+        # A model with no sweep behind it (single runs) has an audit total of 0: its runs' own figure stands.
+        points["device_hours"] = points["model"].map(total[total > 0]).fillna(points["device_hours"])
     return points
 
 
@@ -213,7 +241,10 @@ def methods_section(data: ReportData) -> str:
         "for HD95 (above 0); under protocol cv, over seeds of the fold-averaged score. Per-case means: percentile "
         f"bootstrap over cases ({data.n_boot} resamples, seed {data.seed}).",
         "Paired tests: two-sided Wilcoxon signed-rank of per-case DSC against the reference (exact up to 50 cases "
-        "without ties), Holm-corrected over the comparisons of each table (Holm 1979).",
+        "without ties), and of each model against its ablation twins (M~no-ssm, M~no-mamba) in the same table, "
+        "Holm-corrected together over the comparisons of each table (Holm 1979).",
+        "Cost: the cheapest model (parameters, then GMACs) whose paired test against the highest mean DSC is not "
+        f"significant after Holm; {EFFICIENCY_DEFINITION}",
         "Ranks: challengeR's aggregate-then-rank, rank-then-aggregate and test-then-rank (Wiesenfarth et al., Sci. Rep. "
         "2021); stability by bootstrap over cases with Kendall's tau-b (Maier-Hein et al., Nat. Commun. 2018); "
         "consensus: mean rank over datasets.",
@@ -225,7 +256,7 @@ def render_page(data: ReportData) -> str:
     """The whole page."""
     builders = {
         "verdicts": verdict_section, "leaderboard": leaderboard_section, "ranks": ranks_section,
-        "cases": cases_section, "curves": curves_section, "pareto": pareto_section, "budget": budget_section,
+        "cases": cases_section, "examples": examples_section, "curves": curves_section, "pareto": pareto_section, "budget": budget_section,
         "methods": methods_section,
     }
     experiments = ", ".join(data.experiments) or "all active experiments"

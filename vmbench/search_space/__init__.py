@@ -44,7 +44,7 @@ Modules: :mod:`~vmbench.search_space.params` (the ``space:`` entries and their O
 
 from __future__ import annotations
 
-from vmbench.search_space.inputs import check_config_input, check_study_inputs
+from vmbench.search_space.inputs import SEED_MAX, check_config_input, check_searched_values, check_seed, check_study_inputs
 from vmbench.search_space.params import SPACE_TYPES, SpaceParam, decode_sample, optuna_distributions
 from vmbench.search_space.spec import (
     CV_MEAN,
@@ -65,7 +65,7 @@ from vmbench.search_space.spec import (
 )
 
 __all__ = [
-    "CV_MEAN", "CV_ONE_FOLD", "CV_SEARCH_MODES", "SAMPLERS", "SPACE_TYPES", "TOP_LEVEL_KEYS", "Budget", "FinalStage",
+    "CV_MEAN", "CV_ONE_FOLD", "CV_SEARCH_MODES", "SAMPLERS", "SEED_MAX", "check_searched_values", "check_seed", "SPACE_TYPES", "TOP_LEVEL_KEYS", "Budget", "FinalStage",
     "Resources", "SamplerSpec", "SpaceParam", "Study", "SweepSpec", "check_config_input", "check_name",
     "check_study_inputs", "data_root_anchor", "decode_sample", "load_spec", "optuna_distributions", "parse_spec",
 ]

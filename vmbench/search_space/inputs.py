@@ -13,10 +13,14 @@ from typing import Any
 from vmbench.config import config_error
 from vmbench.search_space.params import SpaceParam
 
-__all__ = ["check_config_input", "check_study_inputs"]
+__all__ = ["SEED_MAX", "check_config_input", "check_searched_values", "check_seed", "check_study_inputs"]
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 
 IMG_SIZE = "data.img_size"
 _MAX_SIZES = 64  # an int range of sizes is checked value by value up to this many, else at its ends
+_MAX_VALUES = 256  # a searched int range: checked at up to this many points, both ends and evenly inside
+_MAX_MODEL_VALUES = 16  # a searched model.overrides value builds a (meta) model per point: fewer
 
 
 def _sizes(spec, study) -> list[tuple[Any, str]]:
@@ -69,3 +73,53 @@ def check_study_inputs(spec) -> None:
     for study in spec.studies:
         for size, where in _sizes(spec, study):
             check_config_input(study.base.with_overrides({IMG_SIZE: size}, source=spec.source), spec.source, where)
+    check_searched_values(spec)
+
+
+def check_seed(value: Any, key: str, source: str) -> None:
+    """A seed every generator takes: a whole number 0 .. 2**63-1 (one line naming the key otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise config_error(source, key, f"{value!r} is out of range: a seed is a whole number 0 .. 2**63-1")
+
+
+def _points(param: SpaceParam, limit: int) -> list[Any]:
+    """The values a trial can be given, or up to ``limit`` of them (ends included, evenly inside)."""
+    if param.type == "choice":
+        return list(param.values)
+    if param.type == "int":
+        grid = range(int(param.low), int(param.high) + 1, int(param.step or 1))
+        if len(grid) <= limit:
+            return list(grid)
+        return sorted({grid[round(i * (len(grid) - 1) / (limit - 1))] for i in range(limit)})
+    return [param.low, (param.low + param.high) / 2, param.high]
+
+
+def check_searched_values(spec) -> None:
+    """What every trial will be given, checked as the trial would (``--dry-run`` runs this too): the
+    seeds (fixed, searched, final), each searched value as a configuration value, each searched
+    ``model.overrides.*`` value by the model's constructor (meta device), each ``data.options.*`` key
+    against the dataset's declared options."""
+    import vmbench
+
+    for i, seed in enumerate(spec.final.seeds):
+        check_seed(seed, f"final.seeds[{i}]", spec.source)
+    for study in spec.studies:
+        check_seed(study.base.train.seed, "train.seed", f"{spec.source} (fixed)")
+        for param in study.space:
+            if param.key == IMG_SIZE:
+                continue  # check_study_inputs: every size with the model's own rules
+            where = f"space.{param.key}"
+            model_key = param.key.startswith("model.overrides.")
+            for value in _points(param, _MAX_MODEL_VALUES if model_key else _MAX_VALUES):
+                source = f"{spec.source} ({where} = {value!r})"
+                cfg = study.base.with_overrides({param.key: value}, source=source)
+                if param.key == "train.seed":
+                    check_seed(value, where, spec.source)
+                elif model_key:
+                    check_config_input(cfg, spec.source, where)
+                elif param.key.startswith("data.options."):
+                    option = param.key.split(".", 2)[2].split(".", 1)[0]
+                    accepted = vmbench.dataset_info(cfg.data.name).options
+                    if option not in accepted:
+                        raise config_error(spec.source, where, f"{option!r} is not an option of dataset "
+                                           f"{cfg.data.name!r} (accepted: {', '.join(accepted) or 'none'})")

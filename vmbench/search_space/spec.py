@@ -21,8 +21,10 @@ from vmbench.config import (
     check_value,
     config_error,
 )
+from vmbench.errors import VmbenchError
 from vmbench.io import read_yaml
 from vmbench.protocols import CV, HOLDOUT, PAPER, VOLUME, check_protocol, default_select_mode, selectable_metrics
+from vmbench.registry import ABLATION_SEP, ABLATIONS, split_model_name
 from vmbench.search_space.params import SpaceParam, check_space_against, inside, parse_space
 
 __all__ = [
@@ -33,7 +35,7 @@ __all__ = [
 TOP_LEVEL_KEYS = {
     "experiment", "name", "model", "models", "dataset", "datasets", "data_root", "protocol", "metric", "mode",
     "budget", "resources", "fixed", "space", "per_model", "final", "sampler", "storage_path", "description",
-    "folds", "cv_search",
+    "folds", "cv_search", "ablations", "reference",
 }
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 # Protocol cv: what the search stage tunes on. one-fold: fold 0 alone, a cheap proxy (the default);
@@ -73,8 +75,10 @@ class Budget:
     max_epochs: int = 10
     grace_period: int = 1
     reduction_factor: int = 2  # ASHA keeps 1/reduction_factor of the trials at each rung
+    scheduler: str = "auto"  # asha (stops weak trials early), fifo (none), auto: asha for one objective
 
     _minimums = {"trials": 1, "concurrent": 1, "max_epochs": 1, "grace_period": 1, "reduction_factor": 2}
+    _choices = {"scheduler": ("auto", "asha", "fifo")}
 
     def _check_together(self, prefix: str, source: str) -> None:
         if self.grace_period > self.max_epochs:
@@ -132,7 +136,10 @@ class Study:
 
     @property
     def key(self) -> str:
-        return f"{self.dataset}__{self.model}"
+        """``dataset__model``: names folders, Ray experiments and MLflow metrics (``best_<metric>__<key>``),
+        which refuse "~" and ":", so an ablation twin's ``vmunet~no-ssm`` is spelt ``vmunet.no-ssm`` here
+        and a factory ``pkg.mod:build`` ``pkg.mod.build``."""
+        return f"{self.dataset}__{re.sub(r'[^A-Za-z0-9_.-]', '.', self.model)}"
 
 
 @dataclass
@@ -158,7 +165,25 @@ class SweepSpec:
     folds: int | None = None  # protocol cv only
     cv_search: str | None = None  # protocol cv only: CV_ONE_FOLD or CV_MEAN
     data_root_note: str = ""  # how a relative data_root was resolved (shown in the plan)
+    ablations: list[str] = field(default_factory=list)  # the top-level ablations: (twins are in models)
+    # Every objective and its mode (metric: [a, b], mode: [max, min]); metric/mode are the first,
+    # the one the final stage's configuration is chosen on among the Pareto-optimal trials.
+    objectives: tuple[str, ...] = ()
+    modes: tuple[str, ...] = ()
+    # The model every other is tested against (paired, Holm) in the tables and the report at the end
+    # of the sweep: the file's `reference`, else vmunet when it is swept, else the first model.
+    reference: str | None = None
     studies: list[Study] = field(default_factory=list)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def scheduler(self) -> str:
+        """ASHA, or FIFO (every trial runs its whole budget) when it is asked for or several objectives are."""
+        chosen = self.budget.scheduler
+        return chosen if chosen != "auto" else ("fifo" if self.multi_objective else "asha")
 
     @property
     def search_folds(self) -> int:
@@ -174,7 +199,10 @@ class SweepSpec:
         """Hash of what defines the search: a resumed sweep must match it."""
         payload = {
             "models": self.models, "datasets": self.datasets, "protocol": self.protocol, "metric": self.metric,
-            "mode": self.mode, "budget": self.budget.__dict__, "fixed": self.fixed,
+            "mode": self.mode,
+            # New keys enter only when set, so that a sweep started before them still resumes.
+            **({"objectives": list(self.objectives), "modes": list(self.modes)} if self.multi_objective else {}),
+            "budget": {k: v for k, v in self.budget.__dict__.items() if (k, v) != ("scheduler", "auto")}, "fixed": self.fixed,
             "space": [p.__dict__ for p in self.space], "per_model": self.per_model, "sampler": self.sampler.__dict__,
         }
         if self.protocol == CV:  # only then, so that the hashes of other sweeps stay what they were
@@ -190,6 +218,25 @@ class SweepSpec:
         return [f"  cross-validation: {self.folds} folds (nnU-Net's: KFold(shuffle, seed 12345) over the sorted ids of "
                 f"the training pool; the test split untouched); {search}"]
 
+    def _ablation_lines(self) -> list[str]:
+        if not self.ablations:
+            return []
+        twins = [m for m in self.models if split_model_name(m)[1] in self.ablations]
+        return [f"  ablations {', '.join(self.ablations)}: twins {', '.join(twins)}, each searched and retrained with "
+                "its model's space, budget, recipe and final stage"]
+
+    def _objective_text(self) -> str:
+        if not self.multi_objective:
+            return f"{self.metric} ({self.mode})"
+        pairs = ", ".join(f"{m} ({d})" for m, d in zip(self.objectives, self.modes))
+        return (f"{pairs} together (Pareto front; the final stage retrains the Pareto-optimal trial best on "
+                f"{self.metric})")
+
+    def _scheduler_text(self) -> str:
+        if self.scheduler == "fifo":
+            return "every trial runs its whole budget: no early stopping"
+        return f"ASHA grace {self.budget.grace_period}, reduction {self.budget.reduction_factor}"
+
     def plan(self) -> str:
         """Human-readable resolved configuration and plan (``vmbench sweep --dry-run``)."""
         final_epochs = self.final.epochs or self.budget.max_epochs
@@ -200,18 +247,19 @@ class SweepSpec:
         also = " and on its fold's validation split" if self.protocol == CV else ""
         lines = [
             f"sweep {self.name!r} from {self.source} (MLflow experiment {self.experiment!r})",
-            f"  protocol {self.protocol}; optimise {self.metric} ({self.mode}); sampler {self.sampler.name} "
+            f"  protocol {self.protocol}; optimise {self._objective_text()}; sampler {self.sampler.name} "
             f"seed {self.sampler.seed}",
+            f"  paired tests against: {self.reference or 'none (no reference: reference: none)'}",
             *self._cv_lines(),
             f"  budget per study: {self.budget.trials} trials, {self.budget.concurrent} at once, up to "
-            f"{self.budget.max_epochs} epochs (ASHA grace {self.budget.grace_period}, "
-            f"reduction {self.budget.reduction_factor})",
+            f"{self.budget.max_epochs} epochs ({self._scheduler_text()})",
             f"  resources per trial: {self.resources.cpu:g} CPU, {self.resources.gpu:g} GPU",
             f"  final stage: best configuration retrained {retrained} for {final_epochs} epochs, evaluated on the "
             f"test split{also}",
         ]
         if self.data_root_note:
             lines.append(f"  {self.data_root_note}")
+        lines += self._ablation_lines()
         search_epochs = self.budget.trials * self.budget.max_epochs * self.search_folds
         for study in self.studies:
             lines.append(f"study {study.dataset} x {study.model}: at most {search_epochs} search epochs + "
@@ -356,15 +404,16 @@ def parse_spec(raw: Any, source: str = "sweep", default_name: str = "sweep", che
     :func:`data_root_anchor`); without it (a mapping built in code) the working directory does."""
     raw = copy.deepcopy(check_mapping(raw, "(top level)", source))
     check_keys(raw, sorted(TOP_LEVEL_KEYS), "", source)
+    declared = _declared_datasets(raw, space_file, source)
     models, datasets = _names(raw, "model", "models", source), _names(raw, "dataset", "datasets", source)
+    ablations = _ablations(raw, source)
+    models = _with_twins(models, ablations, source)
     protocol = check_protocol(raw.get("protocol", HOLDOUT), f"{source}: protocol")
     if check_registry:
         _check_registered(models, datasets, protocol, source)
     folds, cv_search = _cv_settings(raw, protocol, source)
-    metric = raw.get("metric", "val_dsc")
-    if not isinstance(metric, str):
-        raise config_error(source, "metric", f"expected a metric name, got {metric!r}")
-    mode = check_choice(raw.get("mode", default_select_mode(metric)), ("min", "max"), "mode", source)
+    objectives, modes = _objectives(raw, source)
+    metric, mode = objectives[0], modes[0]
     name = raw.get("name", default_name)
     experiment = raw.get("experiment", "vmbench")
     for key, value in (("name", name), ("experiment", experiment)):
@@ -385,17 +434,113 @@ def parse_spec(raw: Any, source: str = "sweep", default_name: str = "sweep", che
         fixed=_dotted(check_mapping(raw.get("fixed"), "fixed", source)),
         space=parse_space(raw.get("space"), source, "space."), per_model=_per_model(raw, models, source),
         source=source, storage_path=raw.get("storage_path"), description=str(raw.get("description", "")),
-        folds=folds, cv_search=cv_search, data_root_note=note,
+        folds=folds, cv_search=cv_search, data_root_note=note, ablations=ablations,
+        objectives=objectives, modes=modes, reference=_reference(raw, models, source),
     )
     for dataset in datasets:
         for model in models:
             spec.studies.append(_build_study(spec, model, dataset, anchor))
+    _apply_declarations(spec, declared)
     return spec
+
+
+# ------------------------------------------------------------------------------------------------
+# Datasets declared in the file: datasets: [{name: polyps, path: data/polyps, format: folder, labels: {...}}]
+
+_DECLARATION_KEYS = ("name", "path", "format", "labels")
+
+
+def _declared_datasets(raw: dict, space_file: str | Path | None, source: str) -> dict[str, dict[str, Any]]:
+    """Register the ``datasets:`` entries that are mappings (vmbench.data.user) and leave their names
+    in ``raw``; returns each one's configuration overrides (``data.root``, ``data.options.format``,
+    ``data.options.labels``), which travel in every study's base configuration to the workers.
+    A relative ``path`` is resolved as ``data_root`` is (:func:`data_root_anchor`)."""
+    items = raw.get("datasets")
+    if not isinstance(items, list) or not any(isinstance(item, dict) for item in items):
+        return {}
+    from vmbench.data.user import declare_path
+    from vmbench.registry import declare_dataset
+
+    anchor = data_root_anchor(space_file)[0] if space_file else Path.cwd()
+    declared, names = {}, []
+    for k, item in enumerate(items):
+        if not isinstance(item, dict):
+            names.append(item)
+            continue
+        where = f"datasets[{k}]"
+        check_keys(item, _DECLARATION_KEYS, where, source)
+        for key in ("name", "path"):
+            if not isinstance(item.get(key), str) or not item[key]:
+                raise config_error(source, f"{where}.{key}", f"is required (a string), got {item.get(key)!r}")
+        check_name(item["name"], f"{source}: {where}.name")
+        path = Path(_resolve_root(item["path"], anchor))
+        if not path.is_dir():
+            raise config_error(source, f"{where}.path", f"{path} is not a folder")
+        try:
+            overrides = declare_path(path, item.get("format"), item.get("labels"), name=item["name"])
+            options = {key.rsplit(".", 1)[1]: overrides[key] for key in ("data.options.format", "data.options.labels")}
+            declare_dataset(item["name"], overrides["data.root"], options)
+        except VmbenchError as err:
+            raise config_error(source, where, str(err)) from None
+        declared[item["name"]] = overrides
+        names.append(item["name"])
+    raw["datasets"] = names
+    return declared
+
+
+def _apply_declarations(spec: SweepSpec, declared: dict[str, dict[str, Any]]) -> None:
+    for study in spec.studies:
+        if study.dataset in declared:
+            overrides = {k: v for k, v in declared[study.dataset].items() if k != "data.name"}
+            study.base = study.base.with_overrides(overrides, source=f"{spec.source} (datasets)")
+
+
+def _ablations(raw: dict, source: str) -> list[str]:
+    """The top-level ``ablations:`` (a name or a list of names of vmbench.registry.ABLATIONS)."""
+    value = raw.get("ablations", [])
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise config_error(source, "ablations", f"expected a list of ablation names ({', '.join(ABLATIONS)}), "
+                                                f"got {value!r}")
+    for name in value:
+        if name not in ABLATIONS:
+            raise config_error(source, "ablations", f"unknown ablation {name!r} (known: {', '.join(ABLATIONS)})")
+    return list(dict.fromkeys(value))
+
+
+def _with_twins(models: list[str], ablations: list[str], source: str) -> list[str]:
+    """``models`` with each Mamba model followed by its ablation twins (``model~ablation``)."""
+    if not ablations:
+        return models
+    import vmbench
+    from vmbench.errors import UnknownNameError
+
+    out = []
+    for model in models:
+        out.append(model)
+        try:
+            info = vmbench.model_info(model)
+        except UnknownNameError as error:
+            raise config_error(source, "models", str(error)) from None
+        if info.mamba_parts and split_model_name(model)[1] is None:
+            out += [f"{model}{ABLATION_SEP}{a}" for a in ablations]
+    if len(out) == len(models):
+        raise config_error(source, "ablations", f"none of the models ({', '.join(models)}) has a Mamba part to remove; "
+                                                "add a Mamba model (vmbench models --ablations) or remove ablations")
+    return list(dict.fromkeys(out))
+
+
+def _model_extra(spec: SweepSpec, model: str) -> dict[str, Any]:
+    """The model's per_model entry; a twin without its own takes its model's (the same recipe)."""
+    for name in (model, split_model_name(model)[0]):
+        if name in spec.per_model:
+            return spec.per_model[name]
+    return {"fixed": {}, "space": []}
 
 
 def _build_study(spec: SweepSpec, model: str, dataset: str, anchor: Path) -> Study:
     source = spec.source
-    extra = spec.per_model.get(model, {"fixed": {}, "space": []})
+    extra = _model_extra(spec, model)
     overrides = {**spec.fixed, **extra["fixed"]}
     space = [p for p in spec.space if p.key not in {q.key for q in extra["space"]}] + list(extra["space"])
     for key, instead in SWEEP_SET_KEYS.items():
@@ -446,6 +591,51 @@ def _check_metric(spec: SweepSpec, dataset: str) -> None:
                                                   "the paper protocol has none (use train_loss, as VM-UNet's Synapse "
                                                   "recipe)")
     choices = selectable_metrics(evaluation, has_val)
-    if spec.metric not in choices:
-        raise config_error(spec.source, "metric", f"{spec.metric!r} is not reported by trials on {dataset} "
-                                                  f"(protocol {spec.protocol}); choose one of {', '.join(choices)}")
+    costs = COST_OBJECTIVES if spec.multi_objective else ()
+    for metric in spec.objectives or (spec.metric,):
+        if metric not in choices and metric not in costs:
+            raise config_error(spec.source, "metric", f"{metric!r} is not reported by trials on {dataset} "
+                                                      f"(protocol {spec.protocol}); choose one of "
+                                                      f"{', '.join(choices + costs)}")
+
+
+# Cost objectives a multi-objective search may trade accuracy against: measured once per trial on
+# its own hardware at the evaluation size (parameters, GMACs, latency) or over its training (peak
+# memory), and reported with every epoch's metrics.
+COST_OBJECTIVES = ("n_params", "gmacs", "latency_ms", "peak_mem_mb")
+
+
+def _objectives(raw: dict, source: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``metric`` (one name or a list) and ``mode`` (one or a list of the same length; default per
+    metric: min for losses, distances and costs, max otherwise)."""
+    metric = raw.get("metric", "val_dsc")
+    metrics = [metric] if isinstance(metric, str) else metric
+    if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+        raise config_error(source, "metric", f"expected a metric name or a list of them, got {metric!r}")
+    if len(set(metrics)) != len(metrics):
+        raise config_error(source, "metric", f"lists {metrics!r} with a repeat")
+    default = [("min" if m in COST_OBJECTIVES else default_select_mode(m)) for m in metrics]
+    mode = raw.get("mode", default if len(metrics) > 1 else default[0])
+    modes = [mode] if isinstance(mode, str) else mode
+    if not isinstance(modes, list) or len(modes) != len(metrics):
+        raise config_error(source, "mode", f"expected {len(metrics)} of min/max (one per metric), got {mode!r}")
+    for k, value in enumerate(modes):
+        check_choice(value, ("min", "max"), f"mode[{k}]" if len(modes) > 1 else "mode", source)
+    if len(metrics) > 1 and (raw.get("budget") or {}).get("scheduler") == "asha":
+        raise config_error(source, "budget.scheduler", "asha stops trials on one metric, and this space optimises "
+                                                       f"{len(metrics)} ({', '.join(metrics)}); use fifo (or leave it out)")
+    return tuple(metrics), tuple(modes)
+
+
+def _reference(raw: dict, models: list[str], source: str) -> str | None:
+    """``reference``: one of the sweep's models, or ``none`` for no paired test (see SweepSpec)."""
+    value = raw.get("reference")
+    if value is None:
+        return "vmunet" if "vmunet" in models else models[0]
+    if not isinstance(value, str):
+        raise config_error(source, "reference", f"expected a model name or none, got {value!r}")
+    if value.lower() == "none":
+        return None
+    if value not in models:
+        raise config_error(source, "reference", f"{value!r} is not one of the sweep's models ({', '.join(models)})")
+    return value

@@ -44,14 +44,21 @@ class PruneAwareOptunaSearch(OptunaSearch):
         trial = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number)
         return set(trial.intermediate_values)
 
+    @property
+    def _multi_objective(self) -> bool:
+        return isinstance(self.metric, list)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or self.metric not in result:
+        # Optuna keeps no intermediate values for several objectives (no pruning without one metric).
+        if self._multi_objective or trial_id in self._completed_trials or self.metric not in result:
             return
         self._ot_trials[trial_id].report(result[self.metric], self._step(result))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
+        if self._multi_objective:
+            return self._complete_multi(trial_id, result, error)
         state = self._final_state(result, error)
         if (
             state == TrialState.PRUNED
@@ -64,6 +71,21 @@ class PruneAwareOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].report(result[self.metric], self._step(result))
         if state is None:
             return super().on_trial_complete(trial_id, result, error)
+        self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        self._completed_trials.add(trial_id)
+
+    def _complete_multi(self, trial_id: str, result: dict | None, error: bool) -> None:
+        """Several objectives: COMPLETE with every value when the trial ran its budget, else FAIL
+        (errored) or PRUNED (a study of several objectives cannot rank a partial trial)."""
+        values = [(result or {}).get(metric) for metric in self.metric]
+        if error:
+            state = TrialState.FAIL
+        elif result is None or int(result.get("epoch", 0)) < self._max_epochs or None in values:
+            state = TrialState.PRUNED
+        else:
+            self._ot_study.tell(self._ot_trials[trial_id], values)
+            self._completed_trials.add(trial_id)
+            return
         self._ot_study.tell(self._ot_trials[trial_id], state=state)
         self._completed_trials.add(trial_id)
 

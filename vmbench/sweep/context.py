@@ -30,6 +30,7 @@ class SweepContext:
     env: dict[str, str] = field(default_factory=dict)
     folds: int | None = None  # protocol cv: the number of folds
     cv_search: str | None = None  # protocol cv: "one-fold" (trials train fold 0) or "mean" (every fold)
+    objectives: tuple[str, ...] = ()  # a multi-objective search's metrics (metric is the first)
 
 
 @dataclass
@@ -52,3 +53,4 @@ class SweepResult:
     tracking_uri: str
     sweep_dir: Path
     studies: list[StudyOutcome]
+    reference: str | None = None  # the paired tests' reference model (the space's `reference`)

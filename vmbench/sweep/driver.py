@@ -5,15 +5,19 @@ Ray Tune and Optuna are imported when a sweep runs, not with this module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 from vmbench import tracking as T
-from vmbench.errors import PreflightError
+from vmbench.errors import Interrupted, PreflightError, raise_if_stopped, request_stop, stop_requested
 from vmbench.io import atomic_write
+from vmbench.tracking.store import prepare_store
 from vmbench.protocols import CV
 from vmbench.search_space import Study, SweepSpec, decode_sample, optuna_distributions
 from vmbench.sweep.context import StudyOutcome, SweepContext, SweepResult
@@ -87,6 +91,7 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: float | None, 
         return
     kwargs: dict[str, Any] = {"log_to_driver": True}
     if address:
+        _check_address(address)
         # A job submitted with its own runtime env may not be given another one here (Ray refuses
         # conflicting keys); trials get their environment from the SweepContext instead.
         kwargs["address"] = address
@@ -95,7 +100,79 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: float | None, 
         # recorded as the current cluster (ray_current_cluster in its temp folder).
         kwargs.update(address="local", include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus,
                       runtime_env={"env_vars": env})
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
     ray.init(**kwargs)
+    if callable(previous):
+        # ray.init installs a SIGTERM handler that exits at once (status 1), leaving the sweep's runs
+        # RUNNING; the command line's handler stops the sweep and marks them KILLED instead.
+        signal.signal(signal.SIGTERM, previous)
+
+
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) where nothing listens fails in ``timeout`` seconds, in one
+    line; ``ray.init`` would retry for minutes. ``auto`` (the cluster recorded by ``ray start``) is Ray's."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise PreflightError(f"--address {address}: no Ray cluster answered within {timeout:g} s "
+                             f"({err.strerror or type(err).__name__}); start it (ray start --head) or fix the address") from None
+
+
+@contextlib.contextmanager
+def _tune_stops_on_signals():
+    """SIGINT or SIGTERM during ``Tuner.fit`` stop the search the way Ray Tune stops itself: its
+    SIGUSR1 handler ends the run and saves the experiment state (what ``--resume`` restores), and
+    ``fit`` returns. Tune's own SIGINT handler is disabled (``TUNE_DISABLE_SIGINT_HANDLER``): it
+    swallows the signal, so the sweep went on to the final stage, and outlives ``fit``, so Ctrl-C was
+    ignored there. The signal is recorded (:func:`vmbench.errors.request_stop`) for the caller to
+    raise once ``fit`` returns; a second one raises at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum, frame):
+        if stop_requested() is not None:
+            raise Interrupted(signum)
+        request_stop(signum)
+        log.warning("%s: stopping the search (Ray Tune saves its state for --resume); again to stop at once",
+                    signal.Signals(signum).name)
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            raise Interrupted(signum)  # Tune's handler is not installed yet (or any more): nothing to stop gracefully
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    saved_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if saved_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
+
+
+def _kill_open_children(client, experiment_id: str, parent: str, reason: str) -> int:
+    """Mark every child run of ``parent`` still RUNNING (search trials, final runs) KILLED."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}' "
+                              "and attributes.status = 'RUNNING'", max_results=10000)
+    for run in runs:
+        client.set_tag(run.info.run_id, T.TAG_OUTCOME, T.FAILED)
+        client.set_tag(run.info.run_id, T.TAG_ERROR, reason)
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return len(runs)
 
 
 def _worker_env(tracking_uri: str) -> dict[str, str]:
@@ -129,7 +206,7 @@ def _sweep_dir(spec: SweepSpec, ctx: SweepContext) -> Path:
 def build_tuner(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: str, resume: bool):
     """The study's Tuner: restored from ``storage_path`` when resuming, else seeded TPE + ASHA."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from vmbench.sweep.adapters import PruneAwareOptunaSearch, RunReconciler, make_sampler
@@ -153,14 +230,18 @@ def build_tuner(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: 
         storage=optuna_storage(sweep_dir),  # only this process (the driver) writes it
         study_name=run_name,
         points_to_evaluate=[_encode_point(study)] if study.start_point else None,
-        metric=spec.metric,
-        mode=spec.mode,
+        # Several objectives: Optuna's multi-objective study (TPE, or the sampler chosen), one direction each.
+        metric=list(spec.objectives) if spec.multi_objective else spec.metric,
+        mode=list(spec.modes) if spec.multi_objective else spec.mode,
         max_epochs=spec.budget.max_epochs,
     )
-    scheduler = ASHAScheduler(
-        metric=spec.metric, mode=spec.mode, time_attr="epoch", max_t=spec.budget.max_epochs,
-        grace_period=spec.budget.grace_period, reduction_factor=spec.budget.reduction_factor,
-    )
+    if spec.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            metric=spec.metric, mode=spec.mode, time_attr="epoch", max_t=spec.budget.max_epochs,
+            grace_period=spec.budget.grace_period, reduction_factor=spec.budget.reduction_factor,
+        )
+    else:  # every trial runs max_epochs epochs: the budget is the same for each
+        scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
         # metric/mode live on the searcher and the scheduler: OptunaSearch with its own space
@@ -182,22 +263,53 @@ def build_tuner(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: 
     )
 
 
+def pareto_front(points: list[tuple[float, ...]], modes: tuple[str, ...]) -> list[int]:
+    """Indices of the points no other point dominates (at least as good in every objective, better in
+    one), ``modes`` saying which way each objective is better."""
+    signs = [1 if mode == "max" else -1 for mode in modes]
+    scored = [tuple(sign * value for sign, value in zip(signs, point)) for point in points]
+
+    def dominates(a, b) -> bool:
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    return [i for i, p in enumerate(scored) if not any(dominates(q, p) for j, q in enumerate(scored) if j != i)]
+
+
 def pick_best(result_grid, study: Study, spec: SweepSpec) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The sampled values of the best trial that ran the full budget (else the best trial)."""
+    """The sampled values of the best trial that ran the full budget (else the best trial). With
+    several objectives: among the Pareto-optimal trials, the best on the first objective; ``info``
+    then names every Pareto-optimal trial (``pareto``: Ray trial ids)."""
+    objectives = spec.objectives or (spec.metric,)
     rows = []
     for result in result_grid:
         metrics = result.metrics or {}
-        if result.error is not None or spec.metric not in metrics:
+        if result.error is not None or any(m not in metrics for m in objectives):
             continue
         rows.append((int(metrics.get("epoch", 0)) >= spec.budget.max_epochs, metrics[spec.metric], result))
     if not rows:
         raise RuntimeError(f"study {study.key}: no trial reported {spec.metric!r}; nothing to retrain (see the errors above)")
-    full_budget = [r for r in rows if r[0]]
+    candidates = [r for r in rows if r[0]] or rows
+    pareto: list[str] = []
+    if spec.multi_objective:
+        front = pareto_front([tuple(float(r[2].metrics[m]) for m in objectives) for r in candidates], spec.modes)
+        candidates = [candidates[i] for i in front]
+        pareto = [str(r[2].metrics.get("trial_id")) for r in candidates]
     sign = 1 if spec.mode == "max" else -1
-    _, value, best = max(full_budget or rows, key=lambda r: sign * r[1])
+    _, value, best = max(candidates, key=lambda r: sign * r[1])
     keys = {p.key for p in study.space}
     sample = decode_sample(study.space, {k: v for k, v in best.config.items() if k in keys})
-    return sample, {"value": value, "trial_path": str(best.path), "full_budget": bool(full_budget)}
+    return sample, {"value": value, "trial_path": str(best.path), "full_budget": any(r[0] for r in rows),
+                    "pareto": pareto}
+
+
+def mark_pareto(ctx: SweepContext, trial_ids: list[str]) -> None:
+    """Tag the search runs of the Pareto-optimal trials (``vmbench.pareto = true``) so that the UI
+    and the report can show the front."""
+    client = T.client(ctx.tracking_uri)
+    for trial_id in trial_ids:
+        run = T.find_run(client, ctx.experiment_id, T.TAG_TRIAL_ID, trial_id)
+        if run is not None:
+            client.set_tag(run.info.run_id, T.TAG_PARETO, "true")
 
 
 def final_key(spec: SweepSpec, study: Study, fold: int | None, seed: int) -> str:
@@ -256,11 +368,14 @@ def run_study(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: st
     tuner = build_tuner(spec, study, ctx, storage_path, resume)
     orphans = dict(tracking_uri=ctx.tracking_uri, experiment_id=ctx.experiment_id, sweep=ctx.sweep, study=ctx.study)
     try:
-        grid = tuner.fit()
+        with _tune_stops_on_signals():
+            grid = tuner.fit()
     except Exception as err:
         # Tune aborted the study (e.g. a driver-side TuneError): its trials will not close their runs.
         T.close_orphans(**orphans, trial_states={}, error=err)
         raise
+    # Stopped by a signal: Tune returned normally, with unfinished trials; the caller marks them KILLED.
+    raise_if_stopped()
     T.close_orphans(**orphans, trial_states=_trial_states(grid))
     counts = {"total": len(grid), "errors": grid.num_errors}
     if not any(r.error is None and spec.metric in (r.metrics or {}) for r in grid):
@@ -269,6 +384,7 @@ def run_study(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: st
         return StudyOutcome(study.key, {}, float("nan"), counts,
                             [{"key": f"{spec.name}/{study.key}", "status": "FAILED", "error": reason}])
     best, info = pick_best(grid, study, spec)
+    mark_pareto(ctx, info["pareto"])
     log.info("study %s: best %s = %.4f with %s", study.key, spec.metric, info["value"], best)
     return StudyOutcome(study.key, best, info["value"], counts, run_finals(spec, study, ctx, best))
 
@@ -286,8 +402,15 @@ def _open_parent_run(client, experiment_id: str, spec: SweepSpec, resume: bool) 
     }
     if spec.protocol == CV:
         tags.update({T.TAG_FOLDS: str(spec.folds), T.TAG_CV_SEARCH: str(spec.cv_search)})
-    return T.open_sweep_run(client, experiment_id, sweep=spec.name, experiment=spec.experiment, source=spec.source,
-                            space_hash=spec.content_hash(), resume=resume, tags=tags, plan=spec.plan())
+    parent = T.open_sweep_run(client, experiment_id, sweep=spec.name, experiment=spec.experiment, source=spec.source,
+                              space_hash=spec.content_hash(), resume=resume, tags=tags, plan=spec.plan())
+    # Until the report replaces it with the verdict (vmbench.report.report_for_sweep).
+    T.describe(client, parent, (
+        f"Sweep `{spec.name}` ({spec.source}): {', '.join(spec.models)} on {', '.join(spec.datasets)}, protocol "
+        f"{spec.protocol}; {spec.budget.trials} search trials of up to {spec.budget.max_epochs} epochs per model and "
+        f"dataset, then the best configuration retrained with seeds {list(spec.final.seeds)} and tested.\n\n"
+        "Outcome: running (the leaderboard, report and verdict are added when the sweep ends)."))
+    return parent
 
 
 def _record_splits(client, parent: str, sweep_dir: Path, splits: dict[str, Any]) -> None:
@@ -305,12 +428,16 @@ def _run_studies(spec: SweepSpec, contexts: list[SweepContext], client, parent: 
     outcomes = []
     try:
         for study, ctx in zip(spec.studies, contexts):
+            raise_if_stopped()
             outcome = run_study(spec, study, ctx, storage_path, resume)
             outcomes.append(outcome)
             client.log_metric(parent, f"best_{spec.metric}__{study.key}", float(outcome.best_value))
             client.log_dict(parent, {"best": outcome.best, "trials": outcome.trials, "final": outcome.final},
                             f"studies/{study.key}.json")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # SIGINT or SIGTERM (vmbench.errors.Interrupted)
+        reason = f"the sweep was {err}" if isinstance(err, Interrupted) else "the sweep was interrupted"
+        if contexts:
+            _kill_open_children(client, contexts[0].experiment_id, parent, reason)
         client.set_terminated(parent, status="KILLED")
         raise
     except Exception:  # marks the parent, then raises on
@@ -346,6 +473,7 @@ def run_sweep(
     started_ray = not ray.is_initialized()
     init_ray(address, num_cpus, num_gpus, env)
     try:
+        prepare_store(tracking_uri)  # created or migrated by one process at a time
         splits = preflight(spec)
         client = T.client(tracking_uri)
         experiment_id = T.get_or_create_experiment(client, spec.experiment, T.default_artifact_location(tracking_uri, runs_dir))
@@ -357,12 +485,13 @@ def run_sweep(
                 tracking_uri=tracking_uri, base=study.base.to_dict(), space=study.space, metric=spec.metric,
                 mode=spec.mode, max_epochs=spec.budget.max_epochs, cpu=spec.resources.cpu, gpu=spec.resources.gpu,
                 runs_dir=str(runs_dir), space_hash=spec.content_hash(), env=env, folds=spec.folds,
-                cv_search=spec.cv_search,
+                cv_search=spec.cv_search, objectives=spec.objectives,
             )
             for study in spec.studies
         ]
         outcomes = _run_studies(spec, contexts, client, parent, storage_path, resume)
-        return SweepResult(parent, experiment_id, tracking_uri, runs_dir / "sweeps" / spec.name, outcomes)
+        return SweepResult(parent, experiment_id, tracking_uri, runs_dir / "sweeps" / spec.name, outcomes,
+                           spec.reference)
     finally:
         if started_ray and not address:
             ray.shutdown()

@@ -14,7 +14,7 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vmbench import tracking as T
 from vmbench.config import ExperimentConfig
@@ -113,9 +113,12 @@ class _EpochReporter:
     """``fit_all``'s ``on_epoch`` of a search trial: each epoch to MLflow (metrics and the cost so far),
     then to Tune with a checkpoint of every part."""
 
-    def __init__(self, run: T.TrialRun, ctx: SweepContext, parts: list[Part], device, work: Path):
+    def __init__(self, run: T.TrialRun, ctx: SweepContext, parts: list[Part], device, work: Path,
+                 describe: Callable[[str], str]):
         self.run, self.ctx, self.parts, self.device, self.work = run, ctx, parts, device, work
+        self.describe = describe  # outcome -> the run's description
         self.finished = False
+        self.static_costs: dict[str, float] | None = None  # parameters, GMACs, latency: measured once
         self.epoch = 0
         self.costs = trial_costs([], ctx.gpu)
 
@@ -128,6 +131,7 @@ class _EpochReporter:
         metrics = combine([r.metrics for r in results], self.ctx.metric)
         self.epoch, self.costs = epoch, trial_costs([t.history for t in trainings], self.ctx.gpu)
         self.costs["peak_mem_mb"] = profiling.peak_memory_mb(self.device)  # since the trial started
+        metrics.update(self._cost_objectives(trainings[0]))
         # The cost so far, every epoch: the latest values are the trial's cost however it ends
         # (finished, stopped by ASHA, failed, or lost with its node).
         self.run.log_metrics({**metrics, **self.costs}, step=epoch)
@@ -147,6 +151,27 @@ class _EpochReporter:
         finally:
             shutil.rmtree(snapshot, ignore_errors=True)
 
+    def _cost_objectives(self, training) -> dict[str, float]:
+        """The cost metrics a multi-objective search optimises, on this trial's model and hardware:
+        parameters, GMACs and latency at the training size (measured once), peak memory so far."""
+        from vmbench import profiling
+
+        wanted = set(self.ctx.objectives) & {"n_params", "gmacs", "latency_ms", "peak_mem_mb"}
+        if not wanted:
+            return {}
+        if self.static_costs is None:
+            import vmbench
+
+            in_chans = vmbench.dataset_info(training.cfg.data.name).in_chans
+            model, size = training.model, training.img_size
+            self.static_costs = {
+                "n_params": float(profiling.count_parameters(model)),
+                "gmacs": float(profiling.count_gmacs(model, in_chans, size)) if "gmacs" in wanted else 0.0,
+                "latency_ms": float(profiling.latency_ms(model, in_chans, size)) if "latency_ms" in wanted else 0.0,
+            }
+        costs = {**self.static_costs, "peak_mem_mb": self.costs["peak_mem_mb"]}
+        return {k: v for k, v in costs.items() if k in wanted}
+
     def _finish(self, results: list, val_data) -> None:
         from vmbench.engine import load_state, model_from_checkpoint
         from vmbench.engine.record import log_overlays
@@ -158,6 +183,8 @@ class _EpochReporter:
             if len(states) == 1:
                 best["best_epoch"] = states[0].best_epoch
             self.run.log_metrics(best)
+            scores = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k != "best_epoch")
+            self.run.describe(self.describe(f"completed {self.epoch} epoch{'s' if self.epoch != 1 else ''}; {scores}."))
             if val_data is not None:  # the first part's (fold's) validation split, as built for training
                 model, _, _ = model_from_checkpoint(bests[0], self.device)
                 log_overlays(self.run, model, val_data, states[0].img_size, self.device)
@@ -171,6 +198,7 @@ def search_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 
     from vmbench import profiling
     from vmbench.engine import fit_all, load_state, resolve_device
+    from vmbench.engine.record import describe_run
 
     _prepare_worker(ctx)
     context = tune.get_context()
@@ -188,16 +216,22 @@ def search_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             tags[T.TAG_RESUMED_EPOCH] = str(load_state(parts[0].run_dir.last).epoch)
         params = {**cfg.flat(), **{f"search.{k}": v for k, v in sample.items()}}
         run = _open_run(ctx, T.TAG_TRIAL_ID, trial_id, trial_name, tags, params)
-        reporter = _EpochReporter(run, ctx, parts, device, work)
+        def describe(outcome: str) -> str:
+            return describe_run(cfg, T.STAGE_SEARCH, outcome=outcome, sweep=ctx.sweep, searched=sample)
+
+        run.describe(describe("running."))  # ends in T.RUNNING_NOTE: the driver concludes it if Ray ends the trial
+        reporter = _EpochReporter(run, ctx, parts, device, work, describe)
         try:
             check_data_on_node(cfg)
             profiling.reset_peak_memory(device)  # the peak of this trial, not of what ran in the process before
             fit_all([(part.cfg, part.run_dir) for part in parts], reporter, resume=resume, evaluate_test=False)
         except Exception as err:  # recorded on the run, then raised for Tune to retry or mark
             run.log_metrics(reporter.costs, step=reporter.epoch)  # a no-op when that epoch logged them
+            run.describe(describe(f"failed after {reporter.epoch} epochs: {T.error_summary(err)}"))
             run.finish("FAILED", {T.TAG_STAGE: T.STAGE_SEARCH, T.TAG_OUTCOME: T.FAILED, T.TAG_ERROR: T.error_summary(err)})
             raise
         if not reporter.finished:  # resumed after its last epoch: nothing was reported this time
+            run.describe(describe("completed (resumed after its last epoch)."))
             run.finish("FINISHED", {T.TAG_OUTCOME: T.COMPLETED})
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -245,8 +279,13 @@ def final_run(cfg_dict: dict[str, Any], ctx: SweepContext, key: str, run_dir: st
                      resume=run_dir.last.exists())
         if cfg.data.protocol == CV:
             _record_fold_validation(run, cfg, result, device)
-        run.finish("FINISHED", record_test_results(run, cfg, result, device, ctx.gpu))
-        return {"key": key, "status": "FINISHED", "test": result.test}
+        flat = cfg.flat()
+        searched = {p.key: flat.get(p.key) for p in ctx.space}
+        tags = record_test_results(run, cfg, result, device, ctx.gpu, stage=T.STAGE_FINAL, sweep=ctx.sweep,
+                                   searched=searched)
+        status = "FAILED" if tags.get(T.TAG_OUTCOME) == T.FAILED else "FINISHED"  # e.g. NaN headline metrics
+        run.finish(status, tags)
+        return {"key": key, "status": status, "test": result.test}
     except Exception as err:  # recorded on the run, then raised to the driver
         run.finish("FAILED", {T.TAG_OUTCOME: T.FAILED, T.TAG_ERROR: T.error_summary(err)})
         raise

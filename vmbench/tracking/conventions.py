@@ -58,8 +58,15 @@ __all__ = [
     "TAG_STUDY",
     "TAG_SWEEP",
     "TAG_TRIAL_ID",
+    "TAG_PARETO",
     "TAG_VAL_IS_TEST",
     "TAG_VERSION",
+    "EXPERIMENT_KIND_TRAINING",
+    "TAG_EXPERIMENT_KIND",
+    "TAG_NOTE",
+    "TAG_SAVED_VIEW_PREFIX",
+    "RUNS_VIEW_KEY",
+    "RUNS_VIEW_METRICS",
     "default_artifact_location",
     "default_tracking_uri",
     "error_summary",
@@ -75,6 +82,7 @@ TAG_STAGE = "vmbench.stage"  # search | final
 TAG_SWEEP = "vmbench.sweep"
 TAG_STUDY = "vmbench.study"  # dataset__model of the sweep
 TAG_TRIAL_ID = "vmbench.trial_id"  # Ray Tune's trial id (search runs)
+TAG_PARETO = "vmbench.pareto"  # "true" on the search runs of a multi-objective study's Pareto-optimal trials
 TAG_FINAL_KEY = "vmbench.final_key"  # sweep/study/seedN (final runs)
 TAG_MODEL = "vmbench.model"
 TAG_DATASET = "vmbench.dataset"
@@ -104,6 +112,19 @@ TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
 TAG_MODELS = "vmbench.models"
 TAG_DATASETS = "vmbench.datasets"
 TAG_SOURCE = "vmbench.source"
+
+# MLflow's own tags: an experiment's kind picks the UI's view (model training: the runs table, not
+# the GenAI traces view; the UI reads the value custom_model_development), a run's note is the
+# description shown on its page.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+TAG_NOTE = "mlflow.note.content"
+# A saved view of the runs table (the UI's "Views" menu, opened by ?viewStateShareKey=KEY): an experiment
+# tag whose value is the UI's envelope {name, createdAt, updatedAt, state: JSON of the table's settings}.
+TAG_SAVED_VIEW_PREFIX = "mlflow.sharedViewState."
+RUNS_VIEW_KEY = "vmbench"
+RUNS_VIEW_METRICS = ("test_dsc", "test_miou", "test_hd95", "best_val_dsc", "val_dsc", "n_params", "gmacs",
+                     "device_hours")
 
 # Kinds and stages (values of TAG_KIND and TAG_STAGE).
 KIND_SWEEP, KIND_TRIAL = "sweep", "trial"

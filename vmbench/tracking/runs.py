@@ -8,7 +8,12 @@ the runs of trials that Ray ended from outside (ASHA stops, lost nodes, Tune err
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,13 +25,19 @@ from vmbench.tracking.conventions import (
     FAILED,
     KIND_SWEEP,
     LATEST_ON_RETRY,
+    RUNS_VIEW_KEY,
+    RUNS_VIEW_METRICS,
     PRUNED,
     TAG_ATTEMPTS,
+    EXPERIMENT_KIND_TRAINING,
     TAG_ERROR,
+    TAG_EXPERIMENT_KIND,
     TAG_GIT_SHA,
     TAG_KIND,
+    TAG_NOTE,
     TAG_OUTCOME,
     TAG_PARENT,
+    TAG_SAVED_VIEW_PREFIX,
     TAG_SPACE_HASH,
     TAG_STUDY,
     TAG_SWEEP,
@@ -50,16 +61,99 @@ def client(tracking_uri: str):
 
 
 def get_or_create_experiment(mlflow_client, name: str, artifact_location: str | None = None) -> str:
+    """The experiment's id, created if needed and marked as a model-training experiment (the UI then
+    opens its runs table); an experiment already given another kind keeps it."""
+    tags = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING, TAG_SAVED_VIEW_PREFIX + RUNS_VIEW_KEY: runs_view()}
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            return mlflow_client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+        except Exception:  # another process created it between the two calls
+            experiment = mlflow_client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    for key, value in tags.items():  # an experiment made by an older vmbench or by hand
+        if key not in experiment.tags:
+            mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def runs_view(sweep: str | None = None) -> str:
+    """The saved view "vmbench: test metrics" of the runs table: the dataset, the test and selection
+    metrics and the costs as columns, best test DSC first (the UI shows only attributes by default);
+    with ``sweep``, the same view of that sweep's runs only (a filter in the URL would drop the columns)."""
+    metrics = [f"metrics.`{m}`" for m in RUNS_VIEW_METRICS]
+    columns = ["attributes.`Dataset`", *metrics, "attributes.`Models`"]
+    state = {"selectedColumns": columns, "columnOrder": columns, "orderByKey": "metrics.`test_dsc`",
+             "orderByAsc": False}
+    if sweep:
+        state["searchFilter"] = f"tags.`{TAG_SWEEP}` = '{sweep}'"
+    now = int(time.time() * 1000)
+    name = f"vmbench: sweep {sweep}" if sweep else "vmbench: test metrics"
+    return json.dumps({"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+
+
+def sweep_view_key(sweep: str) -> str:
+    """The key of sweep ``sweep``'s saved runs view (:func:`runs_view`), opened by ``?viewStateShareKey=``."""
+    return f"{RUNS_VIEW_KEY}-sweep-{sweep}"
+
+
+def describe(mlflow_client, run_id: str, text: str) -> None:
+    """The run's description (MLflow's note, shown on the run page)."""
+    mlflow_client.set_tag(run_id, TAG_NOTE, text)
+
+
+RUNNING_NOTE = "Outcome: running."  # the last line of a trial's description until it ends
+
+
+def _conclude_note(mlflow_client, run, outcome: str) -> None:
+    """A trial closed from outside (pruned, lost, errored): its description says so instead of running."""
+    note = run.data.tags.get(TAG_NOTE, "")
+    if note.endswith(RUNNING_NOTE):
+        describe(mlflow_client, run.info.run_id, note[: -len(RUNNING_NOTE)] + f"Outcome: {outcome}.")
+
+
+class SystemSampler:
+    """CPU, memory and GPU figures of this process between two calls, as ``system/*`` metrics.
+
+    MLflow's own system-metrics monitor needs psutil (not a vmbench dependency) and an active run
+    in this process (trials log to runs they do not hold active), so vmbench samples what it can
+    read itself: the process's CPU time over wall time as a share of the machine's cores, its
+    resident memory, the machine's used memory (``/proc/meminfo``), and on CUDA the memory torch
+    reserved. GPU utilisation needs NVML, which torch does not expose without pynvml: not logged.
+    """
+
+    def __init__(self):
+        self._cpu, self._wall = time.process_time(), time.perf_counter()
+
+    def sample(self) -> dict[str, float]:
+        cpu, wall = time.process_time(), time.perf_counter()
+        figures = {}
+        if wall > self._wall:
+            share = (cpu - self._cpu) / (wall - self._wall) / (os.cpu_count() or 1)
+            figures["system/cpu_utilization_percentage"] = 100 * share
+        self._cpu, self._wall = cpu, wall
+        figures.update(_memory_figures())
+        torch = sys.modules.get("torch")  # only when the trial already uses torch: no import for it
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            index = torch.cuda.current_device()
+            figures[f"system/gpu_{index}_memory_usage_megabytes"] = torch.cuda.memory_reserved(index) / 2**20
+        return figures
+
+
+def _memory_figures() -> dict[str, float]:
+    """Resident memory of this process and memory in use on the machine (Linux /proc; else nothing)."""
+    figures = {}
     try:
-        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # another process created it between the two calls
-        experiment = mlflow_client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        figures["system/process_memory_rss_megabytes"] = pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        total, free = (int(info[k].split()[0]) for k in ("MemTotal", "MemAvailable"))
+        figures["system/system_memory_usage_megabytes"] = (total - free) / 1024
+        figures["system/system_memory_usage_percentage"] = 100 * (total - free) / total
+    except (OSError, ValueError, KeyError):
+        pass
+    return figures
 
 
 def find_run(mlflow_client, experiment_id: str, tag: str, value: str):
@@ -87,6 +181,7 @@ class TrialRun:
         existing = find_run(self.client, experiment_id, key_tag, key)
         self.resumed = existing is not None
         self._logged: set[tuple[str, int]] = set()  # (metric, step) already in the run's history
+        self._system = SystemSampler()
         if existing is None:
             tags = {**tags, key_tag: key, TAG_ATTEMPTS: "1", **({TAG_PARENT: parent_run_id} if parent_run_id else {})}
             self.run_id = self.client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
@@ -111,9 +206,12 @@ class TrialRun:
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         """Log the numeric entries of ``metrics`` (others are skipped) at ``step``, except those the
-        run already has at that step."""
+        run already has at that step. A per-epoch call (``step`` given) adds the system figures
+        since the previous one (:class:`SystemSampler`)."""
         from mlflow.entities import Metric
 
+        if step is not None:
+            metrics = {**metrics, **self._system.sample()}
         now, step = int(time.time() * 1000), step or 0
         items = [
             Metric(k, float(v), now, step)
@@ -132,6 +230,45 @@ class TrialRun:
 
     def log_file(self, path: Path, artifact_path: str) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def describe(self, text: str) -> None:
+        describe(self.client, self.run_id, text)
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str, *, rows: int) -> None:
+        """The data the run read as a dataset input (the runs table's Dataset column): ``context`` is
+        the split (train, test), ``digest`` a content hash of its files, ``source`` where they lie."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
+                          profile=json.dumps({"num_rows": rows}))
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
+    def log_model(self, name: str, checkpoint: Path, metrics: dict[str, float], params: dict[str, Any],
+                  tags: dict[str, str]) -> str:
+        """``checkpoint`` as an MLflow logged model of this run (the run page's "Logged models" and the
+        experiment's Models tab) with the metrics it was selected and tested on linked to it; its id."""
+        from mlflow.entities import LoggedModelOutput, Metric
+
+        # MLflow refuses / : . % " ' in a logged model's name (model.name may be package.module:factory).
+        name = re.sub(r"[/:.%\"']", "-", name)
+        model = self.client.create_logged_model(
+            self.client.get_run(self.run_id).info.experiment_id, name=name, source_run_id=self.run_id,
+            params=flatten_params(params), tags=tags, model_type="vmbench-checkpoint")
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copy2(checkpoint, Path(tmp) / checkpoint.name)
+                self.client.log_model_artifacts(model.model_id, tmp)
+            now = int(time.time() * 1000)
+            items = [Metric(k, float(v), now, 0, model_id=model.model_id) for k, v in metrics.items()]
+            self.client.log_batch(self.run_id, metrics=items)
+            self._logged.update((m.key, 0) for m in items)
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=0)])
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        self.client.finalize_logged_model(model.model_id, "READY")
+        return model.model_id
 
     def finish(self, status: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():
@@ -178,6 +315,7 @@ def open_sweep_run(mlflow_client, experiment_id: str, *, sweep: str, experiment:
     }
     run = mlflow_client.create_run(experiment_id, tags=tags, run_name=sweep)
     mlflow_client.log_dict(run.info.run_id, {"plan": plan}, "sweep_plan.json")
+    mlflow_client.set_experiment_tag(experiment_id, TAG_SAVED_VIEW_PREFIX + sweep_view_key(sweep), runs_view(sweep))
     return run.info.run_id
 
 
@@ -190,6 +328,7 @@ def close_trial_run(mlflow_client, experiment_id: str, trial_id: str, status: st
     mlflow_client.set_tag(run.info.run_id, TAG_OUTCOME, outcome)
     if errored or status == "FAILED":
         mlflow_client.set_tag(run.info.run_id, TAG_ERROR, "trial errored (see Ray's error file)")
+    _conclude_note(mlflow_client, run, f"{outcome} (closed by the sweep driver, Ray status {status})")
     mlflow_client.set_terminated(run.info.run_id, status=status)
     return True
 
@@ -215,6 +354,7 @@ def close_orphans(tracking_uri: str, experiment_id: str, *, sweep: str, study: s
         mlflow_client.set_tag(run.info.run_id, TAG_OUTCOME, FAILED if status == "FAILED" else PRUNED)
         if error is not None:
             mlflow_client.set_tag(run.info.run_id, TAG_ERROR, f"the sweep stopped: {error_summary(error)}")
+        _conclude_note(mlflow_client, run, "failed" if status == "FAILED" else "pruned (stopped early by ASHA)")
         mlflow_client.set_terminated(run.info.run_id, status=status)
     return len(runs)
 
@@ -223,8 +363,13 @@ __all__ = [
     "TrialRun",
     "client",
     "close_orphans",
+    "RUNNING_NOTE",
+    "SystemSampler",
     "close_trial_run",
+    "describe",
     "find_run",
     "get_or_create_experiment",
     "open_sweep_run",
+    "runs_view",
+    "sweep_view_key",
 ]
