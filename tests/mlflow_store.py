@@ -256,3 +256,19 @@ def ablation_store(tmp_path_factory) -> Store:
         root.mkdir()
         _ABLATION_STORES[root] = build_ablation_store(root)
     return _ABLATION_STORES[root]
+
+
+def holm_by_hand(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment written out: sort, multiply by m, m-1, ..., running max, cap at 1."""
+    order = sorted(pvalues, key=pvalues.get)
+    adjusted, running = {}, 0.0
+    for rank, key in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * pvalues[key]))
+        adjusted[key] = running
+    return adjusted
+
+
+def ablation_diff(a: str, b: str) -> list[float]:
+    """Per-case differences of two models of the ablation store (model a minus model b)."""
+    scores = ablation_scores()
+    return [x - y for x, y in zip(scores[a], scores[b])]

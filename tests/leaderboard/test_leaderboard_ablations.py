@@ -14,28 +14,13 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
-from mlflow_store import _exact_wilcoxon_two_sided, ablation_scores, ablation_store  # noqa: E402
+from mlflow_store import _exact_wilcoxon_two_sided, ablation_diff, ablation_store, holm_by_hand  # noqa: E402
 
 from vmbench import leaderboard as lb  # noqa: E402
 
 # Parameters each twin's ablation silences in vmunet as registered for isic2018 (1 class, 3 channels):
 # `vmbench models --ablations` prints them.
 SILENCED = {"vmunet~no-ssm": 5_344_512, "vmunet~no-mamba": 24_271_104}
-
-
-def _holm_by_hand(pvalues: dict[str, float]) -> dict[str, float]:
-    """Holm's step-down adjustment written out: sort, multiply by m, m-1, ..., running max, cap at 1."""
-    order = sorted(pvalues, key=pvalues.get)
-    adjusted, running = {}, 0.0
-    for rank, key in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * pvalues[key]))
-        adjusted[key] = running
-    return adjusted
-
-
-def _diff(a: str, b: str) -> list[float]:
-    scores = ablation_scores()
-    return [x - y for x, y in zip(scores[a], scores[b])]
 
 
 def _row(board, model):
@@ -55,31 +40,31 @@ def board(runs):
 
 
 def test_twin_tests_join_the_holm_family_of_the_table(board):
-    family = {("ref", m): _exact_wilcoxon_two_sided(_diff(m, "unet"))
+    family = {("ref", m): _exact_wilcoxon_two_sided(ablation_diff(m, "unet"))
               for m in ("vmunet", "vmunet~no-ssm", "vmunet~no-mamba", "resenc-unet-m")}
-    family.update({("twin", t): _exact_wilcoxon_two_sided(_diff(t, "vmunet")) for t in SILENCED})
-    holm = _holm_by_hand(family)
+    family.update({("twin", t): _exact_wilcoxon_two_sided(ablation_diff(t, "vmunet")) for t in SILENCED})
+    holm = holm_by_hand(family)
     for twin in SILENCED:
         row = _row(board, twin)
         assert (row["ablation_of"], row["ablation_pairs"], row["holm_m"]) == ("vmunet", 10, 6)
         assert row["ablation_p"] == pytest.approx(family[("twin", twin)])
         assert row["ablation_p_holm"] == pytest.approx(holm[("twin", twin)])
-        assert row["ablation_diff_pp"] == pytest.approx(100 * sum(_diff(twin, "vmunet")) / 10)
+        assert row["ablation_diff_pp"] == pytest.approx(100 * sum(ablation_diff(twin, "vmunet")) / 10)
         assert row["n_params_acting"] == 27_427_561 - SILENCED[twin]
     # The reference comparisons are corrected over the same 6 p-values, not over their own 4.
     assert _row(board, "vmunet")["wilcoxon_p_holm"] == pytest.approx(holm[("ref", "vmunet")])
     assert family[("twin", "vmunet~no-ssm")] == pytest.approx(2 / 2**10)  # every case worse
     # The model with the highest mean DSC (vmunet) against the others, twins left out: their own family of 2.
-    against_best = _holm_by_hand({m: _exact_wilcoxon_two_sided(_diff(m, "vmunet")) for m in ("unet", "resenc-unet-m")})
+    against_best = holm_by_hand({m: _exact_wilcoxon_two_sided(ablation_diff(m, "vmunet")) for m in ("unet", "resenc-unet-m")})
     for model, p in against_best.items():
         assert (_row(board, model)["best_model"], _row(board, model)["vs_best_p_holm"]) == ("vmunet", pytest.approx(p))
 
 
 def test_twin_of_the_reference_is_the_reference_test_counted_once(runs):
     board = lb.leaderboard(runs, reference="vmunet", with_published=False)
-    family = {m: _exact_wilcoxon_two_sided(_diff(m, "vmunet"))
+    family = {m: _exact_wilcoxon_two_sided(ablation_diff(m, "vmunet"))
               for m in ("unet", "vmunet~no-ssm", "vmunet~no-mamba", "resenc-unet-m")}
-    holm = _holm_by_hand(family)
+    holm = holm_by_hand(family)
     for twin in SILENCED:
         row = _row(board, twin)
         assert row["holm_m"] == 4 and row["ablation_p"] == pytest.approx(family[twin])
@@ -91,7 +76,7 @@ def test_ablation_section_under_the_table_in_md_and_terminal(board):
     md = lb.render(board, "md")
     section = md.split("#### Ablations: does the state-space part help?")[1]
     holm_ssm = _row(board, "vmunet~no-ssm")["ablation_p_holm"]
-    diff = 100 * sum(_diff("vmunet~no-ssm", "vmunet")) / 10
+    diff = 100 * sum(ablation_diff("vmunet~no-ssm", "vmunet")) / 10
     acting = (27_427_561 - SILENCED["vmunet~no-ssm"]) / 1e6
     line = next(x for x in section.splitlines() if "| vmunet~no-ssm" in x)
     cells = [c.strip() for c in line.strip("|").split("|")]

@@ -15,24 +15,10 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
-from mlflow_store import AB_COST, _exact_wilcoxon_two_sided, ablation_scores, ablation_store  # noqa: E402
+from mlflow_store import AB_COST, _exact_wilcoxon_two_sided, ablation_diff, ablation_store, holm_by_hand  # noqa: E402
 
 from vmbench import leaderboard as lb  # noqa: E402
 from vmbench.report.verdict import resenc_note, verdicts  # noqa: E402
-
-
-def _holm_by_hand(pvalues: dict[str, float]) -> dict[str, float]:
-    order = sorted(pvalues, key=pvalues.get)
-    adjusted, running = {}, 0.0
-    for rank, key in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * pvalues[key]))
-        adjusted[key] = running
-    return adjusted
-
-
-def _diff(a: str, b: str) -> list[float]:
-    scores = ablation_scores()
-    return [x - y for x, y in zip(scores[a], scores[b])]
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +30,19 @@ def verdict(tmp_path_factory):
 
 def _holm_family() -> dict[str, float]:
     """The table's 6 comparisons: 4 against unet, 2 of vmunet against its twins."""
-    family = {f"ref {m}": _exact_wilcoxon_two_sided(_diff(m, "unet"))
+    family = {f"ref {m}": _exact_wilcoxon_two_sided(ablation_diff(m, "unet"))
               for m in ("vmunet", "vmunet~no-ssm", "vmunet~no-mamba", "resenc-unet-m")}
-    family.update({t: _exact_wilcoxon_two_sided(_diff(t, "vmunet")) for t in ("vmunet~no-ssm", "vmunet~no-mamba")})
-    return _holm_by_hand(family)
+    family.update({t: _exact_wilcoxon_two_sided(ablation_diff(t, "vmunet")) for t in ("vmunet~no-ssm", "vmunet~no-mamba")})
+    return holm_by_hand(family)
 
 
 def test_twin_verdicts_follow_the_corrected_test(verdict):
     holm = _holm_family()
     assert holm["vmunet~no-ssm"] < 0.05 <= holm["vmunet~no-mamba"]
-    cost = -100 * sum(_diff("vmunet~no-ssm", "vmunet")) / 10  # 4.10 points
+    cost = -100 * sum(ablation_diff("vmunet~no-ssm", "vmunet")) / 10  # 4.10 points
     assert (f"Removing vmunet's state-space recurrence (vmunet~no-ssm) costs {cost:.1f} DSC points "
             f"(p Holm = {holm['vmunet~no-ssm']:.3f}): the SSM helps here.") in verdict.details
-    delta = 100 * sum(_diff("vmunet~no-mamba", "vmunet")) / 10  # -0.85 pp
+    delta = 100 * sum(ablation_diff("vmunet~no-mamba", "vmunet")) / 10  # -0.85 pp
     assert (f"vmunet~no-mamba is not significantly worse than vmunet (Δ {delta:+.1f} pp, p Holm = "
             f"{holm['vmunet~no-mamba']:.3f}): no evidence that the Mamba mixer helps on this dataset (a "
             "non-significant difference is not evidence that they are equal).") in verdict.details
@@ -70,7 +56,7 @@ def test_twin_verdicts_follow_the_corrected_test(verdict):
 def test_cheapest_not_worse_and_efficiency_score_by_hand(verdict):
     # vmunet has the highest mean DSC of the models (twins are controls); unet (7.8 M) is cheaper but worse on
     # every case, resenc-unet-m (20 M) is not significantly worse: Holm over the 2 tests against vmunet.
-    against = _holm_by_hand({m: _exact_wilcoxon_two_sided(_diff(m, "vmunet")) for m in ("unet", "resenc-unet-m")})
+    against = holm_by_hand({m: _exact_wilcoxon_two_sided(ablation_diff(m, "vmunet")) for m in ("unet", "resenc-unet-m")})
     assert against["unet"] < 0.05 <= against["resenc-unet-m"]
     text = " ".join(verdict.details)
     assert ("Cheapest model not significantly worse than the best (vmunet): resenc-unet-m (20.00 M parameters, "

@@ -79,10 +79,11 @@ class DeepSupervisionLoss(nn.Module):
             "deep-supervision outputs must be at the target resolution or smaller"
         )
 
-    def forward(self, outputs: Sequence[Tensor], target: Tensor) -> Tensor:
+    def _check_outputs(self, outputs: Sequence[Tensor]) -> None:
+        """One output per weight, as a tuple or list (a bare tensor means deep supervision is off)."""
         if isinstance(outputs, Tensor) or not isinstance(outputs, (tuple, list)):
             raise TypeError(
-                f"DeepSupervisionLoss expects a tuple or list of {len(self.weights)} outputs, "
+                f"{type(self).__name__} expects a tuple or list of {len(self.weights)} outputs, "
                 f"got {type(outputs).__name__}"
             )
         if len(outputs) != len(self.weights):
@@ -90,6 +91,9 @@ class DeepSupervisionLoss(nn.Module):
                 f"got {len(outputs)} outputs but {len(self.weights)} weights {self.weights}; "
                 "the number of weights must match the number of model outputs"
             )
+
+    def forward(self, outputs: Sequence[Tensor], target: Tensor) -> Tensor:
+        self._check_outputs(outputs)
         total = None
         terms = []
         for w, out in zip(self.weights, outputs):

@@ -163,16 +163,7 @@ class DownsampledDeepSupervisionLoss(DeepSupervisionLoss):
             raise ValueError(f"deep-supervision weights {self.weights} are all 0: the loss would be constant")
 
     def forward(self, outputs: Sequence[Tensor], target: Tensor) -> Tensor:
-        if isinstance(outputs, Tensor) or not isinstance(outputs, (tuple, list)):
-            raise TypeError(
-                f"{type(self).__name__} expects a tuple or list of {len(self.weights)} outputs, "
-                f"got {type(outputs).__name__}"
-            )
-        if len(outputs) != len(self.weights):
-            raise ValueError(
-                f"got {len(outputs)} outputs but {len(self.weights)} weights {self.weights}; "
-                "the number of weights must match the number of model outputs"
-            )
+        self._check_outputs(outputs)
         total = None
         terms = []
         for weight, out in zip(self.weights, outputs):
