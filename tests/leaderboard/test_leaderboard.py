@@ -924,3 +924,11 @@ def test_columns_apply_to_md_csv_and_html_and_typos_are_one_line(store, tmp_path
     assert err.startswith("vmbench: error: --columns dcs: not a column") and "\n" not in err
     assert run_cli(["--tracking-uri", store.uri, "--columns", "dsc"]) == 2  # the terminal table fits itself
     assert "--columns with --format terminal" in capsys.readouterr().err
+
+
+def test_latex_text_is_escaped_and_code_spans_are_typewriter():
+    from vmbench.leaderboard.render import _latex_escape
+
+    assert _latex_escape("single `vmbench train` runs, 5% of a_b & c") == (
+        r"single \texttt{vmbench train} runs, 5\% of a\_b \& c")
+    assert _latex_escape("an odd ` tick") == r"an odd \textasciigrave{} tick"  # never an unbalanced group

@@ -165,7 +165,12 @@ _LATEX = {
 
 
 def _latex_escape(text: str) -> str:
-    return "".join(_LATEX.get(ch, ch) for ch in str(text))
+    """LaTeX-safe text; markdown's `code` spans become \\texttt (a bare backtick is an opening quote)."""
+    parts = str(text).split("`")
+    escaped = ["".join(_LATEX.get(ch, ch) for ch in part) for part in parts]
+    if len(parts) % 2 == 0:  # an unpaired backtick: keep it as text
+        return r"\textasciigrave{}".join(escaped)
+    return "".join(f"\\texttt{{{part}}}" if i % 2 else part for i, part in enumerate(escaped))
 
 
 # --columns: short keys for the non-metric columns -> (display header, numeric columns, best is lower).
