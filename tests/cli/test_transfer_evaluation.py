@@ -39,14 +39,14 @@ def trained(tmp_path_factory, tracking_store, one_torch_thread):
 
 
 def test_evaluate_on_a_folder_dataset(trained, tmp_path, capsys):
-    folder, truth = F.folder_png(tmp_path / "polyps", n=8)
+    folder, truth = F.folder_png(tmp_path / "xfer-polyps", n=8)
     rc = main(["evaluate", "--checkpoint", str(trained["best"]), "--dataset", str(folder), "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    eval_dir = trained["run"] / "eval" / "polyps-test"
-    assert "vmbench.transfer.polyps-test" in out and str(eval_dir / "summary.json") in out
+    eval_dir = trained["run"] / "eval" / "xfer-polyps-test"
+    assert "vmbench.transfer.xfer-polyps-test" in out and str(eval_dir / "summary.json") in out
     summary = json.loads((eval_dir / "summary.json").read_text())
-    assert (summary["dataset"], summary["split"], summary["protocol"]) == ("polyps", "test", "holdout")
+    assert (summary["dataset"], summary["split"], summary["protocol"]) == ("xfer-polyps", "test", "holdout")
     assert (summary["transfer"], summary["trained_on"]) == (True, "synthetic-isic")
     assert summary["data_root"] == str(folder.resolve()) and summary["resolution"] == "native"
     cases = pd.read_csv(eval_dir / "per_case.csv")["id"].tolist()
@@ -61,10 +61,10 @@ def test_evaluate_on_a_folder_dataset(trained, tmp_path, capsys):
     from mlflow import MlflowClient
 
     run = MlflowClient(trained["uri"]).get_run(trained["run_id"])
-    assert run.data.tags["vmbench.transfer.polyps-test"] == "true"
-    assert run.data.metrics["eval_polyps-test_dsc"] == pytest.approx(metrics["dsc"])
-    assert run.data.metrics["eval_polyps-test_n_images"] == len(cases)
-    assert not any(k.startswith("vmbench.transfer.") for k in run.data.tags if k != "vmbench.transfer.polyps-test")
+    assert run.data.tags["vmbench.transfer.xfer-polyps-test"] == "true"
+    assert run.data.metrics["eval_xfer-polyps-test_dsc"] == pytest.approx(metrics["dsc"])
+    assert run.data.metrics["eval_xfer-polyps-test_n_images"] == len(cases)
+    assert not any(k.startswith("vmbench.transfer.") for k in run.data.tags if k != "vmbench.transfer.xfer-polyps-test")
 
 
 def test_predictions_agree_with_vmbench_predict(trained, tmp_path):
