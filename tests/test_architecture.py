@@ -24,6 +24,7 @@ LAYERS = {
     "vmbench.registry": 0,
     "vmbench.config": 0,
     "vmbench.rundir": 0,
+    "vmbench.ablation": 0,
     "vmbench.tracking": 0,
     "vmbench.ops": 1,
     "vmbench.models": 2,
@@ -255,3 +256,13 @@ def test_commands_live_in_cli():
     assert any(_argparse_uses(p) for p in inside), "the check found no sub-command even in vmbench/cli/"
     outside = [f"{p.relative_to(ROOT)}:{use}" for p in _sources() if cli not in p.parents for use in _argparse_uses(p)]
     assert not outside, "argparse outside vmbench/cli/ (move the command there):\n" + "\n".join(outside)
+
+
+# Beyond this a module is split by what it does (models and kernels follow their official files).
+MAX_MODULE_LINES = 500
+
+
+def test_modules_stay_small_outside_models_and_kernels():
+    large = [f"{p.relative_to(ROOT)}: {n} lines" for p in _sources()
+             if p.parent.name not in ("models", "ops") and (n := p.read_text().count("\n")) > MAX_MODULE_LINES]
+    assert not large, f"modules over {MAX_MODULE_LINES} lines (split them by what they do):\n" + "\n".join(large)

@@ -33,19 +33,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from vmbench.ablation import ABLATIONS, ablate, split_model_name, twin_name
 from vmbench.errors import UnknownAblationError, UnknownNameError
 from vmbench.protocols import HOLDOUT, PAPER, EvaluationKind, evaluation_kind
 
 _log = logging.getLogger("vmbench.registry")
 
 __all__ = [
-    "ABLATIONS",
-    "ABLATION_SEP",
-    "NO_MAMBA",
-    "NO_SSM",
-    "ablate",
-    "silenced_parameter_count",
-    "split_model_name",
     "DATASETS",
     "MODELS",
     "DatasetInfo",
@@ -245,18 +239,6 @@ def import_factory(name: str) -> bool:
 
 MODELS = Registry("model", "vmbench.models", ("vmbench.models",), resolver=import_factory)
 
-# Ablation twins: "<model>~<ablation>". "~" cannot appear in MLflow metric names: a sweep's study
-# key spells it "." (vmbench.search_space.Study.key).
-ABLATION_SEP = "~"
-NO_SSM, NO_MAMBA = "no-ssm", "no-mamba"
-ABLATIONS = {
-    NO_SSM: "selective scan replaced by its skip path D*u (x_proj, dt_proj and A_log no longer act); "
-            "projections, depthwise conv and gating kept",
-    NO_MAMBA: "every Mamba/SS2D mixer replaced by identity, residual paths kept "
-              "(nnU-Net Revisited's No-Mamba control)",
-}
-
-
 def register_model(
     name: str,
     *,
@@ -317,7 +299,7 @@ def list_models(ablations: bool = False) -> list[str]:
     if not ablations:
         return names
     return [twin for name in names
-            for twin in (name, *(_twin_name(name, a) for a in ABLATIONS if MODELS.get(name).mamba_parts))]
+            for twin in (name, *(twin_name(name, a) for a in ABLATIONS if MODELS.get(name).mamba_parts))]
 
 
 def model_info(name: str) -> ModelInfo:
@@ -337,44 +319,12 @@ def model_info(name: str) -> ModelInfo:
     )
 
 
-def split_model_name(name: str) -> tuple[str, str | None]:
-    """``"vmunet~no-ssm"`` -> ``("vmunet", "no-ssm")``; a plain name -> ``(name, None)``."""
-    base, sep, ablation = name.partition(ABLATION_SEP)
-    if not sep:
-        return name, None
-    if ablation not in ABLATIONS:
-        raise UnknownAblationError(f"model {name!r}: unknown ablation {ablation!r} after {ABLATION_SEP!r} "
-                                   f"(known: {', '.join(ABLATIONS)})")
-    return base, ablation
-
-
-def _twin_name(name: str, ablation: str) -> str:
-    return f"{name}{ABLATION_SEP}{ablation}"
-
-
 def _twin_factory(factory: Callable[..., Any], ablation: str, base: str) -> Callable[..., Any]:
     @functools.wraps(factory)  # keeps the signature the engine inspects (img_size)
     def build(*args: Any, **kwargs: Any) -> Any:
         return ablate(factory(*args, **kwargs), ablation, base)
 
     return build
-
-
-def ablate(model: Any, ablation: str, name: str = "the model") -> Any:
-    """Switch ``ablation`` on in every module of ``model`` that takes it (``ablation in
-    module.ABLATIONS``); returns ``model``. Weights, keys and init are untouched."""
-    parts = [m for m in model.modules() if ablation in getattr(m, "ABLATIONS", ())]
-    if not parts:  # a registration bug (mamba_parts=True on a model without such modules)
-        raise RuntimeError(f"{name}: no module takes the ablation {ablation!r}")
-    for module in parts:
-        module.ablation = ablation
-    return model
-
-
-def silenced_parameter_count(model: Any) -> int:
-    """Parameter entries of ``model`` that its ablation stopped from acting (0 for a full model)."""
-    seen = {id(p): p.numel() for m in model.modules() for p in getattr(m, "silenced_parameters", list)()}
-    return sum(seen.values())
 
 
 DATASETS = Registry("dataset", "vmbench.datasets", ("vmbench.data",))

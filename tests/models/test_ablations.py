@@ -18,7 +18,7 @@ from vmbench.errors import UnknownAblationError, UnknownNameError, VmbenchError
 from vmbench.models import mamba as mamba_module
 from vmbench.models import nnunet_plan
 from vmbench.models import vmunet as vmunet_module
-from vmbench.registry import ABLATIONS, silenced_parameter_count
+from vmbench.ablation import ABLATIONS, silenced_parameter_count
 
 NARROW_PLAN = dataclasses.replace(
     nnunet_plan.NNUNET_2D_256, patch_size=(128, 128), features_per_stage=(4, 8, 8, 8, 8, 8, 8)

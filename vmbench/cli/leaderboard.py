@@ -18,7 +18,8 @@ from vmbench.leaderboard.budget import audit_store
 from vmbench.leaderboard.columns import MEASURED
 from vmbench.leaderboard.plot import check_plot_path, plot
 from vmbench.leaderboard.rankings import rankings
-from vmbench.leaderboard.render import FORMATS, print_rankings_terminal, print_terminal, render, render_rankings
+from vmbench.leaderboard.render import FORMATS, render, render_rankings
+from vmbench.leaderboard.terminal import print_rankings_terminal, print_terminal
 from vmbench.leaderboard.store import MlflowPerCaseLoader, as_list, load_runs
 from vmbench.leaderboard.tables import split_tables
 

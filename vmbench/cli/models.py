@@ -29,7 +29,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     import torch
 
     import vmbench
-    from vmbench.registry import ABLATIONS, silenced_parameter_count
+    from vmbench.ablation import ABLATIONS, silenced_parameter_count
 
     rows, twins = [], []
     for name in vmbench.list_models(ablations=args.ablations):

@@ -37,7 +37,8 @@ from vmbench.leaderboard.budget import audit_store, budget_audit, budget_flags
 from vmbench.leaderboard.history import metric_histories
 from vmbench.leaderboard.plot import plot
 from vmbench.leaderboard.rankings import Rankings, rankings
-from vmbench.leaderboard.render import display_frame, print_rankings_terminal, print_terminal, render, render_rankings
+from vmbench.leaderboard.render import display_frame, render, render_rankings
+from vmbench.leaderboard.terminal import print_rankings_terminal, print_terminal
 from vmbench.leaderboard.store import MlflowPerCaseLoader, load_runs
 from vmbench.leaderboard.summary import print_for_sweep
 from vmbench.leaderboard.tables import Table, split_tables

@@ -341,7 +341,7 @@ def _silenced(twin: str, dataset: str) -> int | None:
     """Parameters the ablation silences, counted on the twin built as registered for ``dataset``
     (its classes and channels); None when the model or dataset is not installed here."""
     import vmbench
-    from vmbench.registry import silenced_parameter_count
+    from vmbench.ablation import silenced_parameter_count
 
     info = registered_dataset(dataset)
     try:

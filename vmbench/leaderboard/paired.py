@@ -5,7 +5,7 @@ Per (dataset, protocol), each model's per-case DSC on the test split (averaged o
 and over its folds under protocol cv; :mod:`vmbench.leaderboard.cases`) is paired by case id with
 the reference model's, and :func:`vmbench.statistics.wilcoxon_signed_rank` tests the differences
 (two-sided). A model ``M`` whose ablation twin (``M~no-ssm``, ``M~no-mamba``:
-:func:`vmbench.registry.split_model_name`) is in the same table is also tested against that twin
+:func:`vmbench.ablation.split_model_name`) is in the same table is also tested against that twin
 ("does the state-space part help?"). The p-values of all comparisons of one table, reference and
 twin tests together, are adjusted with Holm's step-down method (:func:`vmbench.statistics.holm`),
 which controls the family-wise error rate over them: a difference counts only if its adjusted p
@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from vmbench.leaderboard.cases import CaseTables
-from vmbench.registry import UnknownAblationError, split_model_name
+from vmbench.ablation import split_model_name
+from vmbench.errors import UnknownAblationError
 from vmbench.statistics import holm, wilcoxon_signed_rank
 
 __all__ = ["ABLATION_COLUMNS", "paired_tests", "twin_of"]

@@ -10,7 +10,7 @@ from vmbench.errors import VmbenchError
 from vmbench.leaderboard.board import leaderboard
 from vmbench.leaderboard.budget import audit_store
 from vmbench.leaderboard.columns import MEASURED
-from vmbench.leaderboard.render import print_terminal
+from vmbench.leaderboard.terminal import print_terminal
 from vmbench.leaderboard.store import load_runs
 from vmbench.tracking import resolve_tracking_uri
 

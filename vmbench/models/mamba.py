@@ -13,7 +13,7 @@ The conv runs on :func:`vmbench.ops.causal_conv1d` and the scan on
 ``scan_backend`` (constructor arguments and attributes), else its environment variable, else
 chosen automatically (logged once). UltraLight VM-UNet, LightM-UNet and U-Mamba build on this block.
 
-Ablation twins (``ablation``, set on a built model by :func:`vmbench.registry.ablate`): ``no-ssm``
+Ablation twins (``ablation``, set on a built model by :func:`vmbench.ablation.ablate`): ``no-ssm``
 keeps in_proj, the conv, the gate and out_proj and replaces the selective scan by its skip path
 ``D * u * SiLU(z)`` (:func:`ssm_skip`: the state-space recurrence, with x_proj, dt_proj and A_log,
 is gone); ``no-mamba`` makes the whole block the identity (the mixer removed, the caller's residual
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vmbench.ops import causal_conv1d, selective_scan
-from vmbench.registry import NO_MAMBA, NO_SSM
+from vmbench.ablation import NO_MAMBA, NO_SSM
 
 __all__ = ["Mamba", "inverse_softplus", "ssm_skip"]
 
@@ -77,7 +77,7 @@ class Mamba(nn.Module):
     see the module's docstring).
     """
 
-    ABLATIONS = (NO_SSM, NO_MAMBA)  # the parts vmbench.registry.ablate may remove
+    ABLATIONS = (NO_SSM, NO_MAMBA)  # the parts vmbench.ablation.ablate may remove
 
     def __init__(
         self,

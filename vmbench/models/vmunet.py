@@ -46,7 +46,8 @@ from vmbench.models.layers import DropPath, check_image_channels, init_trunc_nor
 from vmbench.models.loading import inner_module, shape_mismatch, state_dict_in
 from vmbench.models.mamba import check_ablation, ssm_skip
 from vmbench.ops import selective_scan
-from vmbench.registry import NO_MAMBA, NO_SSM, PublishedResult, register_model
+from vmbench.ablation import NO_MAMBA, NO_SSM
+from vmbench.registry import PublishedResult, register_model
 
 __all__ = [
     "CheckpointFormatError",
@@ -200,14 +201,14 @@ class SS2D(nn.Module):
     ``x_proj_weight`` (4, R+2N, D), ``dt_projs_weight`` (4, D, R), ``dt_projs_bias`` (4, D),
     ``A_logs`` (4D, N), ``Ds`` (4D). The dt bias is applied inside the scan (``delta_bias``).
 
-    ``ablation`` (ablation twins, set by :func:`vmbench.registry.ablate`): ``no-ssm`` replaces the
+    ``ablation`` (ablation twins, set by :func:`vmbench.ablation.ablate`): ``no-ssm`` replaces the
     scan by its skip path ``Ds * u`` per direction (the recurrence, with ``x_proj_weight``,
     ``dt_projs_*`` and ``A_logs``, is gone; in_proj, the conv, the cross-merge, out_norm, the SiLU(z)
     gate and out_proj remain); ``no-mamba`` makes the whole mixer the identity.
     """
 
     K = 4  # scan directions
-    ABLATIONS = (NO_SSM, NO_MAMBA)  # the parts vmbench.registry.ablate may remove
+    ABLATIONS = (NO_SSM, NO_MAMBA)  # the parts vmbench.ablation.ablate may remove
 
     def __init__(
         self,

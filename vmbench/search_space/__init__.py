@@ -58,11 +58,10 @@ from vmbench.search_space.spec import (
     SamplerSpec,
     Study,
     SweepSpec,
-    check_name,
-    data_root_anchor,
     load_spec,
     parse_spec,
 )
+from vmbench.search_space.toplevel import check_name, data_root_anchor
 
 __all__ = [
     "CV_MEAN", "CV_ONE_FOLD", "CV_SEARCH_MODES", "SAMPLERS", "SEED_MAX", "check_searched_values", "check_seed", "SPACE_TYPES", "TOP_LEVEL_KEYS", "Budget", "FinalStage",
