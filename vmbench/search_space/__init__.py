@@ -6,7 +6,11 @@ resources per trial, fixed settings, the space and the final stage::
     experiment: vmbench-quickstart        # MLflow experiment
     name: quickstart                      # sweep name (default: the file's stem)
     models: [vmunet, unet]                # or model: vmunet
-    dataset: synthetic-isic               # or datasets: [...]
+    dataset: synthetic-isic               # or datasets: [...], entries a name or a folder declared as
+                                          # {name: polyps, path: data/polyps, format: folder, labels: {...}}
+    ablations: [no-ssm, no-mamba]         # optional: each Mamba model's ablation twins, same budget
+    reference: unet                       # the paired tests' reference (default vmunet if swept, else
+                                          # the first model; none: no test)
     data_root: null                       # default: the dataset's own folder; a relative path is
                                           # resolved against the vmbench checkout holding this file,
                                           # else against this file's folder (never the working folder)
@@ -14,9 +18,11 @@ resources per trial, fixed settings, the space and the final stage::
     folds: 5                              # protocol cv only: the number of folds (default 5)
     cv_search: one-fold                   # protocol cv only: one-fold (search on fold 0, the default)
                                           # | mean (each trial trains every fold, reports their mean)
-    metric: val_dsc                       # what trials report and the search optimises
-    mode: max
+    metric: val_dsc                       # what trials report and the search optimises; several:
+    mode: max                             # metric: [val_dsc, latency_ms], mode: [max, min] (Pareto front;
+                                          # costs n_params, gmacs, latency_ms, peak_mem_mb may be objectives)
     budget: {trials: 4, concurrent: 2, max_epochs: 3, grace_period: 1, reduction_factor: 2}
+                                          # scheduler: asha | fifo (auto: fifo for several objectives)
     resources: {cpu: 1, gpu: 0}           # per trial; fractional GPUs allowed (0.5)
     fixed:                                # ExperimentConfig values, nested or dotted
       data: {img_size: 64}
@@ -39,7 +45,9 @@ resources, final, sampler) are dataclasses checked by the configuration's own va
 was expected (:class:`vmbench.config.ConfigError`), worded as for a ``--config`` file.
 
 Modules: :mod:`~vmbench.search_space.params` (the ``space:`` entries and their Optuna form),
-:mod:`~vmbench.search_space.spec` (the file, its studies and plan).
+:mod:`~vmbench.search_space.spec` (the file, its studies and plan), :mod:`~vmbench.search_space.toplevel`
+(names, data_root, declared datasets, ablations, objectives, reference),
+:mod:`~vmbench.search_space.inputs` (what the dry run checks of every trial's values).
 """
 
 from __future__ import annotations
