@@ -314,7 +314,8 @@ def _stop_group(process: subprocess.Popen) -> None:
 def cleanup(tmp: Path, user: str, marker: str, keep: bool, made_run_dir: bool) -> None:
     stop_marked(marker)
     subprocess.run(["userdel", user], capture_output=True)
-    # Ray's SSH ControlMaster sockets live under a fixed /tmp/ray_ssh_<hash of the user> folder.
+    # Ray's SSH ControlMaster sockets: a folder Ray itself hard-codes as /tmp/ray_ssh_<hash of the user>
+    # (ray/autoscaler/_private/command_runner.py), not a path of this machine.
     for name in (user, "root"):
         folder = Path(f"/tmp/ray_ssh_{hashlib.sha256(name.encode()).hexdigest()[:10]}")
         cluster = folder / hashlib.sha256(f"vmbench-rayup-{tmp.name[-6:].lower()}".encode()).hexdigest()[:10]

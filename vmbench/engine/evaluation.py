@@ -43,6 +43,7 @@ __all__ = [
     "evaluate",
     "evaluate_2d",
     "evaluate_checkpoint",
+    "evaluate_into",
     "evaluate_multiclass_2d",
     "evaluate_volumes",
     "evaluation_meta",
@@ -298,6 +299,15 @@ def evaluation_meta(checkpoint: str | Path, cfg, dataset, split: str, epoch: int
         "val_is_test": bool(getattr(dataset, "val_is_test", False)),
         "vmbench_version": vmbench.__version__,
     }
+
+
+def evaluate_into(model, dataset, cfg, run_dir, split: str, checkpoint: str | Path, epoch: int,
+                  img_size: tuple[int, int], device, native: bool = False) -> EvalResult:
+    """Score ``model`` (the weights of ``checkpoint``) on ``dataset`` and write ``per_case.csv`` and
+    ``summary.json`` to the run folder's ``eval/<split>/``."""
+    evaluation = evaluate(model, dataset, device, img_size, native=native)
+    write_eval(evaluation, run_dir.eval_dir(split), evaluation_meta(checkpoint, cfg, dataset, split, epoch, img_size))
+    return evaluation
 
 
 def _data_config(cfg, dataset: str | None, root: str | None, protocol: str | None,

@@ -39,7 +39,7 @@ from vmbench.engine.builders import (
     seed_everything,
     selection_rule,
 )
-from vmbench.engine.evaluation import NATIVE_SIZE, EvalResult, eval_resolution, evaluate, evaluation_meta, write_eval
+from vmbench.engine.evaluation import NATIVE_SIZE, EvalResult, eval_resolution, evaluate, evaluate_into
 from vmbench.engine.outputs import as_float, supervised_loss
 from vmbench.rundir import RunDir
 from vmbench.engine.state import TrainState, load_state, load_weights, preprocess_record
@@ -81,6 +81,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     model: torch.nn.Module | None = None  # the selected (best.pt) weights, when the test was evaluated
     test_data: Any | None = None  # the test split the model was evaluated on
+    val_data: Any | None = None  # the validation split it was selected on (None: the protocol has none)
     evaluation: EvalResult | None = None  # per case and summary on the test split
 
     @property
@@ -393,11 +394,10 @@ def finish(training: Training, evaluate_test: bool) -> FitResult:
         best = load_state(run_dir.best)
         load_weights(training.model, best.model, run_dir.best, best.model_name)
         test = training.data.test
-        evaluation = evaluate(training.model, test, training.device, training.img_size,
-                              native=eval_resolution(cfg) == NATIVE_SIZE)
-        meta = evaluation_meta(run_dir.best, cfg, test, "test", best.epoch, training.img_size)
-        write_eval(evaluation, run_dir.eval_dir("test"), meta)
-        result.model, result.test_data, result.evaluation = training.model, test, evaluation
+        evaluation = evaluate_into(training.model, test, cfg, run_dir, "test", run_dir.best, best.epoch,
+                                   training.img_size, training.device, native=eval_resolution(cfg) == NATIVE_SIZE)
+        result.model, result.evaluation = training.model, evaluation
+        result.test_data, result.val_data = test, training.data.val
     return result
 
 

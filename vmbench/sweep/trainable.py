@@ -244,14 +244,11 @@ def search_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 def _record_fold_validation(run: T.TrialRun, cfg: ExperimentConfig, result, device) -> None:
     """Protocol cv: the selected model on its fold's validation split, per case
     (``eval/val/per_case.csv``) and as ``best_val_*`` (the per-epoch ``val_*`` history keeps its own steps)."""
-    from vmbench.data import dataset_for
-    from vmbench.engine import evaluate, evaluation_meta, write_eval
+    from vmbench.engine import evaluate_into
 
-    val = dataset_for(cfg, "val", img_size=result.img_size)
-    evaluation = evaluate(result.model, val, device, result.img_size)
+    evaluation = evaluate_into(result.model, result.val_data, cfg, result.run_dir, "val", result.best_checkpoint,
+                               result.best_epoch, result.img_size, device)
     out_dir = result.run_dir.eval_dir("val")
-    write_eval(evaluation, out_dir, evaluation_meta(result.best_checkpoint, cfg, val, "val", result.best_epoch,
-                                                    result.img_size))
     run.log_metrics({f"best_val_{k}": v for k, v in evaluation.summary.items() if k not in ("n_images", "n_cases")})
     artifact_dir = str(Path(T.PER_CASE_VAL_ARTIFACT).parent)
     run.log_file(out_dir / Path(T.PER_CASE_VAL_ARTIFACT).name, artifact_dir)
