@@ -498,7 +498,7 @@ def test_search_stage_leaves_out_asha_pruned_trials(tmp_path, capsys):
     assert row["n"] == 2 and row["pruned"] == 1 and row["failed"] == 0 and row["running"] == 0
     assert row["dsc_pct_mean"] == pytest.approx(81.0)  # not (80 + 82 + 30) / 3
     (table,) = lb.split_tables(board)
-    assert any("1 search trials stopped early by ASHA" in n for n in table.notes)
+    assert any("1 search trials stopped early (ASHA" in n for n in table.notes)
     assert run_cli(["--tracking-uri", s.uri, "--stage", "search", "--format", "text", "--no-published"]) == 0
     out = capsys.readouterr().out
     assert "Pruned" in out and "vmbench.outcome=pruned" in out and "81.00 ± 1.41" in out

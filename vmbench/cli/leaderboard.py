@@ -35,7 +35,8 @@ def add_parsers(sub) -> None:
             "mean ± std and a range-respecting 95% CI over seeds (protocol cv: over folds x seeds), failed-run "
             "counts, parameters, GMACs, training time, latency, a paired Wilcoxon test of per-case DSC against "
             "--reference with Holm's correction, an equal-budget check of the search, the published rows of the "
-            "registry and, with --ranks, rankings with their bootstrap stability."
+            "registry, a transfer table per dataset the runs were also scored on without retraining (a search space's "
+            "transfer: key, vmbench evaluate --dataset) and, with --ranks, rankings with their bootstrap stability."
         ),
     )
     tracking_options(p, "--tracking-uri", "--experiment")

@@ -232,7 +232,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(headline(dataset, result.summary)))
         print(f"wrote {out / 'per_case.csv'} and {out / 'summary.json'}")
         if not args.no_track:
-            from vmbench.engine.tracked import attach_evaluation, transfer_tag
+            from vmbench.engine.tracked import attach_evaluation
+            from vmbench.tracking import transfer_tag
 
             pointer = attach_evaluation(run_dir, name, result.summary, out, transfer=transfer)
             if pointer is not None:

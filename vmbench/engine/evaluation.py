@@ -44,10 +44,12 @@ __all__ = [
     "evaluate_2d",
     "evaluate_checkpoint",
     "evaluate_into",
+    "evaluate_transfer",
     "evaluate_multiclass_2d",
     "evaluate_volumes",
     "evaluation_meta",
     "predict_volume",
+    "transfer_config",
     "write_eval",
 ]
 
@@ -312,25 +314,61 @@ def evaluate_into(model, dataset, cfg, run_dir, split: str, checkpoint: str | Pa
 
 def _data_config(cfg, dataset: str | None, root: str | None, protocol: str | None,
                  options: dict[str, Any] | None = None):
-    """The checkpoint's data settings, or another dataset's (its own root and ``options``, none of
-    the checkpoint's: a declared dataset's are its format and labels); a fold is kept only under
-    protocol cv, where the test split is every fold's."""
+    """The checkpoint's data settings, or another dataset's (:func:`transfer_config`)."""
     if dataset is None or dataset == cfg.data.name:
         overrides: dict[str, Any] = {"data.root": root} if root is not None else {}
-    else:
-        overrides = {"data.name": dataset, "data.root": root, "data.options": dict(options or {})}
-        if protocol is None:
-            # Building the configuration registers a declared dataset (``options``: format, labels).
-            supported = vmbench.dataset_info(cfg.with_overrides(overrides, source="evaluation").data.name).protocols
-            if cfg.data.protocol not in supported and HOLDOUT in supported:
-                # A declared dataset has no published (paper) split: its test split is the holdout
-                # one, which summary.json records as the protocol.
-                protocol = HOLDOUT
+        if protocol is not None and protocol != cfg.data.protocol:
+            overrides.update(_protocol_overrides(protocol))
+        return cfg.with_overrides(overrides, source="evaluation") if overrides else cfg
+    return transfer_config(cfg, dataset, root, options, protocol)
+
+
+def _protocol_overrides(protocol: str) -> dict[str, Any]:
+    # A fold is kept only under protocol cv, where the test split is every fold's.
+    return {"data.protocol": protocol, **({} if protocol == CV else {"data.fold": None})}
+
+
+# Options that decide what the model's input looks like (not which data is read): a transfer target
+# takes the trained configuration's, so that a model trained on z-scored images is not fed min-max ones.
+INPUT_OPTIONS = ("normalize",)
+
+
+def transfer_config(cfg, dataset: str, root: str | None = None, options: dict[str, Any] | None = None,
+                    protocol: str | None = None):
+    """``cfg`` (a trained model's configuration) with another dataset's data settings: its own root
+    and ``options`` (a declared dataset's format and labels), none of the trained dataset's but its
+    :data:`INPUT_OPTIONS` (the input normalisation, where the target takes that option). A dataset
+    that does not run the trained protocol is scored on its holdout test split (a declared dataset
+    has no published split), which ``summary.json`` records as the protocol."""
+    overrides: dict[str, Any] = {"data.name": dataset, "data.root": root, "data.options": dict(options or {})}
+    # Building the configuration registers a declared dataset (``options``: format, labels).
+    target = vmbench.dataset_info(cfg.with_overrides(overrides, source="evaluation").data.name)
+    for key in INPUT_OPTIONS:  # the model sees its inputs prepared as in training, where the target allows it
+        if key in cfg.data.options and key in target.options and key not in overrides["data.options"]:
+            overrides["data.options"][key] = cfg.data.options[key]
+    if protocol is None:
+        supported = target.protocols
+        if cfg.data.protocol not in supported and HOLDOUT in supported:
+            protocol = HOLDOUT
     if protocol is not None and protocol != cfg.data.protocol:
-        overrides["data.protocol"] = protocol
-        if protocol != CV:
-            overrides["data.fold"] = None
-    return cfg.with_overrides(overrides, source="evaluation") if overrides else cfg
+        overrides.update(_protocol_overrides(protocol))
+    return cfg.with_overrides(overrides, source="evaluation")
+
+
+def evaluate_transfer(model, trained_cfg, dataset: str, root: str | None, options: dict[str, Any] | None,
+                      run_dir, checkpoint: str | Path, epoch: int, img_size: tuple[int, int], device,
+                      split: str = "test") -> tuple[str, EvalResult]:
+    """Score ``model`` (trained as ``trained_cfg``) on another dataset's ``split`` with no retraining
+    (U-Bench's zero-shot axis) into the run folder's ``eval/<dataset>-<split>/``; returns that name
+    and the evaluation. Predictions are scored at the target dataset's evaluation resolution."""
+    cfg = transfer_config(trained_cfg, dataset, root, options)
+    data = dataset_for(cfg, split, img_size=img_size)
+    name = f"{dataset}-{split}"
+    result = evaluate(model, data, device, img_size, native=eval_resolution(cfg) == NATIVE_SIZE)
+    meta = evaluation_meta(checkpoint, cfg, data, split, epoch, img_size)
+    meta.update(transfer=True, trained_on=trained_cfg.data.name, data_root=cfg.data.root)
+    write_eval(result, run_dir.eval_dir(name), meta)
+    return name, result
 
 
 def evaluate_checkpoint(

@@ -27,13 +27,8 @@ from vmbench.tracking.store import prepare_store
 log = logging.getLogger("vmbench.engine")
 
 DEFAULT_EXPERIMENT = "vmbench-train"
-# ``vmbench.transfer.<dataset>-<split> = true`` on a run scored on a dataset it was not trained on
-# (U-Bench's zero-shot axis): its eval_<dataset>-<split>_* metrics are transfer results, not the
-# run's own test results.
-TAG_TRANSFER_PREFIX = "vmbench.transfer."
-
-__all__ = ["DEFAULT_EXPERIMENT", "TAG_TRANSFER_PREFIX", "TrackedRun", "attach_evaluation", "open_tracked_run",
-           "train_tracked", "transfer_tag"]
+__all__ = ["DEFAULT_EXPERIMENT", "TrackedRun", "attach_evaluation", "open_tracked_run",
+           "train_tracked"]
 
 
 @dataclass
@@ -92,11 +87,6 @@ def train_tracked(cfg: ExperimentConfig, run_dir: RunDir, *, tracking_uri: str |
     return result, tracked
 
 
-def transfer_tag(name: str) -> str:
-    """The tag marking evaluation ``name`` (``<dataset>-<split>``) of a run as a transfer evaluation."""
-    return f"{TAG_TRANSFER_PREFIX}{name}"
-
-
 def attach_evaluation(run_dir: RunDir, name: str, summary: dict[str, Any], eval_dir: str | Path,
                       transfer: bool = False) -> dict[str, str] | None:
     """Log an evaluation (``vmbench evaluate``) to the run of ``run_dir``, if it was tracked.
@@ -104,7 +94,7 @@ def attach_evaluation(run_dir: RunDir, name: str, summary: dict[str, Any], eval_
     Metrics are ``eval_<name>_<metric>`` (``name``: the split, or dataset-split for another
     dataset), so they never mix with the training's per-epoch ``val_*`` curves; the per-case table
     and summary go to the artifacts ``eval/<name>/``. ``transfer`` (another dataset than the run
-    trained on): the run is tagged :func:`transfer_tag` ``= true``. Returns the run pointer, or None.
+    trained on): the run is tagged :func:`vmbench.tracking.transfer_tag` ``= true``. Returns the run pointer, or None.
     """
     pointer = read_run_pointer(run_dir)
     if pointer is None:
@@ -116,7 +106,7 @@ def attach_evaluation(run_dir: RunDir, name: str, summary: dict[str, Any], eval_
     now = int(time.time() * 1000)
     metrics = [Metric(f"eval_{name}_{k}", float(v), now, 0) for k, v in summary.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    tags = [RunTag(transfer_tag(name), "true")] if transfer else []
+    tags = [RunTag(T.transfer_tag(name), "true")] if transfer else []
     if metrics or tags:
         client.log_batch(pointer["run_id"], metrics=metrics, tags=tags)
     for file in ("per_case.csv", "summary.json"):

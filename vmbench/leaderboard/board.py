@@ -37,6 +37,7 @@ from vmbench.leaderboard.paired import ABLATION_COLUMNS, paired_tests, twin_of
 from vmbench.leaderboard.published import published_rows
 from vmbench.leaderboard.stats import group_summary
 from vmbench.leaderboard.store import MlflowPerCaseLoader
+from vmbench.leaderboard.transfer import own_dsc, tagged_runs, target_and_split, transfer_evaluations, transfer_loader
 from vmbench.protocols import CV, metric_column, metric_unit
 
 _FAILED = ("FAILED", "KILLED")
@@ -78,6 +79,7 @@ def leaderboard(
     budget: pd.DataFrame | None = None,
     budget_tolerance: float = 0.10,
     cases: CaseTables | None = None,
+    transfer: bool = True,
 ) -> pd.DataFrame:
     """One row per (dataset, protocol, model) of measured runs, plus published rows.
 
@@ -106,6 +108,9 @@ def leaderboard(
     ``cases``: per-case tables already built over the same finished runs (:func:`case_tables`),
     reused instead of reading the files again (the report shares them with its rankings).
 
+    ``transfer``: add the rows of the runs' transfer evaluations (:mod:`vmbench.leaderboard.transfer`:
+    ``scored_on`` names the dataset they were scored on; empty on the runs' own test split).
+
     ``budget``: a :func:`vmbench.leaderboard.budget.budget_audit` frame; tables whose models'
     search trials or device-hours differ by more than ``budget_tolerance`` (relative to the
     largest) get a note.
@@ -128,6 +133,10 @@ def leaderboard(
         paired_tests(out, reference, cases if cases is not None else case_tables(runs, finished, per_case_loader))
     out.loc[twins, "n_params_acting"] = [acting_parameters(r["model"], r["dataset"], r["n_params"])
                                          for _, r in out[twins].iterrows()]
+    out["scored_on"], out["scored_split"] = "", ""
+    if transfer:
+        out = pd.concat([out, *_transfer_rows(runs, out, reference, metrics, per_case_loader, stage)],
+                        ignore_index=True)
     if budget is not None:
         attrs["budget_flags"] = budget_flags(budget, budget_tolerance)
         attrs["budget_tolerance"] = budget_tolerance
@@ -137,6 +146,8 @@ def leaderboard(
             out = pd.concat([out, pub], ignore_index=True)
     for col in (*COUNTS, "seeds", "folds", "sweeps", "val_is_test_runs"):
         out[col] = out[col].astype("Int64")  # counts; missing (<NA>) on published rows
+    for col in ("scored_on", "scored_split"):
+        out[col] = out[col].fillna("")
     out = _order(out)
     out.attrs.update(
         attrs,
@@ -148,6 +159,23 @@ def leaderboard(
         paired_test=bool(reference) and per_case_loader is not False,
     )
     return out
+
+
+def _transfer_rows(runs: pd.DataFrame, own: pd.DataFrame, reference: str | None, metrics, per_case_loader,
+                   stage: str | None) -> list[pd.DataFrame]:
+    """The rows of each transfer evaluation of ``runs`` (a leaderboard of its ``eval_<name>_*``
+    metrics, without published rows), with the models' own test DSC beside them."""
+    frames = []
+    for name in transfer_evaluations(runs):
+        rows = leaderboard(tagged_runs(runs, name), reference, metrics, with_published=False,
+                           per_case_loader=transfer_loader(per_case_loader, name, runs), stage=stage,
+                           prefix=f"eval_{name}_", transfer=False)
+        if rows.empty:
+            continue
+        rows["scored_on"], rows["scored_split"] = target_and_split(name)
+        rows["own_dsc_pct_mean"] = own_dsc(rows, own)
+        frames.append(rows)
+    return frames
 
 
 def select_runs(runs: pd.DataFrame, stage: str | None, prefix: str) -> Selection:
@@ -372,8 +400,10 @@ def _order(out: pd.DataFrame) -> pd.DataFrame:
     primary = f"{metric_column(PRIMARY)}_mean"
     sort_key = out[primary] if primary in out.columns else pd.Series(np.nan, index=out.index)
     return (
-        out.assign(_pub=out["kind"].eq(PUBLISHED), _dsc=sort_key)
-        .sort_values(["dataset", "protocol", "_pub", "_dsc", "model"], ascending=[True, True, True, False, True], na_position="last")
-        .drop(columns=["_pub", "_dsc"])
+        out.assign(_pub=out["kind"].eq(PUBLISHED), _dsc=sort_key,
+                   _on=out["scored_on"].fillna("") if "scored_on" in out.columns else "")
+        .sort_values(["dataset", "protocol", "_on", "_pub", "_dsc", "model"],
+                     ascending=[True, True, True, True, False, True], na_position="last")
+        .drop(columns=["_pub", "_dsc", "_on"])
         .reset_index(drop=True)
     )

@@ -4,7 +4,7 @@
 pitfall of segmentation benchmarks: a model searched longer can win by its budget alone. Per
 (dataset, protocol, model) :func:`budget_audit` counts
 
-* search trials run, pruned by ASHA (``vmbench.outcome = pruned``) and failed;
+* search trials run, pruned by ASHA or the Wilcoxon pruner (``vmbench.outcome = pruned``) and failed;
 * epochs trained in search and in the final runs;
 * device-hours of search and final runs. Final runs log ``device_hours`` and ``epochs``. Search
   trials that log ``epochs`` / ``train_time_s`` / ``device_hours`` at their end are read

@@ -100,6 +100,6 @@ def _before_strict(keys: Sequence[str], insert: Sequence[str]) -> tuple[str, ...
 
 def unregistered_note(dataset: str, evaluation: str) -> str:
     return (
-        f"Dataset '{dataset}' is not registered here (its plug-in is not installed?): its columns follow "
-        f"the '{evaluation}' evaluation inferred from the metrics its runs logged."
+        f"Dataset '{dataset}' is not registered in this process (a folder its runs declared, or a plug-in not "
+        f"installed here): its columns follow the '{evaluation}' evaluation inferred from the metrics its runs logged."
     )

@@ -20,6 +20,7 @@ from vmbench.leaderboard.tables import Table, paired_reference, split_tables
 from vmbench.protocols import metric_column, metric_label
 
 FORMATS = ("terminal", "md", "csv", "html", "latex", "json", "text")
+OWN_DSC = "Own test DSC %"  # a transfer table's models on their own dataset's test split
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -81,6 +82,8 @@ def display_frame(table: Table, reference: str | None, ci: str = "all", pm: str 
         out[label] = _metric_cells(rows, key, is_pub, pm)
         if ci == "all" or (ci == "primary" and key in ("dsc", "hd95")):
             out[f"{label} 95% CI"] = _ci_cells(rows, key)
+    if table.is_transfer and "own_dsc_pct_mean" in rows.columns:
+        out[OWN_DSC] = [_fmt(v) for v in rows["own_dsc_pct_mean"]]
     if reference:
         out[f"p vs {reference}"] = [
             "ref" if (not is_pub[i] and rows["model"][i] == reference) else _fmt_p(rows["wilcoxon_p"][i])
@@ -182,6 +185,7 @@ FIXED_COLUMNS: dict[str, tuple[str, tuple[str, ...], bool | None]] = {
     "p_holm": ("p Holm", ("wilcoxon_p_holm",), None),
     "pairs": ("pairs", ("wilcoxon_pairs",), None),
     "delta": ("ΔDSC pp", ("dsc_diff_pp",), None),
+    "own_dsc": (OWN_DSC, ("own_dsc_pct_mean",), None),  # transfer tables only
     "params": ("Params M", ("n_params",), True),
     "gmacs": ("GMACs", ("gmacs",), True),
     "train_h": ("Train h", ("train_time_s_mean",), True),
@@ -243,7 +247,7 @@ def _render_csv(board: pd.DataFrame, tables: list[Table], reference: str | None,
     for t in tables:
         records = _numeric_records(t)
         if columns:
-            wanted = ["dataset", "protocol", "model", "kind"] + [c for k in _table_columns(columns, t)
+            wanted = ["dataset", "protocol", *(["scored_on"] if t.is_transfer else []), "model", "kind"] + [c for k in _table_columns(columns, t)
                                                                  for c in _numeric_columns(k)]
             records = records[[c for c in wanted if c in records.columns]]
         frames.append(records)
@@ -264,11 +268,15 @@ def _render_json(board: pd.DataFrame, tables: list[Table], reference: str | None
             "wilcoxon_p": "raw two-sided Wilcoxon signed-rank p of per-case DSC against the reference",
             "wilcoxon_p_holm": "wilcoxon_p adjusted with Holm's method over the comparisons of the table",
             "n": "finished final runs (protocol cv: folds x seeds)",
+            "scored_on": "empty: the runs' own test split; else a transfer table's dataset (trained on 'dataset')",
+            "own_dsc_pct_mean": "transfer tables: the same runs' mean DSC on their own dataset's test split",
         },
         "tables": [
             {
                 "dataset": t.dataset,
                 "protocol": t.protocol,
+                "scored_on": t.scored_on or None,  # a transfer table: the dataset its models were scored on
+                "scored_split": t.scored_split or None,
                 "title": t.title,
                 "notes": t.notes,
                 "metrics": {k: metric_column(k) for k in t.metrics},

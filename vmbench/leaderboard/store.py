@@ -344,6 +344,10 @@ class MlflowPerCaseLoader:
         self.errors: dict[str, str] = {}
         self._said_local = False
 
+    def for_artifact(self, artifact: str) -> "MlflowPerCaseLoader":
+        """A loader of another per-case file of the same runs (a transfer evaluation's), sharing the cache."""
+        return MlflowPerCaseLoader(self.tracking_uri, self.cache_dir, artifact, self.artifact_uris)
+
     def __call__(self, run_id: str) -> pd.DataFrame | None:
         if run_id in self._frames:
             return self._frames[run_id]

@@ -25,6 +25,13 @@ class Table:
     notes: list[str]
     rows: pd.DataFrame  # numeric rows: measured (this protocol) + published (this dataset)
     metrics: list[str]
+    # A transfer table: the models trained on ``dataset`` scored on ``scored_on``'s ``scored_split``.
+    scored_on: str = ""
+    scored_split: str = ""
+
+    @property
+    def is_transfer(self) -> bool:
+        return bool(self.scored_on)
 
 
 def paired_reference(board: pd.DataFrame) -> str | None:
@@ -47,7 +54,11 @@ def split_tables(board: pd.DataFrame) -> list[Table]:
     published, apart = published[comparable], published[~comparable]
     reference = paired_reference(board)
     tables: list[Table] = []
-    for (dataset, protocol), group in measured.groupby(["dataset", "protocol"], sort=True):
+    scored_on = measured["scored_on"].fillna("") if "scored_on" in measured.columns else pd.Series("", index=measured.index)
+    for (dataset, protocol, target), group in measured.groupby(["dataset", "protocol", scored_on], sort=True):
+        if target:  # a transfer table: no published rows (they are of the trained dataset's test split)
+            tables.append(_transfer_table(dataset, protocol, group.reset_index(drop=True), reference, board.attrs))
+            continue
         pub = published[published["dataset"] == dataset]
         rows = pd.concat([group, pub], ignore_index=True)
         keys = _shown_metrics(dataset, rows, board.attrs)
@@ -63,8 +74,24 @@ def split_tables(board: pd.DataFrame) -> list[Table]:
             "published rows.",
         ]
         tables.append(Table(dataset, protocol, title, notes, pub, _shown_metrics(dataset, pub, board.attrs)))
-    tables.sort(key=lambda t: (t.dataset, t.protocol))  # a published-only table next to its dataset's others
+    # A published-only table next to its dataset's others; transfer tables after the test split's.
+    tables.sort(key=lambda t: (t.dataset, t.protocol, t.scored_on))
     return tables
+
+
+def _transfer_table(dataset: str, protocol: str, group: pd.DataFrame, reference: str | None, attrs) -> Table:
+    target, split = group["scored_on"].iloc[0], group["scored_split"].iloc[0]
+    keys = _shown_metrics(dataset, group, attrs)
+    stage = "single `vmbench train` runs" if attrs.get("stage") == "single" else "final runs"
+    title = (f"{dataset} → {target} | protocol: {protocol} | transfer: {stage} trained on {dataset}, "
+             f"scored on {target}'s {split} split")
+    notes = [
+        f"Transfer (U-Bench's zero-shot axis): each model as trained and selected on {dataset}, scored on {target}'s "
+        f"{split} split with no retraining or fine-tuning. Own test DSC: the same runs on {dataset}'s test split "
+        "(its table above); the difference is what the model loses on data it never saw.",
+        *_measured_notes(group, group.iloc[0:0], keys, protocol, reference, attrs),
+    ]
+    return Table(dataset, protocol, title, notes, group, keys, target, split)
 
 
 def _describe(protocol: str) -> str:
@@ -148,7 +175,7 @@ def _count_notes(group: pd.DataFrame, attrs) -> list[str]:
         notes.append(f"Excluded: {failed} failed/killed and {running} unfinished runs (column 'failed').")
     if pruned:
         notes.append(
-            f"Excluded: {pruned} search trials stopped early by ASHA ({tracking.TAG_OUTCOME}={tracking.PRUNED}; "
+            f"Excluded: {pruned} search trials stopped early (ASHA, or the Wilcoxon pruner after a fold; {tracking.TAG_OUTCOME}={tracking.PRUNED}; "
             "column 'pruned'): their metrics come from fewer epochs. Only trials that ran the full budget are averaged."
         )
     only = attrs.get("set_aside_stage")

@@ -7,7 +7,8 @@ optimistic protocols said as such), the rankings of challengeR's three schemes w
 bootstrap stability as blob plots, per-case distributions, example segmentations (the same test
 images for every model: the reference model's best, median and worst case among the overlays the
 runs logged), learning curves (median and range over seeds and folds), accuracy against cost with
-the Pareto-optimal models marked, and the equal-budget audit of the search. A store without a
+the Pareto-optimal models marked (and a multi-objective sweep's search trials on its objectives, its
+Pareto-optimal trials marked), and the equal-budget audit of the search. A store without a
 sweep is reported from its single ``vmbench train`` runs, labelled not tuned, as the leaderboard
 shows them.
 
@@ -23,8 +24,8 @@ API::
     report_for_sweep(run_sweep(spec), "report.html")  # both, the leaderboard and the verdict on the
                                                       # parent run too (record_on_parent); never raises
 
-Modules: ``collect`` (reads the store once), ``verdict`` (the wording rules), ``figures`` (SVG),
-``page`` (the HTML). The sub-command is :mod:`vmbench.cli.report`.
+Modules: ``collect`` (reads the store once; ``search_front``: the multi-objective searches' trials),
+``verdict`` (the wording rules), ``figures`` (SVG), ``page`` (the HTML). The sub-command is :mod:`vmbench.cli.report`.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from vmbench.leaderboard.history import metric_histories
 from vmbench.leaderboard.rankings import Rankings, rankings_from_cases
 from vmbench.leaderboard.store import MlflowPerCaseLoader, as_list, load_runs
 from vmbench.leaderboard.tables import Table, split_tables
+from vmbench.report.search_front import SearchFront, search_fronts
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,14 @@ class ReportData:
     timings: dict[str, float] = field(default_factory=dict)
     runs_read: int = 0
     examples: dict[tuple[str, str], tuple[str, list[Example]]] = field(default_factory=dict)  # -> (chosen by, cases)
+    search_fronts: list[SearchFront] = field(default_factory=list)  # multi-objective sweeps' search trials
 
     def measured(self) -> pd.DataFrame:
-        return self.board[self.board["kind"] == MEASURED] if not self.board.empty else self.board
+        """Measured rows on the runs' own test split (transfer rows, scored on other data, left out)."""
+        if self.board.empty:
+            return self.board
+        own = self.board["scored_on"].fillna("").eq("") if "scored_on" in self.board.columns else True
+        return self.board[(self.board["kind"] == MEASURED) & own]
 
 
 def collect(
@@ -107,10 +113,15 @@ def collect(
     t0 = time.perf_counter()
     examples = _examples(uri, finished, cases, reference) if cases is not None else {}
     timings["example segmentations"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    fronts = search_fronts(uri, runs) if not runs.empty else []
+    timings["search Pareto fronts"] = time.perf_counter() - t0
     return ReportData(
         tracking_uri=uri, experiments=as_list(experiments), reference=reference, board=board,
         tables=split_tables(board), cases=cases, ranks=ranks, audit=audit, curves=curves, n_boot=n_boot,
         seed=seed, budget_tolerance=budget_tolerance, timings=timings, runs_read=len(runs), examples=examples,
+        search_fronts=fronts,
     )
 
 

@@ -6,7 +6,9 @@
   rank on y, disc area = bootstrap frequency of that rank, the median bootstrap rank as a black
   cross and the 2.5-97.5 % range of the bootstrap ranks as a black line;
 * :func:`learning_curves`: median over seeds/folds per epoch, with the min-max range shaded;
-* :func:`pareto_plots`: accuracy against each cost, Pareto-optimal models marked and joined.
+* :func:`pareto_plots`: accuracy against each cost, Pareto-optimal models marked and joined;
+* :func:`search_front`: a multi-objective search's trials, objective 1 against each other one,
+  the trials tagged Pareto-optimal ringed and joined by a step line.
 
 Each function returns an SVG string whose element ids carry a per-figure prefix, so that many
 figures can sit in one HTML page without id clashes.
@@ -154,6 +156,56 @@ def pareto_plots(points: pd.DataFrame, costs: dict[str, str], score: str, score_
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=c, marker=mk, ls="", label=m) for m, (c, mk) in style.items()]
     handles.append(plt.Line2D([], [], color="tab:red", marker="o", mfc="none", ms=11, lw=1, label="Pareto-optimal"))
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.9), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return to_svg(fig)
+
+
+def _front_2d(x: np.ndarray, y: np.ndarray, x_mode: str, y_mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """The points no other beats on these two objectives, sorted by x (the step line's corners)."""
+    best = pareto_optimal(x if x_mode == "min" else -x, y if y_mode == "max" else -y)
+    order = np.argsort(x[best], kind="stable")
+    return x[best][order], y[best][order]
+
+
+def search_front(points: pd.DataFrame, objectives: tuple[str, ...], modes: tuple[str, ...], title: str) -> str:
+    """A multi-objective search's trials (``points``: ``series``, ``pareto`` and one column per
+    objective): objective 1 on y against each other objective on x, one panel each.
+
+    Each series (a model) has its colour and marker; the trials tagged Pareto-optimal in their study
+    are ringed in black (per panel and series one line of markers, gid ``pareto-<panel>-<series>``)
+    and joined by a step line in the series' colour, the boundary of what they attain. The line runs
+    through those of them that no other beats on the panel's two objectives: with two objectives all
+    of them; with more, a trial optimal on all of them can be beaten on one panel's pair.
+    """
+    plt = _pyplot()
+    series = list(dict.fromkeys(points["series"]))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    style = {s: (colours[i % len(colours)], "osD^v<>ph"[i % 9]) for i, s in enumerate(series)}
+    y, y_mode = objectives[0], modes[0]
+    panels = list(zip(objectives[1:], modes[1:]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False)
+    for k, (ax, (x, x_mode)) in enumerate(zip(axes[0], panels)):
+        for i, name in enumerate(series):
+            part = points[points["series"] == name]
+            colour, marker = style[name]
+            ax.scatter(part[x], part[y], color=colour, marker=marker, s=30, alpha=0.7, zorder=2)
+            marked = part[part["pareto"]]
+            if marked.empty:
+                continue
+            ax.plot(marked[x], marked[y], ls="", marker="o", ms=11, mfc="none", mec="black", mew=1.1, zorder=3,
+                    gid=f"pareto-{k}-{i}")
+            fx, fy = _front_2d(marked[x].to_numpy("float64"), marked[y].to_numpy("float64"), x_mode, y_mode)
+            # Minimising x, a trial's value holds until the next corner to its right; maximising, to its left.
+            ax.step(fx, fy, where="post" if x_mode == "min" else "pre", color=colour, lw=1.2, zorder=1)
+        ax.set_xlabel(f"{x} ({x_mode})")
+        ax.set_ylabel(f"{y} ({y_mode})")
+        ax.margins(0.12)
+        ax.locator_params(axis="x", nbins=4)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, marker=mk, ls="", label=s) for s, (c, mk) in style.items()]
+    handles.append(plt.Line2D([], [], color="black", marker="o", mfc="none", ms=11, ls="", label="Pareto-optimal trial"))
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.9), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

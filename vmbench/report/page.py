@@ -198,6 +198,32 @@ def pareto_section(data: ReportData) -> str:
     ])
 
 
+def search_front_section(data: ReportData) -> str:
+    """Each multi-objective search's trials on its objectives, its Pareto-optimal trials marked; nothing
+    for sweeps of one objective."""
+    parts = []
+    for front in data.search_fronts:
+        pairs = ", ".join(f"{m} ({d})" for m, d in zip(front.objectives, front.modes))
+        title = f"{front.dataset} | protocol: {front.protocol} | search trials on {pairs}"
+        svg = figures.search_front(front.points, front.objectives, front.modes, title)
+        parts.append(f"<h4>{_esc(title)}</h4>" + _figure(svg, f"search Pareto front {title}") + _notes([
+            f"{len(front.points)} search trials that finished with every objective logged; {front.n_pareto} "
+            "Pareto-optimal in their model's study (tagged vmbench.pareto), ringed and joined per model."]))
+    if not parts:
+        return ""
+    return "<h3>The search's Pareto front (multi-objective sweeps)</h3>" + "".join(parts) + _notes([
+        "Each point is a search trial at the end of its budget (validation scores and costs measured on the "
+        "trial's own hardware), not a retrained final model. A trial is Pareto-optimal when no trial of the same "
+        "study is at least as good on every objective and better on one. With three or more objectives, objective "
+        "1 is drawn against each other one, and the step line joins the ringed trials that are not beaten on that "
+        "panel's two objectives."])
+
+
+def pareto_and_search_front(data: ReportData) -> str:
+    """The final models' accuracy against cost, then the multi-objective searches' own fronts."""
+    return pareto_section(data) + search_front_section(data)
+
+
 BUDGET_HEADERS = {
     "dataset": "Dataset", "protocol": "Protocol", "model": "Model", "trials": "Trials", "pruned": "Pruned",
     "failed": "Failed", "search_epochs": "Search epochs", "search_device_hours": "Search device-h",
@@ -226,7 +252,8 @@ def budget_section(data: ReportData) -> str:
         return _empty("No trial runs.")
     flags = [n for notes in (data.board.attrs.get("budget_flags") or {}).values() for n in notes]
     return _frame(budget_frame(audit)) + _notes(flags) + _notes([
-        "Trials: search trials run (Pruned: stopped early by ASHA; Failed: errored). Epochs and device-hours of the "
+        "Trials: search trials run (Pruned: stopped early by ASHA, or by Optuna's WilcoxonPruner after a fold; Failed: "
+        "errored). Epochs and device-hours of the "
         "search come from the trials' own totals or their epoch_time_s history. Farthest from recipe: the searched key "
         "of the best configuration farthest from the registry's published recipe (decades for learning rate and "
         "weight decay, relative difference otherwise).",
@@ -256,7 +283,7 @@ def render_page(data: ReportData) -> str:
     """The whole page."""
     builders = {
         "verdicts": verdict_section, "leaderboard": leaderboard_section, "ranks": ranks_section,
-        "cases": cases_section, "examples": examples_section, "curves": curves_section, "pareto": pareto_section, "budget": budget_section,
+        "cases": cases_section, "examples": examples_section, "curves": curves_section, "pareto": pareto_and_search_front, "budget": budget_section,
         "methods": methods_section,
     }
     experiments = ", ".join(data.experiments) or "all active experiments"

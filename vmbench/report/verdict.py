@@ -311,12 +311,35 @@ def verdicts(tables: list[Table], reference: str | None, ranks) -> list[Verdict]
     """A verdict per measured table (published-only tables have none)."""
     out = []
     for t in tables:
-        if not (t.rows["kind"] == MEASURED).any():
+        if not (t.rows["kind"] == MEASURED).any() or t.is_transfer:
             continue
         ranking = ranks.find(t.dataset, t.protocol, "test") if ranks is not None else None
         verdict = table_verdict(t, reference, ranking)
         pool = ranks.find(t.dataset, t.protocol, "cv-val") if ranks is not None and t.protocol == CV else None
         if pool is not None:
             verdict.details.append(pool_sentence(pool))
+        verdict.details += [transfer_sentence(other, reference) for other in tables if other.is_transfer
+                            and (other.dataset, other.protocol) == (t.dataset, t.protocol)]
         out.append(verdict)
     return out
+
+
+def transfer_sentence(table: Table, reference: str | None) -> str:
+    """What a transfer table adds to its dataset's verdict: the highest mean DSC on the other
+    dataset, what each model keeps of its own test DSC, and the significant differences."""
+    rows = table.rows[table.rows["kind"] == MEASURED]
+    dsc = rows["dsc_pct_mean"].astype(float)
+    text = f"Transfer to {table.scored_on} ({table.scored_split} split, no retraining)"
+    if dsc.isna().all():
+        return text + ": no DSC logged."
+    top = rows.loc[dsc.idxmax()]
+    own = float(top.get("own_dsc_pct_mean", float("nan")))
+    kept = f" against {own:.2f} % on its own test split" if not math.isnan(own) else ""
+    text += f": highest mean DSC {top['model']} ({float(top['dsc_pct_mean']):.2f} %{kept})"
+    if reference and (rows["model"] == reference).any():
+        found = [f"{r['model']} {'better' if r['dsc_diff_pp'] > 0 else 'worse'} than {reference} "
+                 f"({float(r['dsc_diff_pp']):+.2f} pp, p Holm = {_p(float(r['wilcoxon_p_holm']))})"
+                 for _, r in rows.iterrows() if r["model"] != reference and pd.notna(r.get("wilcoxon_p_holm"))
+                 and float(r["wilcoxon_p_holm"]) < ALPHA and r["dsc_diff_pp"] != 0]
+        text += ("; " + "; ".join(found)) if found else f"; no model differs significantly from {reference} after Holm"
+    return text + "."

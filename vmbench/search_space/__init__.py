@@ -9,6 +9,8 @@ resources per trial, fixed settings, the space and the final stage::
     dataset: synthetic-isic               # or datasets: [...], entries a name or a folder declared as
                                           # {name: polyps, path: data/polyps, format: folder, labels: {...}}
     ablations: [no-ssm, no-mamba]         # optional: each Mamba model's ablation twins, same budget
+    transfer: [isic2017]                  # optional: datasets every final run is also scored on, no
+                                          # retraining (names, or folders declared as in datasets)
     reference: unet                       # the paired tests' reference (default vmunet if swept, else
                                           # the first model; none: no test)
     data_root: null                       # default: the dataset's own folder; a relative path is
@@ -23,6 +25,9 @@ resources per trial, fixed settings, the space and the final stage::
                                           # costs n_params, gmacs, latency_ms, peak_mem_mb may be objectives)
     budget: {trials: 4, concurrent: 2, max_epochs: 3, grace_period: 1, reduction_factor: 2}
                                           # scheduler: asha | fifo (auto: fifo for several objectives)
+                                          # | wilcoxon (protocol cv, cv_search mean, one metric: each trial
+                                          # trains its folds in turn; Optuna's WilcoxonPruner stops it when
+                                          # its fold scores are worse than the best trial's; p_threshold: 0.1)
     resources: {cpu: 1, gpu: 0}           # per trial; fractional GPUs allowed (0.5)
     fixed:                                # ExperimentConfig values, nested or dotted
       data: {img_size: 64}
@@ -46,7 +51,8 @@ was expected (:class:`vmbench.config.ConfigError`), worded as for a ``--config``
 
 Modules: :mod:`~vmbench.search_space.params` (the ``space:`` entries and their Optuna form),
 :mod:`~vmbench.search_space.spec` (the file, its studies and plan), :mod:`~vmbench.search_space.toplevel`
-(names, data_root, declared datasets, ablations, objectives, reference),
+(names, data_root, declared datasets, ablations, objectives, reference), :mod:`~vmbench.search_space.transfer`
+(the ``transfer:`` datasets),
 :mod:`~vmbench.search_space.inputs` (what the dry run checks of every trial's values).
 """
 

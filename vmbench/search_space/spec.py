@@ -25,9 +25,10 @@ from vmbench.io import read_yaml
 from vmbench.protocols import CV, HOLDOUT, PAPER, VOLUME, check_protocol, selectable_metrics
 from vmbench.ablation import split_model_name
 from vmbench.search_space.params import SpaceParam, check_space_against, inside, parse_space
+from vmbench.search_space.transfer import TransferTarget, parse_transfer, transfer_lines
 from vmbench.search_space.toplevel import (COST_OBJECTIVES, _ablations, _apply_declarations, _declared_datasets,
-                                          _objectives, _reference, _resolve_root, _with_twins, check_name,
-                                          data_root_anchor)
+                                          _check_scheduler, _objectives, _reference, _resolve_root, _with_twins,
+                                          check_name, data_root_anchor, scheduler_text)
 
 __all__ = [
     "CV_MEAN", "CV_ONE_FOLD", "CV_SEARCH_MODES", "Budget", "FinalStage", "Resources", "SamplerSpec", "Study",
@@ -37,7 +38,7 @@ __all__ = [
 TOP_LEVEL_KEYS = {
     "experiment", "name", "model", "models", "dataset", "datasets", "data_root", "protocol", "metric", "mode",
     "budget", "resources", "fixed", "space", "per_model", "final", "sampler", "storage_path", "description",
-    "folds", "cv_search", "ablations", "reference",
+    "folds", "cv_search", "ablations", "reference", "transfer",
 }
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 # Protocol cv: what the search stage tunes on. one-fold: fold 0 alone, a cheap proxy (the default);
@@ -77,10 +78,11 @@ class Budget:
     max_epochs: int = 10
     grace_period: int = 1
     reduction_factor: int = 2  # ASHA keeps 1/reduction_factor of the trials at each rung
-    scheduler: str = "auto"  # asha (stops weak trials early), fifo (none), auto: asha for one objective
+    scheduler: str = "auto"  # asha (stops weak trials early), fifo (none), auto: asha for one objective; wilcoxon
+    p_threshold: float = 0.1  # scheduler wilcoxon: Optuna's WilcoxonPruner's p_threshold (its default)
 
     _minimums = {"trials": 1, "concurrent": 1, "max_epochs": 1, "grace_period": 1, "reduction_factor": 2}
-    _choices = {"scheduler": ("auto", "asha", "fifo")}
+    _choices = {"scheduler": ("auto", "asha", "fifo", "wilcoxon")}
 
     def _check_together(self, prefix: str, source: str) -> None:
         if self.grace_period > self.max_epochs:
@@ -175,6 +177,8 @@ class SweepSpec:
     # The model every other is tested against (paired, Holm) in the tables and the report at the end
     # of the sweep: the file's `reference`, else vmunet when it is swept, else the first model.
     reference: str | None = None
+    # Further datasets every final run is scored on, with no retraining (the `transfer:` key).
+    transfer: list[TransferTarget] = field(default_factory=list)
     studies: list[Study] = field(default_factory=list)
 
     @property
@@ -193,6 +197,11 @@ class SweepSpec:
         return self.folds if self.cv_search == CV_MEAN else 1
 
     @property
+    def search_steps(self) -> int:
+        """The ``epoch`` of a full-budget trial's last report: max_epochs, per fold under scheduler wilcoxon."""
+        return self.budget.max_epochs * (self.folds if self.scheduler == "wilcoxon" else 1)
+
+    @property
     def final_folds(self) -> list[int | None]:
         """The folds of the final stage: every fold under protocol cv, else [None]."""
         return list(range(self.folds)) if self.protocol == CV else [None]
@@ -204,7 +213,8 @@ class SweepSpec:
             "mode": self.mode,
             # New keys enter only when set, so that a sweep started before them still resumes.
             **({"objectives": list(self.objectives), "modes": list(self.modes)} if self.multi_objective else {}),
-            "budget": {k: v for k, v in self.budget.__dict__.items() if (k, v) != ("scheduler", "auto")}, "fixed": self.fixed,
+            "budget": {k: v for k, v in self.budget.__dict__.items()  # defaults left out: older sweeps resume
+                       if (k, v) not in (("scheduler", "auto"), ("p_threshold", 0.1))}, "fixed": self.fixed,
             "space": [p.__dict__ for p in self.space], "per_model": self.per_model, "sampler": self.sampler.__dict__,
         }
         if self.protocol == CV:  # only then, so that the hashes of other sweeps stay what they were
@@ -235,8 +245,8 @@ class SweepSpec:
                 f"{self.metric})")
 
     def _scheduler_text(self) -> str:
-        if self.scheduler == "fifo":
-            return "every trial runs its whole budget: no early stopping"
+        if self.scheduler != "asha":  # fifo or wilcoxon
+            return scheduler_text(self)
         return f"ASHA grace {self.budget.grace_period}, reduction {self.budget.reduction_factor}"
 
     def plan(self) -> str:
@@ -261,7 +271,7 @@ class SweepSpec:
         ]
         if self.data_root_note:
             lines.append(f"  {self.data_root_note}")
-        lines += self._ablation_lines()
+        lines += self._ablation_lines() + transfer_lines(self.transfer)
         search_epochs = self.budget.trials * self.budget.max_epochs * self.search_folds
         for study in self.studies:
             lines.append(f"study {study.dataset} x {study.model}: at most {search_epochs} search epochs + "
@@ -402,7 +412,9 @@ def parse_spec(raw: Any, source: str = "sweep", default_name: str = "sweep", che
         source=source, storage_path=raw.get("storage_path"), description=str(raw.get("description", "")),
         folds=folds, cv_search=cv_search, data_root_note=note, ablations=ablations,
         objectives=objectives, modes=modes, reference=_reference(raw, models, source),
+        transfer=parse_transfer(raw, datasets, declared, space_file, source, check_registry),
     )
+    _check_scheduler(spec, raw.get("budget"))
     for dataset in datasets:
         for model in models:
             spec.studies.append(_build_study(spec, model, dataset, anchor))

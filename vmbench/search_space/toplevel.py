@@ -11,7 +11,7 @@ from typing import Any
 from vmbench.ablation import ABLATION_SEP, ABLATIONS, split_model_name
 from vmbench.config import ConfigError, check_choice, check_keys, config_error
 from vmbench.errors import VmbenchError
-from vmbench.protocols import default_select_mode
+from vmbench.protocols import CV, default_select_mode
 
 def check_name(value: Any, where: str) -> str:
     """A sweep or experiment name (``where``: "FILE: name" or "--name").
@@ -60,34 +60,39 @@ def _declared_datasets(raw: dict, space_file: str | Path | None, source: str) ->
     items = raw.get("datasets")
     if not isinstance(items, list) or not any(isinstance(item, dict) for item in items):
         return {}
-    from vmbench.data.user import declare_path
-    from vmbench.registry import declare_dataset
-
     anchor = data_root_anchor(space_file)[0] if space_file else Path.cwd()
     declared, names = {}, []
     for k, item in enumerate(items):
         if not isinstance(item, dict):
             names.append(item)
             continue
-        where = f"datasets[{k}]"
-        check_keys(item, _DECLARATION_KEYS, where, source)
-        for key in ("name", "path"):
-            if not isinstance(item.get(key), str) or not item[key]:
-                raise config_error(source, f"{where}.{key}", f"is required (a string), got {item.get(key)!r}")
-        check_name(item["name"], f"{source}: {where}.name")
-        path = Path(_resolve_root(item["path"], anchor))
-        if not path.is_dir():
-            raise config_error(source, f"{where}.path", f"{path} is not a folder")
-        try:
-            overrides = declare_path(path, item.get("format"), item.get("labels"), name=item["name"])
-            options = {key.rsplit(".", 1)[1]: overrides[key] for key in ("data.options.format", "data.options.labels")}
-            declare_dataset(item["name"], overrides["data.root"], options)
-        except VmbenchError as err:
-            raise config_error(source, where, str(err)) from None
-        declared[item["name"]] = overrides
+        declared[item.get("name")] = declare_entry(item, f"datasets[{k}]", anchor, source)
         names.append(item["name"])
     raw["datasets"] = names
     return declared
+
+
+def declare_entry(item: dict, where: str, anchor: Path, source: str) -> dict[str, Any]:
+    """Register one folder entry (``{name, path, format, labels}``, ``where`` its place in the file)
+    and return its configuration overrides (``data.name``, ``data.root``, ``data.options.*``)."""
+    from vmbench.data.user import declare_path
+    from vmbench.registry import declare_dataset
+
+    check_keys(item, _DECLARATION_KEYS, where, source)
+    for key in ("name", "path"):
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise config_error(source, f"{where}.{key}", f"is required (a string), got {item.get(key)!r}")
+    check_name(item["name"], f"{source}: {where}.name")
+    path = Path(_resolve_root(item["path"], anchor))
+    if not path.is_dir():
+        raise config_error(source, f"{where}.path", f"{path} is not a folder")
+    try:
+        overrides = declare_path(path, item.get("format"), item.get("labels"), name=item["name"])
+        options = {key.rsplit(".", 1)[1]: overrides[key] for key in ("data.options.format", "data.options.labels")}
+        declare_dataset(item["name"], overrides["data.root"], options)
+    except VmbenchError as err:
+        raise config_error(source, where, str(err)) from None
+    return overrides
 
 
 def _apply_declarations(spec: Any, declared: dict[str, dict[str, Any]]) -> None:
@@ -156,6 +161,46 @@ def _objectives(raw: dict, source: str) -> tuple[tuple[str, ...], tuple[str, ...
         raise config_error(source, "budget.scheduler", "asha stops trials on one metric, and this space optimises "
                                                        f"{len(metrics)} ({', '.join(metrics)}); use fifo (or leave it out)")
     return tuple(metrics), tuple(modes)
+
+
+WILCOXON = "wilcoxon"  # budget.scheduler: Optuna's WilcoxonPruner on the folds' scores (vmbench.sweep.wilcoxon)
+
+
+def _check_scheduler(spec: Any, budget: Any) -> None:
+    """``budget.scheduler: wilcoxon`` needs protocol cv with cv_search mean and one objective, and
+    ``budget.p_threshold`` (``budget``: the file's mapping) goes with it only; ``spec``: the SweepSpec."""
+    source, chosen = spec.source, spec.budget.scheduler
+    if chosen != WILCOXON:
+        if isinstance(budget, dict) and "p_threshold" in budget:
+            raise config_error(source, "budget.p_threshold", f"only budget.scheduler: wilcoxon uses it (scheduler is "
+                                                             f"{chosen!r})")
+        return
+    why = "wilcoxon stops a trial on its folds' scores, trained one after another: it needs protocol cv with cv_search: mean"
+    if spec.protocol != CV:
+        raise config_error(source, "budget.scheduler", f"{why} (protocol is {spec.protocol!r})")
+    if spec.search_folds == 1:  # cv_search one-fold: a trial scores one fold, nothing to test
+        raise config_error(source, "budget.scheduler", f"{why} (cv_search is {spec.cv_search!r})")
+    if spec.multi_objective:
+        raise config_error(source, "budget.scheduler", f"wilcoxon compares trials on one metric, and this space optimises "
+                                                       f"{len(spec.objectives)} ({', '.join(spec.objectives)}); use fifo "
+                                                       "(or leave it out)")
+    if not 0 < spec.budget.p_threshold <= 1:
+        raise config_error(source, "budget.p_threshold", f"expected a p-value in (0, 1], got {spec.budget.p_threshold:g}")
+
+
+def scheduler_text(spec: Any) -> str:
+    """The plan's words for the schedulers other than ASHA: fifo and wilcoxon."""
+    if spec.scheduler != WILCOXON:
+        return "every trial runs its whole budget: no early stopping"
+    p, folds = spec.budget.p_threshold, spec.folds
+    # The exact one-sided test on n folds all worse gives p = 1/2^n: its smallest value.
+    first = next((n for n in range(2, folds + 1) if 0.5 ** n < p), None)
+    when = (f"so at p_threshold {p:g} a trial can be stopped once {first} of its {folds} folds are scored" if first else
+            f"which {folds} folds cannot reach at p_threshold {p:g} (smallest p: 1/2^{folds} = {0.5 ** folds:g}) "
+            "unless scores tie: raise p_threshold or the folds")
+    return (f"Optuna's WilcoxonPruner: each trial trains its folds one after another and is stopped after a fold "
+            f"once its fold scores are significantly worse than the best complete trial's on the same folds "
+            f"(one-sided Wilcoxon signed-rank p < {p:g}; the exact p of n folds all worse is 1/2^n), {when}")
 
 
 def _reference(raw: dict, models: list[str], source: str) -> str | None:

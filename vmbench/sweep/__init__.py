@@ -7,7 +7,9 @@ For each study (model x dataset) of a :class:`~vmbench.search_space.SweepSpec`:
    :mod:`~vmbench.sweep.storage`), ``budget.concurrent`` at a time, stopped early by ASHA on
    ``epoch``. A trial reports once per epoch with a checkpoint and resumes from it when retried
    (``FailureConfig(max_failures=2)``). Under protocol cv it trains fold 0, or with
-   ``cv_search: mean`` every fold in step (:mod:`~vmbench.sweep.folds`);
+   ``cv_search: mean`` every fold in step (:mod:`~vmbench.sweep.folds`), or one fold after another
+   under ``budget.scheduler: wilcoxon``, where Optuna's WilcoxonPruner stops a trial whose fold
+   scores are worse than the best trial's (:mod:`~vmbench.sweep.wilcoxon`);
 2. the best trial that ran the full budget is retrained once per final-stage seed, on every fold
    under protocol cv (:func:`final_run`, Ray tasks), and evaluated on the test split: the runs the
    leaderboard reads. Under cv the sweep folder and the parent run hold ``splits.json``.
@@ -19,8 +21,9 @@ Ray stops (ASHA) or loses are closed by :class:`~vmbench.sweep.adapters.RunRecon
 driver; none is left RUNNING.
 
 Modules: :mod:`~vmbench.sweep.trainable` (what runs on the workers), :mod:`~vmbench.sweep.folds`
-(a trial's models trained in step), :mod:`~vmbench.sweep.adapters` (the Optuna searcher and the
-Tune callback; imports Ray and Optuna, so it is imported only when a sweep runs),
+(a trial's models trained in step, or its folds in turn), :mod:`~vmbench.sweep.adapters` (the Optuna
+searcher, the schedulers and the Tune callback; imports Ray and Optuna, so it is imported only when a
+sweep runs), :mod:`~vmbench.sweep.wilcoxon` (the scheduler asking Optuna's WilcoxonPruner),
 :mod:`~vmbench.sweep.storage` (where the Optuna study lives), :mod:`~vmbench.sweep.driver`
 (checks, Ray, the Tuner, best trial, final runs).
 Importing this package imports neither Ray, Optuna, MLflow nor torch.

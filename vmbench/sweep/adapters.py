@@ -16,11 +16,13 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from vmbench import tracking as T
 from vmbench.errors import PreflightError
 from vmbench.search_space import SweepSpec
+from vmbench.sweep.wilcoxon import WilcoxonScheduler
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -116,6 +118,17 @@ class RunReconciler(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._close(trial, "FAILED", T.FAILED)
+
+
+def make_scheduler(spec: SweepSpec):
+    """ASHA on ``epoch``; Optuna's WilcoxonPruner on the fold scores (folds trained in turn); or FIFO,
+    where every trial runs its whole budget."""
+    if spec.scheduler == "asha":
+        return ASHAScheduler(metric=spec.metric, mode=spec.mode, time_attr="epoch", max_t=spec.budget.max_epochs,
+                             grace_period=spec.budget.grace_period, reduction_factor=spec.budget.reduction_factor)
+    if spec.scheduler == "wilcoxon":
+        return WilcoxonScheduler(spec.metric, spec.mode, spec.folds, spec.budget.p_threshold)
+    return FIFOScheduler()
 
 
 def make_sampler(spec: SweepSpec):

@@ -31,6 +31,10 @@ class SweepContext:
     folds: int | None = None  # protocol cv: the number of folds
     cv_search: str | None = None  # protocol cv: "one-fold" (trials train fold 0) or "mean" (every fold)
     objectives: tuple[str, ...] = ()  # a multi-objective search's metrics (metric is the first)
+    folds_in_turn: bool = False  # budget.scheduler wilcoxon: a trial trains its folds one after another
+    # The search space's transfer targets other than the study's dataset ({name, root, options}),
+    # which every final run is also scored on.
+    transfer: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass

@@ -206,10 +206,9 @@ def _sweep_dir(spec: SweepSpec, ctx: SweepContext) -> Path:
 def build_tuner(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: str, resume: bool):
     """The study's Tuner: restored from ``storage_path`` when resuming, else seeded TPE + ASHA."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from vmbench.sweep.adapters import PruneAwareOptunaSearch, RunReconciler, make_sampler
+    from vmbench.sweep.adapters import PruneAwareOptunaSearch, RunReconciler, make_sampler, make_scheduler
     from vmbench.sweep.storage import optuna_storage
 
     trainable = tune.with_resources(
@@ -224,7 +223,8 @@ def build_tuner(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: 
         return tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
     if Path(experiment_path).exists() and not resume and "://" not in storage_path:
         raise PreflightError(f"{experiment_path} already exists: pass --resume to continue sweep {spec.name!r}")
-    searcher = PruneAwareOptunaSearch(
+    # Nothing to sample (budget.trials 1, no space): Tune's own generator runs the fixed recipe once.
+    searcher = None if not study.space else PruneAwareOptunaSearch(
         space=optuna_distributions(study.space),
         sampler=make_sampler(spec),
         storage=optuna_storage(sweep_dir),  # only this process (the driver) writes it
@@ -233,22 +233,15 @@ def build_tuner(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: 
         # Several objectives: Optuna's multi-objective study (TPE, or the sampler chosen), one direction each.
         metric=list(spec.objectives) if spec.multi_objective else spec.metric,
         mode=list(spec.modes) if spec.multi_objective else spec.mode,
-        max_epochs=spec.budget.max_epochs,
+        max_epochs=spec.search_steps,  # a trial's full budget: its epochs, of every fold when trained in turn
     )
-    if spec.scheduler == "asha":
-        scheduler = ASHAScheduler(
-            metric=spec.metric, mode=spec.mode, time_attr="epoch", max_t=spec.budget.max_epochs,
-            grace_period=spec.budget.grace_period, reduction_factor=spec.budget.reduction_factor,
-        )
-    else:  # every trial runs max_epochs epochs: the budget is the same for each
-        scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
         # metric/mode live on the searcher and the scheduler: OptunaSearch with its own space
         # ignores TuneConfig's, and Ray refuses them in two places.
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.budget.concurrent),
-            scheduler=scheduler,
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.budget.concurrent) if searcher else None,
+            scheduler=make_scheduler(spec),
             num_samples=spec.budget.trials,
             reuse_actors=False,
         ),
@@ -257,7 +250,7 @@ def build_tuner(spec: SweepSpec, study: Study, ctx: SweepContext, storage_path: 
             storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[RunReconciler(ctx.tracking_uri, ctx.experiment_id, ctx.max_epochs)],
+            callbacks=[RunReconciler(ctx.tracking_uri, ctx.experiment_id, spec.search_steps)],
             verbose=1,
         ),
     )
@@ -285,7 +278,9 @@ def pick_best(result_grid, study: Study, spec: SweepSpec) -> tuple[dict[str, Any
         metrics = result.metrics or {}
         if result.error is not None or any(m not in metrics for m in objectives):
             continue
-        rows.append((int(metrics.get("epoch", 0)) >= spec.budget.max_epochs, metrics[spec.metric], result))
+        # Full budget: every epoch (of every fold when trained in turn): the last metric of a trial the
+        # Wilcoxon pruner stopped is one fold's score, not the mean over the folds.
+        rows.append((int(metrics.get("epoch", 0)) >= spec.search_steps, metrics[spec.metric], result))
     if not rows:
         raise RuntimeError(f"study {study.key}: no trial reported {spec.metric!r}; nothing to retrain (see the errors above)")
     candidates = [r for r in rows if r[0]] or rows
@@ -399,6 +394,7 @@ def _open_parent_run(client, experiment_id: str, spec: SweepSpec, resume: bool) 
         T.TAG_MODELS: ",".join(spec.models),
         T.TAG_DATASETS: ",".join(spec.datasets),
         T.TAG_SOURCE: spec.source,
+        T.TAG_OBJECTIVES: T.objectives_tag(spec.objectives or (spec.metric,), spec.modes or (spec.mode,)),
     }
     if spec.protocol == CV:
         tags.update({T.TAG_FOLDS: str(spec.folds), T.TAG_CV_SEARCH: str(spec.cv_search)})
@@ -485,7 +481,8 @@ def run_sweep(
                 tracking_uri=tracking_uri, base=study.base.to_dict(), space=study.space, metric=spec.metric,
                 mode=spec.mode, max_epochs=spec.budget.max_epochs, cpu=spec.resources.cpu, gpu=spec.resources.gpu,
                 runs_dir=str(runs_dir), space_hash=spec.content_hash(), env=env, folds=spec.folds,
-                cv_search=spec.cv_search, objectives=spec.objectives,
+                cv_search=spec.cv_search, objectives=spec.objectives, folds_in_turn=spec.scheduler == "wilcoxon",
+                transfer=tuple(t.as_dict() for t in spec.transfer if t.name != study.dataset),
             )
             for study in spec.studies
         ]

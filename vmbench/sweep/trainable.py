@@ -23,7 +23,8 @@ from vmbench.protocols import CV
 from vmbench.search_space import CV_MEAN, decode_sample
 from vmbench.sweep.context import SweepContext
 from vmbench.rundir import RunDir
-from vmbench.sweep.folds import Part, combine, trial_costs, trial_parts
+from vmbench.sweep.folds import Part, combine, fit_in_turn, reached_epoch, trial_costs, trial_parts
+from vmbench.sweep.transfer_eval import check_transfer_data, score_transfer
 
 log = logging.getLogger("vmbench.sweep")
 
@@ -110,8 +111,9 @@ def _restore_checkpoint(checkpoint, parts: list[Part]) -> bool:
 
 
 class _EpochReporter:
-    """``fit_all``'s ``on_epoch`` of a search trial: each epoch to MLflow (metrics and the cost so far),
-    then to Tune with a checkpoint of every part."""
+    """``fit_all``'s ``on_epoch`` of a search trial (or, folds trained in turn, :meth:`report` called by
+    :func:`~vmbench.sweep.folds.fit_in_turn`): each epoch to MLflow (metrics and the cost so far), then
+    to Tune with a checkpoint of every part."""
 
     def __init__(self, run: T.TrialRun, ctx: SweepContext, parts: list[Part], device, work: Path,
                  describe: Callable[[str], str]):
@@ -121,31 +123,39 @@ class _EpochReporter:
         self.static_costs: dict[str, float] | None = None  # parameters, GMACs, latency: measured once
         self.epoch = 0
         self.costs = trial_costs([], ctx.gpu)
+        # The epoch of the trial's last report: max_epochs, or max_epochs per fold when trained in turn.
+        self.full_budget = ctx.max_epochs * (len(parts) if ctx.folds_in_turn else 1)
 
     def __call__(self, step) -> None:
+        kept = [(part.name, r.last_checkpoint, r.best_checkpoint) for part, r in zip(self.parts, step.results)]
+        self.report(step.epoch, combine([r.metrics for r in step.results], self.ctx.metric),
+                    [t.history for t in step.trainings], step.trainings[0], kept)
+
+    def report(self, epoch: int, metrics: dict[str, float], histories: list, training, kept: list) -> None:
+        """``metrics`` at the trial's ``epoch``; ``histories``: every part's epochs so far (the cost);
+        ``training``: the model the cost objectives measure, whose validation split the overlays show;
+        ``kept``: (part name, last.pt, best.pt or None) of each part the Tune checkpoint holds."""
         from ray import tune
 
-        epoch, trainings, results = step.epoch, step.trainings, step.results
         from vmbench import profiling
 
-        metrics = combine([r.metrics for r in results], self.ctx.metric)
-        self.epoch, self.costs = epoch, trial_costs([t.history for t in trainings], self.ctx.gpu)
+        self.epoch, self.costs = epoch, trial_costs(histories, self.ctx.gpu)
         self.costs["peak_mem_mb"] = profiling.peak_memory_mb(self.device)  # since the trial started
-        metrics.update(self._cost_objectives(trainings[0]))
+        metrics.update(self._cost_objectives(training))
         # The cost so far, every epoch: the latest values are the trial's cost however it ends
         # (finished, stopped by ASHA, failed, or lost with its node).
         self.run.log_metrics({**metrics, **self.costs}, step=epoch)
-        if epoch >= self.ctx.max_epochs:
+        if epoch >= self.full_budget:
             # The scheduler ends a trial at max_epochs as soon as it reports, before fit returns:
             # close the MLflow run first.
-            self._finish(results, trainings[0].data.val)
+            self._finish([best for _, _, best in kept], training)
         snapshot = Path(tempfile.mkdtemp(prefix="report-", dir=self.work))
-        for part, result in zip(self.parts, results):
+        for name, *files in kept:
             # The checkpoint holds each part's checkpoint files under its name, as _restore_checkpoint reads them.
-            (snapshot / part.name).mkdir(parents=True, exist_ok=True)
-            for kept in (result.last_checkpoint, result.best_checkpoint):
-                if kept is not None:
-                    _link_or_copy(kept, snapshot / part.name / kept.name)
+            (snapshot / name).mkdir(parents=True, exist_ok=True)
+            for path in files:
+                if path is not None:
+                    _link_or_copy(path, snapshot / name / path.name)
         try:
             tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(snapshot))
         finally:
@@ -172,11 +182,11 @@ class _EpochReporter:
         costs = {**self.static_costs, "peak_mem_mb": self.costs["peak_mem_mb"]}
         return {k: v for k, v in costs.items() if k in wanted}
 
-    def _finish(self, results: list, val_data) -> None:
+    def _finish(self, bests: list, training) -> None:
         from vmbench.engine import load_state, model_from_checkpoint
         from vmbench.engine.record import log_overlays
 
-        bests = [r.best_checkpoint for r in results]
+        val_data = training.data.val
         if all(bests):
             states = [load_state(path) for path in bests]
             best = {f"best_{states[0].select_metric}": sum(s.best_value for s in states) / len(states)}
@@ -185,8 +195,8 @@ class _EpochReporter:
             self.run.log_metrics(best)
             scores = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k != "best_epoch")
             self.run.describe(self.describe(f"completed {self.epoch} epoch{'s' if self.epoch != 1 else ''}; {scores}."))
-            if val_data is not None:  # the first part's (fold's) validation split, as built for training
-                model, _, _ = model_from_checkpoint(bests[0], self.device)
+            if val_data is not None:  # that training's (fold's) validation split, as built for training
+                model, _, _ = model_from_checkpoint(training.run_dir.best, self.device)
                 log_overlays(self.run, model, val_data, states[0].img_size, self.device)
         self.run.finish("FINISHED", {T.TAG_OUTCOME: T.COMPLETED})
         self.finished = True
@@ -197,7 +207,7 @@ def search_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     from ray import tune
 
     from vmbench import profiling
-    from vmbench.engine import fit_all, load_state, resolve_device
+    from vmbench.engine import fit_all, resolve_device
     from vmbench.engine.record import describe_run
 
     _prepare_worker(ctx)
@@ -210,10 +220,12 @@ def search_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     parts = trial_parts(cfg, ctx.cv_search, RunDir(work))
     try:
         resume = _restore_checkpoint(tune.get_checkpoint(), parts)
+        # Folds in turn: the checkpoint holds the folds begun, each resumed from where it is.
+        resume = resume or (ctx.folds_in_turn and parts[0].run_dir.last.exists())
         device = resolve_device(cfg.train.device)
         tags = _run_tags(ctx, cfg, T.STAGE_SEARCH, device)
         if resume:  # retried (lost node, error) or restored sweep: say from where
-            tags[T.TAG_RESUMED_EPOCH] = str(load_state(parts[0].run_dir.last).epoch)
+            tags[T.TAG_RESUMED_EPOCH] = str(reached_epoch(parts, ctx.folds_in_turn))
         params = {**cfg.flat(), **{f"search.{k}": v for k, v in sample.items()}}
         run = _open_run(ctx, T.TAG_TRIAL_ID, trial_id, trial_name, tags, params)
         def describe(outcome: str) -> str:
@@ -224,7 +236,10 @@ def search_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         try:
             check_data_on_node(cfg)
             profiling.reset_peak_memory(device)  # the peak of this trial, not of what ran in the process before
-            fit_all([(part.cfg, part.run_dir) for part in parts], reporter, resume=resume, evaluate_test=False)
+            if ctx.folds_in_turn:  # budget.scheduler wilcoxon: each fold's score reported as it ends
+                fit_in_turn(parts, reporter.report, ctx.metric)
+            else:
+                fit_all([(part.cfg, part.run_dir) for part in parts], reporter, resume=resume, evaluate_test=False)
         except Exception as err:  # recorded on the run, then raised for Tune to retry or mark
             run.log_metrics(reporter.costs, step=reporter.epoch)  # a no-op when that epoch logged them
             run.describe(describe(f"failed after {reporter.epoch} epochs: {T.error_summary(err)}"))
@@ -271,6 +286,7 @@ def final_run(cfg_dict: dict[str, Any], ctx: SweepContext, key: str, run_dir: st
     run = _open_run(ctx, T.TAG_FINAL_KEY, key, f"{ctx.study}-final{fold}-seed{cfg.train.seed}", tags, cfg.flat())
     try:
         check_data_on_node(cfg)
+        check_transfer_data(cfg, ctx.transfer)  # before training: a missing target folder fails at once
         profiling.reset_peak_memory(device)  # the peak of this run, not of the worker's earlier ones
         result = fit(cfg, run_dir, callbacks=[lambda r: run.log_metrics(r.metrics, step=r.epoch)],
                      resume=run_dir.last.exists())
@@ -280,6 +296,7 @@ def final_run(cfg_dict: dict[str, Any], ctx: SweepContext, key: str, run_dir: st
         searched = {p.key: flat.get(p.key) for p in ctx.space}
         tags = record_test_results(run, cfg, result, device, ctx.gpu, stage=T.STAGE_FINAL, sweep=ctx.sweep,
                                    searched=searched)
+        tags.update(score_transfer(run, cfg, result, device, ctx.transfer))
         status = "FAILED" if tags.get(T.TAG_OUTCOME) == T.FAILED else "FINISHED"  # e.g. NaN headline metrics
         run.finish(status, tags)
         return {"key": key, "status": status, "test": result.test}

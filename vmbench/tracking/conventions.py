@@ -53,12 +53,14 @@ __all__ = [
     "TAG_SCAN_BACKEND",
     "TAG_SEED",
     "TAG_SOURCE",
+    "TAG_OBJECTIVES",
     "TAG_SPACE_HASH",
     "TAG_STAGE",
     "TAG_STUDY",
     "TAG_SWEEP",
     "TAG_TRIAL_ID",
     "TAG_PARETO",
+    "TAG_TRANSFER_PREFIX",
     "TAG_VAL_IS_TEST",
     "TAG_VERSION",
     "EXPERIMENT_KIND_TRAINING",
@@ -73,7 +75,10 @@ __all__ = [
     "flatten_params",
     "git_revision",
     "hardware_description",
+    "objectives_tag",
+    "parse_objectives_tag",
     "resolve_tracking_uri",
+    "transfer_tag",
 ]
 
 # Tag keys of every run.
@@ -83,6 +88,10 @@ TAG_SWEEP = "vmbench.sweep"
 TAG_STUDY = "vmbench.study"  # dataset__model of the sweep
 TAG_TRIAL_ID = "vmbench.trial_id"  # Ray Tune's trial id (search runs)
 TAG_PARETO = "vmbench.pareto"  # "true" on the search runs of a multi-objective study's Pareto-optimal trials
+# ``vmbench.transfer.<dataset>-<split> = true`` on a run scored on a dataset it was not trained on
+# (U-Bench's zero-shot axis): its eval_<dataset>-<split>_* metrics are transfer results, not the
+# run's own test results ("failed: ..." when that evaluation failed).
+TAG_TRANSFER_PREFIX = "vmbench.transfer."
 TAG_FINAL_KEY = "vmbench.final_key"  # sweep/study/seedN (final runs)
 TAG_MODEL = "vmbench.model"
 TAG_DATASET = "vmbench.dataset"
@@ -112,6 +121,8 @@ TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
 TAG_MODELS = "vmbench.models"
 TAG_DATASETS = "vmbench.datasets"
 TAG_SOURCE = "vmbench.source"
+# The search's objectives and their directions, "val_dsc:max,latency_ms:min" (objectives_tag).
+TAG_OBJECTIVES = "vmbench.objectives"
 
 # MLflow's own tags: an experiment's kind picks the UI's view (model training: the runs table, not
 # the GenAI traces view; the UI reads the value custom_model_development), a run's note is the
@@ -220,3 +231,21 @@ def error_summary(err: BaseException) -> str:
     """The value of :data:`TAG_ERROR`: the exception's type and the last line of its message."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[-1] if text else ''}"[:500]
+
+
+def transfer_tag(name: str) -> str:
+    """The tag marking evaluation ``name`` (``<dataset>-<split>``) of a run as a transfer evaluation."""
+    return f"{TAG_TRANSFER_PREFIX}{name}"
+
+
+def objectives_tag(objectives, modes) -> str:
+    """The value of :data:`TAG_OBJECTIVES`: each objective with its direction (``val_dsc:max,latency_ms:min``)."""
+    return ",".join(f"{metric}:{mode}" for metric, mode in zip(objectives, modes))
+
+
+def parse_objectives_tag(text: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(objectives, modes) of a :data:`TAG_OBJECTIVES` value; ((), ()) when absent or malformed."""
+    pairs = [item.rpartition(":") for item in (text or "").split(",") if item]
+    if not pairs or any(not metric or mode not in ("min", "max") for metric, _, mode in pairs):
+        return (), ()
+    return tuple(p[0] for p in pairs), tuple(p[2] for p in pairs)

@@ -354,7 +354,7 @@ def close_orphans(tracking_uri: str, experiment_id: str, *, sweep: str, study: s
         mlflow_client.set_tag(run.info.run_id, TAG_OUTCOME, FAILED if status == "FAILED" else PRUNED)
         if error is not None:
             mlflow_client.set_tag(run.info.run_id, TAG_ERROR, f"the sweep stopped: {error_summary(error)}")
-        _conclude_note(mlflow_client, run, "failed" if status == "FAILED" else "pruned (stopped early by ASHA)")
+        _conclude_note(mlflow_client, run, "failed" if status == "FAILED" else "pruned (stopped early by the scheduler)")
         mlflow_client.set_terminated(run.info.run_id, status=status)
     return len(runs)
 
