@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from io import StringIO
 
+import pandas as pd
 import pytest
 
 mlflow = pytest.importorskip("mlflow")
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy i
 from mlflow_store import _exact_wilcoxon_two_sided, ablation_diff, ablation_store, holm_by_hand  # noqa: E402
 
 from vmbench import leaderboard as lb  # noqa: E402
+from vmbench.leaderboard.paired import CONTROL_NOTE  # noqa: E402
 
 # Parameters each twin's ablation silences in vmunet as registered for isic2018 (1 class, 3 channels):
 # `vmbench models --ablations` prints them.
@@ -40,18 +42,19 @@ def board(runs):
 
 
 def test_twin_tests_join_the_holm_family_of_the_table(board):
-    family = {("ref", m): _exact_wilcoxon_two_sided(ablation_diff(m, "unet"))
-              for m in ("vmunet", "vmunet~no-ssm", "vmunet~no-mamba", "resenc-unet-m")}
+    # The twins are controls: tested against vmunet, never against the reference unet.
+    family = {("ref", m): _exact_wilcoxon_two_sided(ablation_diff(m, "unet")) for m in ("vmunet", "resenc-unet-m")}
     family.update({("twin", t): _exact_wilcoxon_two_sided(ablation_diff(t, "vmunet")) for t in SILENCED})
     holm = holm_by_hand(family)
     for twin in SILENCED:
         row = _row(board, twin)
-        assert (row["ablation_of"], row["ablation_pairs"], row["holm_m"]) == ("vmunet", 10, 6)
+        assert (row["ablation_of"], row["ablation_pairs"], row["holm_m"]) == ("vmunet", 10, 4)
+        assert pd.isna(row["wilcoxon_p"]) and row["note"] == CONTROL_NOTE
         assert row["ablation_p"] == pytest.approx(family[("twin", twin)])
         assert row["ablation_p_holm"] == pytest.approx(holm[("twin", twin)])
         assert row["ablation_diff_pp"] == pytest.approx(100 * sum(ablation_diff(twin, "vmunet")) / 10)
         assert row["n_params_acting"] == 27_427_561 - SILENCED[twin]
-    # The reference comparisons are corrected over the same 6 p-values, not over their own 4.
+    # The reference comparisons are corrected over the same 4 p-values, not over their own 2.
     assert _row(board, "vmunet")["wilcoxon_p_holm"] == pytest.approx(holm[("ref", "vmunet")])
     assert family[("twin", "vmunet~no-ssm")] == pytest.approx(2 / 2**10)  # every case worse
     # The model with the highest mean DSC (vmunet) against the others, twins left out: their own family of 2.
@@ -81,7 +84,7 @@ def test_ablation_section_under_the_table_in_md_and_terminal(board):
     line = next(x for x in section.splitlines() if "| vmunet~no-ssm" in x)
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells == ["vmunet", "vmunet~no-ssm", f"{diff:+.2f}", f"{2 / 2**10:.3f}", f"{holm_ssm:.3f}", "10", f"{acting:.2f}"]
-    assert "Holm-corrected in one family with the reference comparisons (6 comparisons)" in section
+    assert "Holm-corrected in one family with the reference comparisons (4 comparisons)" in section
     out = StringIO()
     lb.print_terminal(board, file=out)
     text = out.getvalue()

@@ -10,8 +10,10 @@ the reference model's, and :func:`vmbench.statistics.wilcoxon_signed_rank` tests
 twin tests together, are adjusted with Holm's step-down method (:func:`vmbench.statistics.holm`),
 which controls the family-wise error rate over them: a difference counts only if its adjusted p
 is below the level. A twin comparison that is the reference comparison (the reference is the
-model or its twin) is counted once. ISIC cases are images (per-image Dice), Synapse cases are
-volumes (mean over organs).
+model or its twin) is counted once. A twin whose model is in the table is a control, not a
+candidate: it is tested against its model only, never against the reference (a test that answers
+no question of the sweep and would only widen Holm's family). ISIC cases are images (per-image
+Dice), Synapse cases are volumes (mean over organs).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from vmbench.ablation import split_model_name
 from vmbench.errors import UnknownAblationError
 from vmbench.statistics import holm, wilcoxon_signed_rank
 
-__all__ = ["ABLATION_COLUMNS", "paired_tests", "twin_of"]
+__all__ = ["ABLATION_COLUMNS", "CONTROL_NOTE", "paired_tests", "twin_of"]
 
+# The note of a twin's row in the reference columns: it is tested against its model, not the reference.
+CONTROL_NOTE = "ablation control: tested against its model only (Ablations)"
 # The twin's row carries its comparison with its model: Δ = twin − model (negative: removing the part costs).
 ABLATION_COLUMNS = ("ablation_of", "ablation", "ablation_p", "ablation_p_holm", "ablation_pairs", "ablation_diff_pp",
                     "ablation_note")
@@ -56,8 +60,11 @@ def paired_tests(out: pd.DataFrame, reference: str | None, cases: CaseTables | N
             out.at[i, "ablation_of"], out.at[i, "ablation"] = twin
             out.at[i, "ablation_note"] = skipped
         return
+    controls = {i for i, row, twin in _twins(out) if reference not in (twin[0], row["model"])}
     for i, row in out.iterrows():
-        if reference:
+        if i in controls:
+            out.at[i, "note"] = CONTROL_NOTE
+        elif reference:
             _reference_test(out, i, row, reference, cases)
     own = _twin_tests(out, reference, cases)
     for _, group in out.groupby(["dataset", "protocol"], sort=False):

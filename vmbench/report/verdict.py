@@ -32,7 +32,7 @@ import math
 import pandas as pd
 
 from vmbench.leaderboard.columns import MEASURED
-from vmbench.leaderboard.paired import twin_of
+from vmbench.leaderboard.paired import CONTROL_NOTE, twin_of
 from vmbench.leaderboard.rankings import DatasetRanking, share_text
 from vmbench.leaderboard.tables import Table
 from vmbench.protocols import CV
@@ -108,7 +108,7 @@ def table_verdict(table: Table, reference: str | None, ranking: DatasetRanking |
     caveats, details = [], []
     significant: list[str] = []
     if reference and (rows["model"] == reference).any():
-        challengers = rows[rows["model"] != reference]
+        challengers = rows[(rows["model"] != reference) & rows["note"].fillna("").ne(CONTROL_NOTE)]
         m = holm_family(rows)
         details += [comparison_sentence(r, reference, m, ranking) for _, r in challengers.iterrows()]
         significant = [s.split(":")[0] for s in details if " is better than " in s or " is worse than " in s]
