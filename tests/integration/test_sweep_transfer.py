@@ -143,3 +143,23 @@ def test_report_shows_the_transfer_table_and_says_what_it_adds(transfer_sweep, t
     assert "Transfer to xfer-polyps (test split, no retraining): highest mean DSC" in page
     # One verdict (the test split's): the transfer table adds a sentence, not a verdict of its own.
     assert page.count('class="verdict"') == 1
+
+
+def test_missing_transfer_data_fails_before_any_trial(tmp_path, monkeypatch):
+    """A transfer target's folder is checked on the driver with the swept data: the sweep fails in its
+    preflight, naming the folder, instead of after hours of search when the first final run starts."""
+    from vmbench.data import DataError
+    from vmbench.sweep import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    folder, _ = F.folder_png(tmp_path / "gone", n=4)
+    spec = parse_spec({**BASE, "transfer": [{"name": "gone", "path": str(folder)}]}, source="xfer.yaml")
+    for image in (folder / "images").iterdir():
+        image.unlink()  # the folder was readable when the file was checked, not when the sweep starts
+    with pytest.raises(DataError, match="transfer dataset gone: .*gone"):
+        run_sweep(spec, runs_dir=tmp_path / "runs", num_cpus=1, num_gpus=0)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    started = mlflow.search_runs(search_all_experiments=True)
+    assert started.empty or not (started.get("tags.vmbench.stage") == "search").any()

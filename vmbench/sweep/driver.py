@@ -22,6 +22,7 @@ from vmbench.protocols import CV
 from vmbench.search_space import Study, SweepSpec, decode_sample, optuna_distributions
 from vmbench.sweep.context import StudyOutcome, SweepContext, SweepResult
 from vmbench.sweep.trainable import final_run, search_trial
+from vmbench.sweep.transfer_eval import check_transfer_data
 
 log = logging.getLogger("vmbench.sweep")
 
@@ -59,7 +60,8 @@ def preflight(spec: SweepSpec) -> dict[str, Any]:
 
 
 def check_data(spec: SweepSpec) -> dict[str, Any]:
-    """Build every study's train and test split once on the driver: missing data fails here, and
+    """Build every study's train and test split (and its transfer targets' test splits) once on the
+    driver: missing data fails here, and
     generated data sets are written once instead of by several trials racing for the cache.
 
     Under protocol cv, returns per dataset every fold's train/val ids and the test ids (what
@@ -72,6 +74,7 @@ def check_data(spec: SweepSpec) -> dict[str, Any]:
     for study in spec.studies:
         cfg = study.base
         built = {split: dataset_for(cfg, split) for split in ("train", "test")}
+        check_transfer_data(cfg, tuple(t.as_dict() for t in spec.transfer if t.name != study.dataset))
         if cfg.data.protocol != CV:
             continue
         entry = {"folds": [{"fold": k, "train": sorted(part["train"]), "val": sorted(part["val"])}

@@ -15,6 +15,7 @@ from typing import Any
 
 from vmbench import tracking as T
 from vmbench.config import ExperimentConfig
+from vmbench.errors import DataError
 
 log = logging.getLogger("vmbench.sweep")
 
@@ -34,8 +35,11 @@ def check_transfer_data(cfg: ExperimentConfig, targets: tuple[dict[str, Any], ..
     from vmbench.engine.evaluation import transfer_config
 
     for target in targets:
-        _register(target)
-        dataset_for(transfer_config(cfg, target["name"], target["root"], target["options"]), "test")
+        try:
+            _register(target)
+            dataset_for(transfer_config(cfg, target["name"], target["root"], target["options"]), "test")
+        except DataError as err:
+            raise DataError(f"transfer dataset {target['name']}: {err}") from None
 
 
 def score_transfer(run: T.TrialRun, cfg: ExperimentConfig, result, device,
