@@ -52,13 +52,14 @@ def test_bad_transfer_entries_are_one_line_naming_the_entry(transfer, message):
 
 
 def test_a_declared_dataset_is_a_transfer_target_by_name_and_shows_in_the_plan(tmp_path):
-    folder, _ = F.folder_png(tmp_path / "polyps", n=6)
+    # Declared datasets are registered for the process: a name no other test declares.
+    folder, _ = F.folder_png(tmp_path / "xfer-declared", n=6)
     base = {k: v for k, v in BASE.items() if k != "dataset"}
-    spec = parse_spec({**base, "datasets": ["synthetic-isic", {"name": "polyps", "path": str(folder)}],
-                       "transfer": ["polyps"]}, source="x.yaml")
+    spec = parse_spec({**base, "datasets": ["synthetic-isic", {"name": "xfer-declared", "path": str(folder)}],
+                       "transfer": ["xfer-declared"]}, source="x.yaml")
     target = spec.transfer[0]
-    assert (target.name, target.root, target.options["format"]) == ("polyps", str(folder.resolve()), "folder")
-    assert "transfer: every final run is also scored, with no retraining, on the test split of polyps" in spec.plan()
+    assert (target.name, target.root, target.options["format"]) == ("xfer-declared", str(folder.resolve()), "folder")
+    assert "on the test split of xfer-declared" in spec.plan()
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +68,8 @@ def transfer_sweep(tmp_path_factory):
     from vmbench.sweep import run_sweep
 
     root = tmp_path_factory.mktemp("xfer")
-    folder, truth = F.folder_png(root / "xfer-polyps", n=12)
-    spec = parse_spec({**BASE, "transfer": [{"name": "xfer-polyps", "path": str(folder)}]}, source="xfer.yaml")
+    folder, truth = F.folder_png(root / "xfer-sweep-polyps", n=12)
+    spec = parse_spec({**BASE, "transfer": [{"name": "xfer-sweep-polyps", "path": str(folder)}]}, source="xfer.yaml")
     result = run_sweep(spec, runs_dir=root / "runs", num_cpus=2, num_gpus=0)
     return {"root": root, "truth": truth, "result": result, "uri": result.tracking_uri}
 
@@ -88,31 +89,31 @@ def test_final_runs_are_scored_on_the_transfer_dataset_and_tabled_as_transfer(tr
 
     final = _final_runs(transfer_sweep["uri"])
     assert len(final) == 4 and set(final["status"]) == {"FINISHED"}
-    assert final["tags.vmbench.transfer.xfer-polyps-test"].eq("true").all()
+    assert final["tags.vmbench.transfer.xfer-sweep-polyps-test"].eq("true").all()
     truth = transfer_sweep["truth"]
     for run_dir in (transfer_sweep["root"] / "runs" / "sweeps" / "xfer" / "final").glob("*/seed*"):
-        summary = json.loads((run_dir / "eval" / "xfer-polyps-test" / "summary.json").read_text())
-        assert (summary["dataset"], summary["trained_on"], summary["transfer"]) == ("xfer-polyps", "synthetic-isic", True)
-        cases = pd.read_csv(run_dir / "eval" / "xfer-polyps-test" / "per_case.csv")["id"].tolist()
+        summary = json.loads((run_dir / "eval" / "xfer-sweep-polyps-test" / "summary.json").read_text())
+        assert (summary["dataset"], summary["trained_on"], summary["transfer"]) == ("xfer-sweep-polyps", "synthetic-isic", True)
+        cases = pd.read_csv(run_dir / "eval" / "xfer-sweep-polyps-test" / "per_case.csv")["id"].tolist()
         m = summary["metrics"]
         # Scored on the folder's own masks at each image's released size: the generator's drawing.
         assert m["tp"] + m["fn"] == sum(int(truth[c].sum()) for c in cases)
         assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == sum(truth[c].size for c in cases)
 
     board = leaderboard(load_runs(transfer_sweep["uri"], experiment="xfer"), reference="unet")
-    moved = board[board["scored_on"] == "xfer-polyps"].set_index("model")
+    moved = board[board["scored_on"] == "xfer-sweep-polyps"].set_index("model")
     own = board[(board["scored_on"] == "") & (board["kind"] == "measured")].set_index("model")
     assert sorted(moved.index) == ["ultralight-vmunet", "unet"] and (moved["n"] == 2).all()
     for model, runs in final.groupby("tags.vmbench.model"):
         # The transfer cell is the mean over seeds of the runs' transfer DSC; the own cell of their test DSC.
-        assert moved.at[model, "dsc_pct_mean"] == pytest.approx(100 * runs["metrics.eval_xfer-polyps-test_dsc"].mean())
+        assert moved.at[model, "dsc_pct_mean"] == pytest.approx(100 * runs["metrics.eval_xfer-sweep-polyps-test_dsc"].mean())
         assert moved.at[model, "own_dsc_pct_mean"] == pytest.approx(100 * runs["metrics.test_dsc"].mean())
         assert own.at[model, "dsc_pct_mean"] == pytest.approx(100 * runs["metrics.test_dsc"].mean())
 
     # The paired test on the transfer cases, by hand: per-case Dice averaged over seeds, paired by id.
     per_model = {}
     for model, runs in final.groupby("tags.vmbench.model"):
-        frames = [pd.read_csv(Path(run.replace("file://", "")) / "eval" / "xfer-polyps-test" / "per_case.csv")
+        frames = [pd.read_csv(Path(run.replace("file://", "")) / "eval" / "xfer-sweep-polyps-test" / "per_case.csv")
                   for run in runs["artifact_uri"]]
         per_model[model] = pd.concat(frames).groupby("id")["dice"].mean()
     diff = (per_model["ultralight-vmunet"] - per_model["unet"]).dropna()
@@ -123,13 +124,13 @@ def test_final_runs_are_scored_on_the_transfer_dataset_and_tabled_as_transfer(tr
 
     tables = split_tables(board)
     transfer = [t for t in tables if t.is_transfer]
-    assert len(transfer) == 1 and transfer[0].title.startswith("synthetic-isic → xfer-polyps |")
-    assert "transfer: final runs trained on synthetic-isic, scored on xfer-polyps's test split" in transfer[0].title
+    assert len(transfer) == 1 and transfer[0].title.startswith("synthetic-isic → xfer-sweep-polyps |")
+    assert "transfer: final runs trained on synthetic-isic, scored on xfer-sweep-polyps's test split" in transfer[0].title
     assert tables.index(transfer[0]) > [t.is_transfer for t in tables].index(False)  # after the test split's table
     text = render(board, "md")
     assert "Own test DSC %" in text and "U-Bench's zero-shot axis" in text
     payload = json.loads(render(board, "json"))
-    assert [t["scored_on"] for t in payload["tables"]] == [None, "xfer-polyps"]
+    assert [t["scored_on"] for t in payload["tables"]] == [None, "xfer-sweep-polyps"]
 
 
 @pytest.mark.slow  # shares the sweep above
@@ -139,8 +140,8 @@ def test_report_shows_the_transfer_table_and_says_what_it_adds(transfer_sweep, t
     out = build_report(transfer_sweep["uri"], "xfer", tmp_path / "report.html", reference="unet",
                        n_boot=50)
     page = Path(out).read_text()
-    assert "synthetic-isic → xfer-polyps" in page
-    assert "Transfer to xfer-polyps (test split, no retraining): highest mean DSC" in page
+    assert "synthetic-isic → xfer-sweep-polyps" in page
+    assert "Transfer to xfer-sweep-polyps (test split, no retraining): highest mean DSC" in page
     # One verdict (the test split's): the transfer table adds a sentence, not a verdict of its own.
     assert page.count('class="verdict"') == 1
 
@@ -152,11 +153,11 @@ def test_missing_transfer_data_fails_before_any_trial(tmp_path, monkeypatch):
     from vmbench.sweep import run_sweep
 
     monkeypatch.chdir(tmp_path)
-    folder, _ = F.folder_png(tmp_path / "gone", n=4)
-    spec = parse_spec({**BASE, "transfer": [{"name": "gone", "path": str(folder)}]}, source="xfer.yaml")
+    folder, _ = F.folder_png(tmp_path / "xfer-gone", n=4)
+    spec = parse_spec({**BASE, "transfer": [{"name": "xfer-gone", "path": str(folder)}]}, source="xfer.yaml")
     for image in (folder / "images").iterdir():
         image.unlink()  # the folder was readable when the file was checked, not when the sweep starts
-    with pytest.raises(DataError, match="transfer dataset gone: .*gone"):
+    with pytest.raises(DataError, match="transfer dataset xfer-gone: .*xfer-gone"):
         run_sweep(spec, runs_dir=tmp_path / "runs", num_cpus=1, num_gpus=0)
     import mlflow
 
