@@ -59,7 +59,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--metrics", help="comma-separated metric keys to show, e.g. dsc,hd95,hd95_liver (default: per dataset)")
     p.add_argument("--columns", help=(
         "comma-separated columns after the model, in order (md, csv, html, latex, text): metric keys (dsc, miou, "
-        "hd95 ...: mean ± std), METRIC_ci (its 95%% CI), n, folds, failed, p, p_holm, pairs, delta, params, gmacs, "
+        "hd95 ...: mean ± std), METRIC_ci (its 95%% CI), n, folds, failed, p, p_holm, pairs, delta, own_dsc "
+        "(transfer tables: the runs' own test DSC), params, gmacs, "
         "train_h, device_h, latency, source; e.g. dsc,miou,hd95,params,gmacs (default: every column; latex: "
         "n, the metrics, dsc_ci, p_holm, params, gmacs)"))
     p.add_argument("--format", choices=list(FORMATS), help=(
