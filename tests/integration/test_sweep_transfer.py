@@ -164,3 +164,24 @@ def test_missing_transfer_data_fails_before_any_trial(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     started = mlflow.search_runs(search_all_experiments=True)
     assert started.empty or not (started.get("tags.vmbench.stage") == "search").any()
+
+
+@pytest.mark.slow  # shares the sweep above
+def test_a_final_run_scored_later_with_evaluate_is_attached_to_its_run(transfer_sweep, capsys):
+    """A sweep's final run folder names its MLflow run (mlflow_run.json): `vmbench evaluate --dataset`
+    on its checkpoint attaches the scores there, as a transfer evaluation the leaderboard tables."""
+    from vmbench.cli import main
+    from vmbench.leaderboard import leaderboard, load_runs
+
+    root = transfer_sweep["root"]
+    run_dir = root / "runs" / "sweeps" / "xfer" / "final" / "synthetic-isic__unet" / "seed1"
+    pointer = json.loads((run_dir / "mlflow_run.json").read_text())
+    final = _final_runs(transfer_sweep["uri"])
+    assert pointer["run_id"] in set(final["run_id"]) and pointer["tracking_uri"] == transfer_sweep["uri"]
+    later, _ = F.folder_jpeg(root / "xfer-later", n=6)
+    assert main(["evaluate", "--checkpoint", str(run_dir / "checkpoints" / "best.pt"), "--dataset", str(later),
+                 "--no-progress"]) == 0
+    assert f"attached to MLflow run {pointer['run_id']}" in capsys.readouterr().out
+    board = leaderboard(load_runs(transfer_sweep["uri"], experiment="xfer"), reference="unet")
+    later_rows = board[board["scored_on"] == "xfer-later"]
+    assert list(later_rows["model"]) == ["unet"] and list(later_rows["n"]) == [1]

@@ -240,6 +240,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 kind = f" (a transfer evaluation: tag {transfer_tag(name)})" if transfer else ""
                 print(f"attached to MLflow run {pointer['run_id']} as eval_{name}_* metrics and eval/{name}/ "
                       f"artifacts{kind}")
+            else:
+                print(f"not attached to an MLflow run: {run_dir.pointer} does not exist (a run trained with "
+                      "--no-track, or a checkpoint outside its run folder)")
     return 0
 
 

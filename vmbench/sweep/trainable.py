@@ -275,7 +275,7 @@ def final_run(cfg_dict: dict[str, Any], ctx: SweepContext, key: str, run_dir: st
     evaluate on test, log everything."""
     from vmbench import profiling
     from vmbench.engine import fit, resolve_device
-    from vmbench.engine.record import record_test_results
+    from vmbench.engine.record import record_test_results, write_run_pointer
 
     _prepare_worker(ctx)
     cfg = ExperimentConfig.from_dict(cfg_dict, source=key)
@@ -290,6 +290,8 @@ def final_run(cfg_dict: dict[str, Any], ctx: SweepContext, key: str, run_dir: st
         profiling.reset_peak_memory(device)  # the peak of this run, not of the worker's earlier ones
         result = fit(cfg, run_dir, callbacks=[lambda r: run.log_metrics(r.metrics, step=r.epoch)],
                      resume=run_dir.last.exists())
+        # The folder names its MLflow run, so that `vmbench evaluate` attaches later scores to it.
+        write_run_pointer(run_dir, ctx.tracking_uri, ctx.experiment_id, run.run_id, key)
         if cfg.data.protocol == CV:
             _record_fold_validation(run, cfg, result, device)
         flat = cfg.flat()
