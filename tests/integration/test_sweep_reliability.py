@@ -80,6 +80,12 @@ def test_a_node_without_the_data_fails_in_one_line_naming_node_and_folder(tmp_pa
     assert "\n" not in message and platform.node() in message and str(missing) in message
     check_data_on_node(ExperimentConfig())  # the dataset's own default folder: nothing to check here
     check_data_on_node(cfg.with_overrides({"data.root": str(tmp_path)}))  # present
+    # A final run's transfer targets: their folders too, before it trains.
+    present = cfg.with_overrides({"data.root": str(tmp_path)})
+    target = {"name": "polyps-b", "root": str(tmp_path / "gone"), "options": {"format": "folder"}}
+    with pytest.raises(DataError, match=r"has no data at .*gone \(transfer dataset polyps-b\)"):
+        check_data_on_node(present, (target,))
+    check_data_on_node(present, ({"name": "isic2017", "root": None, "options": {}},))  # its default folder
 
 
 # ------------------------------------------------------------------------------------ Optuna storage

@@ -365,10 +365,16 @@ def evaluate_transfer(model, trained_cfg, dataset: str, root: str | None, option
     data = dataset_for(cfg, split, img_size=img_size)
     name = f"{dataset}-{split}"
     result = evaluate(model, data, device, img_size, native=eval_resolution(cfg) == NATIVE_SIZE)
-    meta = evaluation_meta(checkpoint, cfg, data, split, epoch, img_size)
-    meta.update(transfer=True, trained_on=trained_cfg.data.name, data_root=cfg.data.root)
-    write_eval(result, run_dir.eval_dir(name), meta)
+    write_eval(result, run_dir.eval_dir(name), _scored_meta(checkpoint, cfg, trained_cfg, data, split, epoch, img_size))
     return name, result
+
+
+def _scored_meta(checkpoint, cfg, trained_cfg, data, split: str, epoch: int, img_size) -> dict[str, Any]:
+    """:func:`evaluation_meta`, and for a transfer evaluation which data the model learnt and which it met."""
+    meta = evaluation_meta(checkpoint, cfg, data, split, epoch, img_size)
+    if cfg.data.name != trained_cfg.data.name:
+        meta.update(transfer=True, trained_on=trained_cfg.data.name, data_root=cfg.data.root)
+    return meta
 
 
 def evaluate_checkpoint(
@@ -391,8 +397,5 @@ def evaluate_checkpoint(
     result = evaluate(model, data, device, state.img_size, progress=progress,
                       native=eval_resolution(cfg) == NATIVE_SIZE)
     if out_dir is not None:
-        meta = evaluation_meta(checkpoint, cfg, data, split, state.epoch, state.img_size)
-        if cfg.data.name != trained.data.name:  # a transfer evaluation: which data the model learnt, which it met
-            meta.update(transfer=True, trained_on=trained.data.name, data_root=cfg.data.root)
-        write_eval(result, Path(out_dir), meta)
+        write_eval(result, Path(out_dir), _scored_meta(checkpoint, cfg, trained, data, split, state.epoch, state.img_size))
     return result

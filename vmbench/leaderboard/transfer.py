@@ -16,7 +16,9 @@ from typing import Callable
 import pandas as pd
 
 from vmbench import tracking
+from vmbench.leaderboard.columns import PRIMARY
 from vmbench.leaderboard.store import MlflowPerCaseLoader
+from vmbench.protocols import metric_column
 
 TRANSFER_COLUMNS = ("scored_on", "scored_split", "own_dsc_pct_mean")
 
@@ -58,7 +60,7 @@ def transfer_loader(per_case_loader, name: str, runs: pd.DataFrame) -> Callable 
 
 def own_dsc(rows: pd.DataFrame, own: pd.DataFrame) -> pd.Series:
     """Each transfer row's models' mean DSC on their own dataset's test split (the in-domain row)."""
-    column = "dsc_pct_mean"
+    column = f"{metric_column(PRIMARY)}_mean"
     if column not in own.columns or own.empty:
         return pd.Series(float("nan"), index=rows.index)
     lookup = own.set_index(["dataset", "protocol", "model"])[column]

@@ -24,7 +24,7 @@ from vmbench.search_space import CV_MEAN, decode_sample
 from vmbench.sweep.context import SweepContext
 from vmbench.rundir import RunDir
 from vmbench.sweep.folds import Part, combine, fit_in_turn, reached_epoch, trial_costs, trial_parts
-from vmbench.sweep.transfer_eval import check_transfer_data, score_transfer
+from vmbench.sweep.transfer_eval import score_transfer
 
 log = logging.getLogger("vmbench.sweep")
 
@@ -48,16 +48,20 @@ def _node_name() -> str:
     return platform.node()
 
 
-def check_data_on_node(cfg: ExperimentConfig) -> None:
-    """A DataError naming this node and the folder when ``data.root`` is missing here.
+def check_data_on_node(cfg: ExperimentConfig, transfer: tuple[dict[str, Any], ...] = ()) -> None:
+    """A DataError naming this node and the folder when ``data.root`` (or a ``transfer`` target's
+    root) is missing here.
 
-    The root was made absolute on the driver (against the search-space file, never a working
-    directory), so a node without it lacks the data itself, e.g. an unmounted share.
+    The roots were made absolute on the driver (against the search-space file, never a working
+    directory), and the driver built every dataset once, so a node without a root lacks the data
+    itself, e.g. an unmounted share.
     """
-    root = cfg.data.root
-    if root and "://" not in root and not Path(root).exists():
-        raise DataError(f"node {_node_name()} has no data at {root} (data.root of {cfg.data.name}); make that folder "
-                        "available on every node (the same path: a shared or mounted file system)")
+    roots = [(cfg.data.root, f"data.root of {cfg.data.name}"),
+             *((t["root"], f"transfer dataset {t['name']}") for t in transfer)]
+    for root, what in roots:
+        if root and "://" not in root and not Path(root).exists():
+            raise DataError(f"node {_node_name()} has no data at {root} ({what}); make that folder available on "
+                            "every node (the same path: a shared or mounted file system)")
 
 
 def _open_run(ctx: SweepContext, key_tag: str, key: str, run_name: str, tags: dict[str, str],
@@ -285,8 +289,7 @@ def final_run(cfg_dict: dict[str, Any], ctx: SweepContext, key: str, run_dir: st
     fold = "" if cfg.data.fold is None else f"-fold{cfg.data.fold}"
     run = _open_run(ctx, T.TAG_FINAL_KEY, key, f"{ctx.study}-final{fold}-seed{cfg.train.seed}", tags, cfg.flat())
     try:
-        check_data_on_node(cfg)
-        check_transfer_data(cfg, ctx.transfer)  # before training: a missing target folder fails at once
+        check_data_on_node(cfg, ctx.transfer)  # before training: a missing target folder fails at once
         profiling.reset_peak_memory(device)  # the peak of this run, not of the worker's earlier ones
         result = fit(cfg, run_dir, callbacks=[lambda r: run.log_metrics(r.metrics, step=r.epoch)],
                      resume=run_dir.last.exists())

@@ -3,9 +3,10 @@
 The selected model, still in memory after training, is scored on each target's test split with no
 retraining: ``eval/<target>-test/`` in the run folder, ``eval_<target>-test_*`` metrics and the
 per-case table on the MLflow run, tagged :func:`vmbench.tracking.transfer_tag` (``true``). Each
-target's data is checked before training, so that a missing folder fails the run at once rather
-than after it trained. A target whose evaluation fails later is tagged ``failed: <why>`` and logged;
-the run keeps its own test results.
+target's test split is built once on the driver before any trial (:func:`check_transfer_data`), and
+each final run checks that the target's folder is on its node before training, so that missing data
+fails at once rather than after hours of search. A target whose evaluation fails later is tagged
+``failed: <why>`` and logged; the run keeps its own test results.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def _register(target: dict[str, Any]) -> None:
 
 
 def check_transfer_data(cfg: ExperimentConfig, targets: tuple[dict[str, Any], ...]) -> None:
-    """Build each target's test split once (file listing, no training): a DataError naming the
-    target's folder when this node cannot read it."""
+    """Build each target's test split once on the driver (file listing, no training): a DataError
+    naming the target and its folder when it cannot be read."""
     from vmbench.data import dataset_for
     from vmbench.engine.evaluation import transfer_config
 
