@@ -123,3 +123,25 @@ def test_paper_checkpoint_is_scored_on_a_folder_under_holdout(tmp_path):
     cfg = _data_config(trained, declared["data.name"], declared["data.root"], None, options)
     assert (cfg.data.name, cfg.data.protocol, cfg.data.root) == ("derm", "holdout", str(folder.resolve()))
     assert cfg.data.options == options
+
+
+@pytest.fixture(scope="module")
+def apart_folder(tmp_path_factory):
+    """One folder for the cases below: a declared dataset's name is registered once per process."""
+    return F.folder_png(tmp_path_factory.mktemp("apart") / "xfer-apart", n=6)[0]
+
+
+@pytest.mark.parametrize("where, message", [
+    ("{data}", "is the dataset folder"), ("{data}/images/scores", "lies inside the dataset folder"),
+    ("{parent}", "contains the dataset folder"),
+])
+def test_scores_never_land_in_the_dataset_folder(trained, apart_folder, capsys, where, message):
+    folder = apart_folder
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    out = where.format(data=folder, parent=folder.parent)
+    rc = main(["evaluate", "--checkpoint", str(trained["best"]), "--dataset", str(folder), "--out", out,
+               "--no-progress", "--no-track"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # nothing written or removed
+    assert not (folder.parent / "per_case.csv").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 from vmbench.cli.options import (existing_file, nonnegative_int, open_fraction, positive_float, positive_int,
                                   tracking_options, writable_folder)
 from vmbench.errors import ConfigError
-from vmbench.io import read_yaml
+from vmbench.io import check_output_apart, read_yaml
 from vmbench.protocols import RUN_PROTOCOLS
 
 
@@ -218,6 +218,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     name = f"{dataset}-{args.split}" if transfer else args.split
     run_dir = RunDir.of_checkpoint(checkpoint)
     out = writable_folder(args.out or run_dir.eval_dir(name), "--out")
+    # Scores never land among the images they score (nor around them).
+    check_output_apart(out, _data_folders(declared.get("data.root", args.data_root), dataset), "--out", "dataset folder")
     # Writing into the run folder (its eval/, its MLflow run) takes the run folder's lock: never
     # while a training writes it. A checkpoint outside a run folder, evaluated elsewhere, needs none.
     writes_run = run_dir.checkpoints == checkpoint.parent and (
@@ -244,6 +246,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 print(f"not attached to an MLflow run: {run_dir.pointer} does not exist (a run trained with "
                       "--no-track, or a checkpoint outside its run folder)")
     return 0
+
+
+def _data_folders(root: str | None, dataset: str) -> list[Path]:
+    """The folder ``dataset`` is read from: ``root``, else its registered default (when it exists)."""
+    import vmbench
+
+    folder = root or vmbench.dataset_info(dataset).default_root
+    return [Path(folder)] if folder and Path(folder).is_dir() else []
 
 
 def _evaluation_dataset(args: argparse.Namespace, trained) -> dict:
