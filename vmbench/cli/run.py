@@ -244,7 +244,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       f"artifacts{kind}")
             else:
                 print(f"not attached to an MLflow run: {run_dir.pointer} does not exist (a run trained with "
-                      "--no-track, or a checkpoint outside its run folder)")
+                      "--no-track, a sweep's final run from before run folders named their run, or a checkpoint outside its "
+                      "run folder)")
     return 0
 
 
